@@ -1,0 +1,3 @@
+from chinchilla.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Parameter and FLOP counts, each a small pure function citing its source.
+
+Two parameter conventions:
+- total: every parameter of the model `chinchilla.model.GPT` builds (Hoffmann et al. 2022
+  count N this way, embeddings included); equals `sum(p.numel() for p in model.parameters())`.
+- non-embedding: without the token embedding, the position embedding and an untied
+  output head (Kaplan et al. 2020, section 2.1: "N excluding all vocabulary and
+  positional embeddings").
+
+Two FLOP conventions, per token of training (forward + backward):
+- 6N (Kaplan et al. 2020, eq. 2.1; Hoffmann et al. 2022 use C = 6ND throughout);
+- Chinchilla's Appendix F count, with attention and embedding matmuls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything that fixes the architecture of one decoder-only Transformer."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    head_dim: int  # per-head width; attention width is n_heads * head_dim
+    d_ff: int
+    vocab_size: int
+    seq_len: int
+    tied_embeddings: bool = True
+    position: str = "learned"  # "learned" (absolute, GPT-2) or "rotary"
+
+    @property
+    def attn_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    total: int
+    nonembedding: int
+
+    @property
+    def embedding(self) -> int:
+        return self.total - self.nonembedding
+
+
+def count_params(shape: ModelShape) -> ParamCount:
+    """Exact parameter count of `chinchilla.model.GPT(shape)`.
+
+    Per block (pre-LayerNorm GPT-2 block, biases on every linear layer):
+    two LayerNorms 2 * 2d, QKV projection d * 3a + 3a, output projection a * d + d,
+    MLP d * f + f + f * d + d, where a = n_heads * head_dim and f = d_ff.
+    Outside the blocks: token embedding V * d, learned positions T * d, final
+    LayerNorm 2d, and an output head V * d (no bias) when embeddings are untied.
+    Non-embedding N follows Kaplan et al. 2020 (sec. 2.1): all vocabulary and positional
+    embedding matrices are left out.
+    """
+    d, a, f, V, T = shape.d_model, shape.attn_dim, shape.d_ff, shape.vocab_size, shape.seq_len
+    per_block = 4 * d + (d * 3 * a + 3 * a) + (a * d + d) + (d * f + f + f * d + d)
+    embedding = V * d
+    embedding += T * d if shape.position == "learned" else 0
+    embedding += 0 if shape.tied_embeddings else V * d
+    nonembedding = shape.n_layers * per_block + 2 * d
+    return ParamCount(total=nonembedding + embedding, nonembedding=nonembedding)
+
+
+def flops_per_token_6n(n_params: int | float) -> float:
+    """Training FLOPs per token, C = 6 N D (Kaplan et al. 2020, eq. 2.1).
+
+    2N for the forward pass (one multiply-accumulate per parameter) and 4N backward.
+    """
+    return 6.0 * n_params
+
+
+def chinchilla_flops_per_sequence(
+    shape: ModelShape, *, include_embeddings: bool = True
+) -> float:
+    """Training FLOPs of one sequence, Hoffmann et al. 2022, Appendix F.
+
+    A multiply-accumulate is 2 FLOPs and the backward pass costs twice the forward.
+    Forward, for sequence length T, vocabulary V, width d, attention width a = kv * h:
+    embeddings 2*T*V*d; per layer: QKV 2*3*T*d*a, attention logits 2*T^2*a,
+    softmax 3*h*T^2, softmax @ values 2*T^2*a, output projection 2*T*a*d,
+    dense 2*T*(2*d*ffw); final logits 2*T*d*V.
+
+    `include_embeddings=False` leaves out the two vocabulary terms, as Table A4 does
+    when it reports the ratio of this count to 6ND.
+    """
+    T, V, d, a, h = shape.seq_len, shape.vocab_size, shape.d_model, shape.attn_dim, shape.n_heads
+    per_layer = (
+        2 * 3 * T * d * a  # Q, K, V projections
+        + 2 * T * T * a  # attention logits K @ Q
+        + 3 * h * T * T  # softmax
+        + 2 * T * T * a  # softmax @ V
+        + 2 * T * a * d  # output projection
+        + 2 * T * (2 * d * shape.d_ff)  # dense block
+    )
+    forward = shape.n_layers * per_layer
+    if include_embeddings:
+        forward += 2 * T * V * d + 2 * T * d * V  # embeddings, final logits
+    return 3.0 * forward
+
+
+def chinchilla_flops_per_token(shape: ModelShape, *, include_embeddings: bool = True) -> float:
+    """Appendix F training FLOPs per token (see `chinchilla_flops_per_sequence`)."""
+    return chinchilla_flops_per_sequence(shape, include_embeddings=include_embeddings) / shape.seq_len
+
+
+def flops_per_token(shape: ModelShape, n_convention: str, flops_convention: str) -> float:
+    """Training FLOPs per token under the configured conventions."""
+    if flops_convention == "chinchilla":
+        return chinchilla_flops_per_token(shape)
+    counts = count_params(shape)
+    n = counts.total if n_convention == "total" else counts.nonembedding
+    return flops_per_token_6n(n)

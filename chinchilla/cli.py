@@ -1,0 +1,362 @@
+"""Typer commands: plan, sweep, status, fit. Each parses, calls one function, prints.
+
+Bad input of any kind (a `UserError`) becomes `error: <one line>` on stderr and exit 2.
+Heavy libraries (torch, matplotlib) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chinchilla import console
+from chinchilla.errors import UserError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Plan, train and fit Chinchilla-style compute-optimal scaling laws.",
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
+
+
+def _user_errors(fn):
+    """Turn `UserError` (and a broken pipe) into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            console.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load(config: Path, overrides: list[str] | None):
+    from chinchilla.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Plan, train and fit Chinchilla-style compute-optimal scaling laws."""
+    if version:
+        from chinchilla import __version__
+
+        print(__version__)
+        raise typer.Exit(0)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@app.command()
+@_user_errors
+def plan(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Lay out the grid of runs with exact parameter and FLOP counts, before training."""
+    from chinchilla.grid import plan as make_plan
+
+    p = make_plan(_load(config, set_))
+    if as_json:
+        print(json.dumps(p.to_json(), indent=1))
+        return
+    _print_plan(p)
+
+
+def _print_plan(p) -> None:
+    from rich.table import Table
+
+    g = p.config.grid
+    n_name = "N total" if g.n_convention == "total" else "N non-emb"
+    c_name = "6ND" if g.flops_convention == "6nd" else "Chinchilla App. F"
+    t = Table(
+        title=f"{p.config.name}: {len(p.runs)} runs ({g.kind}); budgets and FLOPs as {c_name} "
+        f"with N = {g.n_convention} parameters",
+        title_justify="left",
+    )
+    for col in ("run_id", "budget [FLOPs]", "N total", "N non-emb", "D [tokens]", "D/N",
+                "d_model", "layers", "heads", "d_ff", "steps", "peak lr",
+                "FLOPs [conv.]", "App.F / 6ND", "est. time"):
+        t.add_column(col, justify="left" if col == "run_id" else "right")
+    for r in p.runs:
+        t.add_row(
+            r.run_id, f"{r.budget:.3g}", console.si(r.n_params), console.si(r.n_params_nonembedding),
+            console.si(r.n_tokens), f"{r.n_tokens / r.n_params:.1f}", str(r.shape.d_model),
+            str(r.shape.n_layers), str(r.shape.n_heads), str(r.shape.d_ff), str(r.steps),
+            f"{r.lr:.2e}", f"{r.flops:.3g}", f"{r.flops_chinchilla / r.flops_6nd:.3f}",
+            console.duration(p.estimated_seconds(r)),
+        )
+    console.stdout.print(t)
+    dev = p.config.device
+    console.stdout.print(
+        f"total: {p.total_flops:.3g} FLOPs ({c_name}), "
+        f"{sum(r.flops_chinchilla for r in p.runs):.3g} FLOPs (App. F); "
+        f"estimated {p.estimated_hours:.2f} h at {dev.plan_peak_flops:.3g} FLOP/s peak and "
+        f"{dev.plan_utilization:.0%} utilisation (N total = all parameters; "
+        f"N non-emb = without vocabulary and position embeddings)"
+    )
+    for w in p.warnings:
+        console.stderr.print(f"warning: {w}")
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Sweep directory (default: runs/<config name>).")
+]
+
+
+@app.command()
+@_user_errors
+def sweep(
+    config: ConfigArg,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Proceed in a directory that holds a sweep of another config.")] = False,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Runs trained at once (one process each).")] = None,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="local or ray (default: the config's execution.executor).")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="Ray cluster address, e.g. auto.")] = None,
+) -> None:
+    """Train every planned run not yet finished in the directory; rerun to resume."""
+    from chinchilla.sweep import default_out, run_sweep
+
+    cfg = _load(config, set_)
+    if executor not in (None, "local", "ray"):
+        raise UserError(f"--executor: expected local or ray, got {executor!r}")
+    target = out or default_out(cfg)
+    s = run_sweep(cfg, target, force=force, executor=executor, workers=workers, address=address)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(s.statuses.items())) or "nothing"
+    console.stdout.print(
+        f"sweep {target}: {s.planned} planned, {s.trained} trained now; recorded: {counts}. "
+        f"Wall {console.duration(s.wall_seconds)}, in training steps "
+        f"{console.duration(s.step_seconds)}, evaluations {console.duration(s.eval_seconds)}"
+        + (f", outside both {s.overhead_fraction:.1%}" if s.trained else "")
+        + f". Tables: {target / 'runs.parquet'}, {target / 'curves.parquet'}")
+
+
+@app.command()
+@_user_errors
+def status(
+    out: Annotated[Path, typer.Argument(help="Sweep directory.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show done, pending, running, interrupted, diverged and failed runs of a sweep."""
+    from chinchilla.sweep import status as sweep_status
+
+    st = sweep_status(out)
+    if as_json:
+        print(json.dumps(st, indent=1))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{st['name']} in {st['out']}: " + ", ".join(
+        f"{v} {k}" for k, v in sorted(st["counts"].items())), title_justify="left")
+    for col in ("run_id", "status", "budget [FLOPs]", "N total", "D [tokens]", "worker"):
+        t.add_column(col)
+    for r in st["runs"]:
+        t.add_row(r["run_id"], r["status"], f"{r['budget']:.3g}", console.si(r["n_params"]),
+                  console.si(r["n_tokens"]), r["worker"] or "")
+    console.stdout.print(t)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _floats(text: str | None, option: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if any(not v > 0 for v in values):
+        raise UserError(f"{option}: values must be > 0")
+    return values
+
+
+@app.command()
+@_user_errors
+def fit(
+    results: Annotated[Path, typer.Argument(
+        help="A sweep directory, or a CSV / parquet table of runs.", show_default=False)],
+    as_json: JsonOpt = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Where fit.json, predictions.csv and figures go (default: the sweep "
+        "directory; nothing is written for a table unless given).")] = None,
+    approach: Annotated[list[int] | None, typer.Option(
+        "--approach", help="Approach 1, 2 or 3 (repeatable; default all).")] = None,
+    predict: Annotated[str | None, typer.Option(
+        "--predict", help="Target budgets in FLOPs, e.g. 1e21,5.76e23.")] = None,
+    predict_n: Annotated[str | None, typer.Option(
+        "--predict-n", help="Target model sizes N, e.g. 1e9,70e9 (Table 3 layout).")] = None,
+    bootstrap: Annotated[int, typer.Option(
+        "--bootstrap", min=0, help="Bootstrap resamples for intervals (0: none).")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    delta: Annotated[float, typer.Option("--delta", help="Huber delta of Approach 3.")] = 1e-3,
+    starts: Annotated[str, typer.Option(
+        "--starts", help="Approach 3 start grid: paper (4,500) or coarse (1,125).")] = "paper",
+    all_starts: Annotated[bool, typer.Option(
+        "--all-starts", help="Run every start to convergence (no successive halving).")] = False,
+    bound_e: Annotated[bool, typer.Option(
+        "--bound-e", help="Constrain E to at most the lowest observed loss.")] = False,
+    n_col: Annotated[str | None, typer.Option("--n-col", help="Column holding N.")] = None,
+    d_col: Annotated[str | None, typer.Option("--d-col", help="Column holding D.")] = None,
+    c_col: Annotated[str | None, typer.Option("--c-col", help="Column holding C.")] = None,
+    loss_col: Annotated[str | None, typer.Option("--loss-col", help="Column holding loss.")] = None,
+    n_convention: Annotated[str, typer.Option(
+        "--n-convention", help="total or nonembedding, when both are present.")] = "total",
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures.")] = True,
+) -> None:
+    """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
+    from chinchilla.fit.data import load_results
+    from chinchilla.fit.results import FitOptions, fit_all
+    from chinchilla.predict import default_budgets, predictions
+
+    if n_convention not in ("total", "nonembedding"):
+        raise UserError(f"--n-convention: expected total or nonembedding, got {n_convention!r}")
+    if starts not in ("paper", "coarse"):
+        raise UserError(f"--starts: expected paper or coarse, got {starts!r}")
+    if not delta > 0:
+        raise UserError("--delta must be > 0")
+    chosen = tuple(sorted(set(approach or (1, 2, 3))))
+    if any(k not in (1, 2, 3) for k in chosen):
+        raise UserError("--approach: expected 1, 2 or 3")
+    budgets, sizes = _floats(predict, "--predict"), _floats(predict_n, "--predict-n")
+    res = load_results(results, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
+                       n_convention=n_convention)
+    if len(res) == 0:
+        raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
+    opts = FitOptions(approaches=chosen, bootstrap=bootstrap, seed=seed, delta=delta,
+                      start_grid=starts, exhaustive=all_starts, bound_e_by_min_loss=bound_e)
+    rep = fit_all(res, opts)
+    if not budgets and not sizes:
+        budgets = default_budgets(rep)
+    preds = predictions(rep, budgets, sizes)
+    doc = rep.to_json() | {"predictions": preds}
+    target = out if out is not None else res.sweep_dir
+    written = []
+    if target is not None:
+        written = _write_fit(target, doc, preds, rep if plots else None)
+    if as_json:
+        print(json.dumps(doc, indent=1, default=_json_default))
+        return
+    _print_fit(doc, written)
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
+
+
+def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
+    import csv
+    import io
+    import os
+
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    path = target / "fit.json"
+    tmp = path.with_name(f".fit.json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
+    os.replace(tmp, path)
+    written.append(path)
+    buf = io.StringIO()
+    cols = ["approach", "target", "flops", "n_opt", "d_opt", "tokens_per_param", "loss",
+            "n_opt_ci", "d_opt_ci", "loss_ci"]
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for p in preds:
+        w.writerow([";".join(f"{x:.6g}" for x in p[c]) if isinstance(p.get(c), list)
+                    else ("" if p.get(c) is None else p[c]) for c in cols])
+    path = target / "predictions.csv"
+    tmp = path.with_name(f".predictions.csv.tmp{os.getpid()}")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+    written.append(path)
+    if rep is not None:
+        from chinchilla.plots import save_figures
+
+        written += save_figures(rep, target)
+    return written
+
+
+def _ci(v) -> str:
+    return f" [{v[0]:.3g}, {v[1]:.3g}]" if v else ""
+
+
+def _print_fit(doc: dict, written: list[Path]) -> None:
+    conv = doc["conventions"]
+    p = console.stdout.print
+    p(f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; C: {conv['flops']}; "
+      f"D: {conv['n_tokens']})" + (f"; left out: {doc['excluded']}" if doc["excluded"] else ""))
+    for k in (1, 2):
+        a = doc[f"approach{k}"]
+        if a:
+            p(f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{_ci(a['a_ci'])}, "
+              f"D_opt ∝ C^{a['b']:.3f}{_ci(a['b_ci'])}  (80% bootstrap intervals)")
+            for note in a.get("notes", []):
+                p(f"  note: {note}")
+    a3 = doc["approach3"]
+    if a3:
+        ci = a3["ci"]
+        p(f"Approach 3: L(N, D) = E + A/N^α + B/D^β with E={a3['E']:.4g}{_ci(ci.get('E', {}).get('80'))}"
+          f" A={a3['A']:.4g} B={a3['B']:.4g} α={a3['alpha']:.4f}{_ci(ci.get('alpha', {}).get('80'))}"
+          f" β={a3['beta']:.4f}{_ci(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
+          f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})")
+    if doc.get("irreducible_loss") is not None:
+        p(f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
+          f"{doc['irreducible_loss']:.4f} nats/token")
+    for k, why in doc["skipped"].items():
+        p(f"{k} skipped: {why}")
+    from rich.table import Table
+
+    t = Table(title="compute-optimal allocation (80% bootstrap intervals)", title_justify="left")
+    for col in ("approach", "C [FLOPs]", "N_opt [params]", "D_opt [tokens]", "D/N",
+                "loss [nats/token]"):
+        t.add_column(col, justify="right")
+    for r in doc["predictions"]:
+        t.add_row(str(r["approach"]), f"{r['flops']:.3g}" + _ci(r.get("flops_ci")),
+                  f"{r['n_opt']:.3g}" + _ci(r.get("n_opt_ci")),
+                  f"{r['d_opt']:.3g}" + _ci(r.get("d_opt_ci")), f"{r['tokens_per_param']:.1f}",
+                  "-" if r["loss"] is None else f"{r['loss']:.4f}" + _ci(r.get("loss_ci")))
+    p(t)
+    if written:
+        p("wrote " + ", ".join(str(w) for w in written))
+
+
+def main() -> None:
+    app(prog_name="chinchilla")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

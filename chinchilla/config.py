@@ -1,0 +1,578 @@
+"""YAML -> frozen dataclasses, `--set` overrides and validation.
+
+Every section is a frozen dataclass whose fields are documented where they are
+declared; the YAML files in `configs/` mirror them key for key. Loading checks
+types field by field (PyYAML reads `3e-4` as a string, so numbers are coerced),
+rejects unknown keys, and each section validates its values in `__post_init__`.
+Every problem is a `UserError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from chinchilla.errors import UserError
+
+
+def _fail(key: str, problem: str) -> typing.NoReturn:
+    raise UserError(f"config: {key}: {problem}")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One explicit model shape."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int | None = None  # MLP hidden width; None = 4 * d_model
+    head_dim: int | None = None  # per-head width; None = d_model / n_heads
+
+    def check(self, key: str) -> None:
+        """Validate, naming the shape by `key` (e.g. model.sizes[2])."""
+        for name in ("d_model", "n_layers", "n_heads"):
+            if getattr(self, name) < 1:
+                _fail(f"{key}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            _fail(f"{key}.n_heads", f"{self.n_heads} heads do not divide d_model {self.d_model}")
+        if self.d_ff is not None and self.d_ff < 1:
+            _fail(f"{key}.d_ff", f"must be >= 1, got {self.d_ff}")
+        if self.head_dim is not None and self.head_dim < 1:
+            _fail(f"{key}.head_dim", f"must be >= 1, got {self.head_dim}")
+
+    @property
+    def ffw(self) -> int:
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def kv(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How model shapes are chosen, and what every model shares."""
+
+    family: Literal["explicit", "aspect", "table"] = "aspect"
+    """explicit: the shapes in `sizes`; aspect: shapes generated with a fixed
+    d_model / n_layers ratio; table: the nearest rows of `shapes_file`."""
+    sizes: tuple[ShapeSpec, ...] = ()
+    """The shapes of family `explicit`, used for every budget."""
+    aspect_ratio: float = 32.0
+    """Family `aspect`: d_model / n_layers (Kaplan et al. found a broad optimum near 50-100
+    at large scale; small models do well nearer 16-32)."""
+    head_dim: int = 64
+    """Family `aspect`: per-head width; d_model is a multiple of it."""
+    ffw_ratio: float = 4.0
+    """Families `aspect` and `table` without d_ff: d_ff = ffw_ratio * d_model."""
+    shapes_file: str | None = None
+    """Family `table`: CSV with d_model, n_layers, n_heads and optional ffw_size/d_ff and
+    kv_size/head_dim columns (Chinchilla's Table A9 has this layout). Relative paths are
+    resolved from the config file's folder."""
+    seq_len: int = 128
+    """Tokens per training sequence (context length)."""
+    tied_embeddings: bool = True
+    """Share the token embedding with the output head."""
+    position: Literal["learned", "rotary"] = "learned"
+    """Learned absolute position embeddings (GPT-2) or rotary (RoPE, no parameters)."""
+
+    def __post_init__(self) -> None:
+        for i, shape in enumerate(self.sizes):
+            shape.check(f"model.sizes[{i}]")
+            if self.position == "rotary" and shape.kv % 2:
+                _fail(f"model.sizes[{i}].head_dim", "rotary positions need an even head width")
+        if self.family == "explicit" and not self.sizes:
+            _fail("model.sizes", "family 'explicit' needs at least one size")
+        if self.family == "table" and not self.shapes_file:
+            _fail("model.shapes_file", "family 'table' needs a shapes_file")
+        if self.aspect_ratio <= 0:
+            _fail("model.aspect_ratio", f"must be > 0, got {self.aspect_ratio}")
+        if self.head_dim < 1:
+            _fail("model.head_dim", f"must be >= 1, got {self.head_dim}")
+        if self.ffw_ratio <= 0:
+            _fail("model.ffw_ratio", f"must be > 0, got {self.ffw_ratio}")
+        if self.seq_len < 2:
+            _fail("model.seq_len", f"must be >= 2, got {self.seq_len}")
+        if self.position == "rotary" and self.family == "aspect" and self.head_dim % 2:
+            _fail("model.head_dim", "rotary positions need an even head_dim")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Which runs to plan."""
+
+    kind: Literal["isoflop", "horizons"] = "isoflop"
+    """isoflop: budgets x model sizes, D = C / FLOPs per token (Approach 2);
+    horizons: model sizes x cosine cycle lengths (Approach 1)."""
+    budgets: tuple[float, ...] = ()
+    """Kind isoflop: compute budgets C in FLOPs, under `flops_convention`."""
+    sizes_per_budget: int = 5
+    """Kind isoflop with a generated family: model sizes per budget."""
+    size_span: float = 8.0
+    """Kind isoflop with a generated family: largest / smallest N at each budget, spread
+    evenly in log N around the expected optimum."""
+    tokens_per_param: float = 20.0
+    """The expected compute-optimal D / N, used to centre sizes on each budget
+    (Chinchilla: about 20) and, for kind horizons, the middle horizon."""
+    model_sizes: tuple[float, ...] = ()
+    """Kind horizons with a generated family: target parameter counts (`n_convention`)."""
+    horizons: int = 4
+    """Kind horizons: cosine cycle lengths per model size (Chinchilla: 4)."""
+    horizon_span: float = 16.0
+    """Kind horizons: longest / shortest token count per size (Chinchilla: 16)."""
+    n_convention: Literal["total", "nonembedding"] = "total"
+    """Which parameter count N means: all parameters (Chinchilla) or without token,
+    position and output embeddings (Kaplan)."""
+    flops_convention: Literal["6nd", "chinchilla"] = "6nd"
+    """Which FLOP count defines a budget: 6 * N * D with N under `n_convention`, or
+    Chinchilla's Appendix F count (attention and embeddings included)."""
+    budget_tolerance: float = 0.02
+    """A planned run's FLOPs may differ from its budget by at most this fraction
+    (tokens round to whole optimizer steps)."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "isoflop" and not self.budgets:
+            _fail("grid.budgets", "kind 'isoflop' needs at least one budget")
+        for c in self.budgets:
+            if not c > 0:
+                _fail("grid.budgets", f"budgets must be > 0 FLOPs, got {c:g}")
+        if len(set(self.budgets)) != len(self.budgets):
+            _fail("grid.budgets", "budgets repeat")
+        for n in self.model_sizes:
+            if not n > 0:
+                _fail("grid.model_sizes", f"sizes must be > 0 parameters, got {n:g}")
+        if self.sizes_per_budget < 1:
+            _fail("grid.sizes_per_budget", f"must be >= 1, got {self.sizes_per_budget}")
+        if self.size_span < 1:
+            _fail("grid.size_span", f"must be >= 1, got {self.size_span}")
+        if self.tokens_per_param <= 0:
+            _fail("grid.tokens_per_param", f"must be > 0, got {self.tokens_per_param}")
+        if self.horizons < 1:
+            _fail("grid.horizons", f"must be >= 1, got {self.horizons}")
+        if self.horizon_span < 1:
+            _fail("grid.horizon_span", f"must be >= 1, got {self.horizon_span}")
+        if not 0 < self.budget_tolerance < 1:
+            _fail("grid.budget_tolerance", f"must be in (0, 1), got {self.budget_tolerance}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one run trains (every run of a sweep shares these)."""
+
+    batch_size: int = 32
+    """Sequences per optimizer step."""
+    lr: float | None = None
+    """Peak learning rate; None = the size rule lr_base * (N / 1e6) ** -lr_exponent,
+    clipped to [lr_min, lr_max] (N = total parameters)."""
+    lr_base: float = 2e-3
+    lr_exponent: float = 0.25
+    lr_min: float = 1e-4
+    lr_max: float = 3e-3
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    """cosine: linear warmup then cosine decay over the run's whole token budget
+    (Chinchilla); wsd: warmup, stable, then linear decay over the last `decay_frac`."""
+    warmup_frac: float = 0.05
+    """Fraction of steps spent in linear warmup."""
+    final_lr_frac: float = 0.1
+    """Final learning rate / peak (Chinchilla decays 10x)."""
+    decay_frac: float = 0.2
+    """Schedule wsd: fraction of steps in the final decay."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay, applied to matrices only (not biases, norms)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables."""
+    evals: int = 8
+    """Held-out evaluations per run, evenly spaced; the last one is at the final step."""
+    eval_tokens: int = 32768
+    """Validation tokens per evaluation (the same tokens for every run of a sweep)."""
+    log_every: int = 10
+    """Log the training loss every this many steps."""
+    checkpoint_every_s: float = 60.0
+    """Save a resumable checkpoint at most this often (seconds); 0 disables."""
+    compile: bool = False
+    """torch.compile the model (CUDA; opt-in)."""
+    seed: int = 0
+    """Seed for initialisation and data order (the same for every run)."""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "lr_base", "lr_min", "lr_max", "evals", "eval_tokens")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                _fail(f"train.{name}", f"must be > 0, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            _fail("train.lr", f"must be > 0, got {self.lr}")
+        if self.lr_min > self.lr_max:
+            _fail("train.lr_min", f"{self.lr_min} exceeds lr_max {self.lr_max}")
+        for name in ("warmup_frac", "final_lr_frac", "decay_frac", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1 + (name == "final_lr_frac"):
+                _fail(f"train.{name}", f"must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            _fail("train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.grad_clip < 0:
+            _fail("train.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        if self.log_every < 1:
+            _fail("train.log_every", f"must be >= 1, got {self.log_every}")
+        if self.checkpoint_every_s < 0:
+            _fail("train.checkpoint_every_s", f"must be >= 0, got {self.checkpoint_every_s}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from."""
+
+    kind: Literal["synthetic", "text", "tokens", "parquet", "jsonl", "dataset"] = "synthetic"
+    """synthetic: generated on the fly with a known entropy rate; text: UTF-8 files;
+    tokens: nanoGPT-style train.bin / val.bin; parquet / jsonl / dataset: a text column."""
+    vocab_size: int | None = None
+    """Vocabulary size; synthetic default 128, text with byte tokens 257 (256 bytes plus an
+    end-of-document token), required for kind tokens and for a BPE tokenizer."""
+    path: str | None = None
+    """Kinds other than synthetic: a file, a folder or a glob. Relative paths are resolved
+    from the config file's folder."""
+    tokenizer: str = "bytes"
+    """Text kinds: 'bytes', 'bpe' (trained on the corpus with `tokenizers`, cached), or the
+    path of a tokenizer.json."""
+    dtype: Literal["uint16", "uint32"] = "uint16"
+    """Kind tokens: the integer type of train.bin / val.bin."""
+    text_column: str = "text"
+    """Kinds parquet / jsonl / dataset: the column holding documents."""
+    val_fraction: float = 0.01
+    """Text kinds: fraction of documents held out for validation (chosen by a hash of each
+    document, so the split never depends on file order)."""
+    cache_dir: str | None = None
+    """Where tokenized corpora are cached; default: <corpus folder>/.chinchilla_cache."""
+    # synthetic source (see chinchilla/data/synthetic.py)
+    orders: tuple[int, ...] = (1, 2, 3)
+    """Synthetic: context lengths of the mixture's Markov components."""
+    order_weights: tuple[float, ...] = (0.25, 0.35, 0.4)
+    """Synthetic: mixture weight of each order (sums to 1)."""
+    support: int = 6
+    """Synthetic: next-token candidates per context (sparse rules)."""
+    n_rules: int = 4096
+    """Synthetic: distinct rules per order above 1 (contexts are hashed onto them)."""
+    zipf_exponent: float = 1.1
+    """Synthetic: Zipf exponent of how often each token is a candidate."""
+    val_tokens: int = 131072
+    """Synthetic: held-out tokens generated for validation."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_size is not None and self.vocab_size < 2:
+            _fail("data.vocab_size", f"must be >= 2, got {self.vocab_size}")
+        if self.kind != "synthetic" and not self.path:
+            _fail("data.path", f"kind '{self.kind}' needs a path")
+        if self.kind == "tokens" and self.vocab_size is None:
+            _fail("data.vocab_size", "kind 'tokens' needs the vocabulary size")
+        if self.tokenizer == "bpe" and self.vocab_size is None:
+            _fail("data.vocab_size", "a BPE tokenizer needs a vocabulary size")
+        if len(self.orders) != len(self.order_weights) or not self.orders:
+            _fail("data.order_weights", "needs one weight per entry of data.orders")
+        if any(k < 1 for k in self.orders):
+            _fail("data.orders", "orders must be >= 1")
+        if any(w < 0 for w in self.order_weights) or abs(sum(self.order_weights) - 1) > 1e-6:
+            _fail("data.order_weights", "weights must be >= 0 and sum to 1")
+        if self.support < 1 or self.n_rules < 1 or self.val_tokens < 1:
+            _fail("data.support", "support, n_rules and val_tokens must be >= 1")
+        if self.zipf_exponent < 0:
+            _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
+        if not 0 < self.val_fraction < 1:
+            _fail("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+
+    @property
+    def resolved_vocab_size(self) -> int:
+        if self.vocab_size is not None:
+            return self.vocab_size
+        if self.kind == "synthetic":
+            return 128
+        return 257  # byte tokens plus the end-of-document token
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where runs train, and what the planner assumes about speed."""
+
+    type: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available, else CPU."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device for MFU; None = bf16 dense peak from the built-in table
+    for known GPUs, or a matmul measured at start-up on CPU."""
+    plan_peak_flops: float = 989e12
+    """Peak FLOP/s the planner's time estimate assumes (default: H100 SXM bf16 dense)."""
+    plan_utilization: float = 0.35
+    """Model FLOPs utilisation the planner's time estimate assumes."""
+    threads: int | None = None
+    """CPU threads per run; None = torch's default."""
+
+    def __post_init__(self) -> None:
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            _fail("device.peak_flops", f"must be > 0, got {self.peak_flops}")
+        if not self.plan_peak_flops > 0:
+            _fail("device.plan_peak_flops", f"must be > 0, got {self.plan_peak_flops}")
+        if not 0 < self.plan_utilization <= 1:
+            _fail("device.plan_utilization", f"must be in (0, 1], got {self.plan_utilization}")
+        if self.threads is not None and self.threads < 1:
+            _fail("device.threads", f"must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How a sweep spreads runs over processes, GPUs and nodes (no effect on results)."""
+
+    executor: Literal["local", "ray"] = "local"
+    workers: int = 1
+    """Runs trained at once on this machine (one process each)."""
+    runs_per_gpu: int = 1
+    """Runs packed onto one GPU at once (small runs leave a GPU idle)."""
+    retries: int = 0
+    """Extra attempts for a run that failed (an exception, out of memory)."""
+    address: str | None = None
+    """Executor ray: the cluster address ('auto' joins a running cluster)."""
+    num_gpus: float | None = None
+    """Executor ray: GPUs per run (fractional packs runs); None = 1 / runs_per_gpu."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            _fail("execution.workers", f"must be >= 1, got {self.workers}")
+        if self.runs_per_gpu < 1:
+            _fail("execution.runs_per_gpu", f"must be >= 1, got {self.runs_per_gpu}")
+        if self.retries < 0:
+            _fail("execution.retries", f"must be >= 0, got {self.retries}")
+        if self.num_gpus is not None and not self.num_gpus >= 0:
+            _fail("execution.num_gpus", f"must be >= 0, got {self.num_gpus}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: what to plan, how to train it, on what data and hardware."""
+
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    base_dir: str = field(default=".", metadata={"internal": True})
+    """Folder of the YAML file, for relative paths (not a YAML key)."""
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def to_dict(self, *, with_execution: bool = True) -> dict[str, Any]:
+        """Plain data (YAML/JSON-able); the internal `base_dir` is left out."""
+        d = _to_plain(self)
+        d.pop("base_dir")
+        if not with_execution:
+            d.pop("execution")
+        return d
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (the execution section does not)."""
+        blob = json.dumps(self.to_dict(with_execution=False), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, coercing numbers written as strings."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                continue
+        _fail(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        _fail(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]  # a single budget may be written without brackets
+        if not isinstance(value, list | tuple):
+            _fail(key, f"expected {_type_name(tp)}, got {value!r}")
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(key, f"expected true/false, got {value!r}")
+    if tp in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip().replace("_", ""))
+            except ValueError:
+                _fail(key, f"expected {_type_name(tp)}, got {value!r}")
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            _fail(key, f"expected {_type_name(tp)}, got {value!r}")
+        if number != number or number in (float("inf"), float("-inf")):
+            _fail(key, f"expected a finite number, got {value!r}")
+        if tp is int:
+            if float(number) != int(number):
+                _fail(key, f"expected an integer, got {value!r}")
+            return int(number)
+        return float(number)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        _fail(key, f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported annotation {tp!r}")  # a programming error, not user input
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    where = prefix or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(where, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        close = _close_match(str(unknown[0]), fields)
+        _fail(name, "unknown key" + (f" (did you mean '{close}'?)" if close else ""))
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        _fail(f"{prefix}.{missing[0]}" if prefix else missing[0], "missing")
+    return cls(**kwargs)
+
+
+def _close_match(name: str, options: typing.Iterable[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(name, list(options), n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (['section', 'key'], value parsed as YAML)."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.key=value")
+    path, raw = text.split("=", 1)
+    keys = [k.strip() for k in path.split(".") if k.strip()]
+    if not keys:
+        raise UserError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text!r}: value is not valid YAML ({_yaml_problem(exc)})") from None
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Set each `section.key=value` into a copy of the raw YAML mapping."""
+    out = json.loads(json.dumps(raw, default=str)) if raw else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return problem
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"config path is a folder, not a YAML file: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {p}: invalid YAML: {_yaml_problem(exc)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config {p}: not UTF-8 text") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {p}: expected a mapping at the top level")
+    return raw
+
+
+def from_dict(raw: dict[str, Any], base_dir: str | Path = ".") -> Config:
+    cfg = build(Config, raw)
+    return dataclasses.replace(cfg, base_dir=str(base_dir))
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config, apply `--set` overrides and validate everything."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return from_dict(raw, base_dir=Path(path).resolve().parent)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

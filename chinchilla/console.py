@@ -1,0 +1,38 @@
+"""Human-readable numbers and tables for the terminal (the CLI's only printer)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from rich.console import Console
+
+# Piped output (CI, logs, `| less`) gets a wide table rather than rich's 80 columns.
+stdout = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 220)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def si(x: float | None, digits: int = 3) -> str:
+    """1.23e9 -> '1.23G' (no unit; the column header carries it)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.{digits}g}{suffix}"
+    return f"{x:.{digits}g}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+def error(message: str) -> None:
+    """One line on stderr, no traceback."""
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr)

@@ -1,0 +1,123 @@
+"""Token sources behind one interface: `TokenData`.
+
+Every source ends as two flat arrays of token ids on disk (train and validation,
+memory-mapped, never read whole into RAM), a vocabulary size and a little metadata.
+Training reads fixed-length chunks of seq_len + 1 tokens: chunk i is
+tokens[i * (T + 1) : (i + 1) * (T + 1)]. The order of chunks is a seeded permutation
+per epoch, so a run's batch at step s depends on (seed, s) alone: resuming needs
+nothing but the step, and every run of a sweep sees the same data in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chinchilla.errors import UserError
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray  # (n_train,) token ids, memory-mapped
+    val: np.ndarray  # (n_val,) token ids, memory-mapped
+    vocab_size: int
+    seq_len: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    _perm_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def chunk(self) -> int:
+        return self.seq_len + 1
+
+    @property
+    def n_train_chunks(self) -> int:
+        return len(self.train) // self.chunk
+
+    @property
+    def n_val_chunks(self) -> int:
+        return len(self.val) // self.chunk
+
+    @property
+    def train_tokens(self) -> int:
+        """Predicted tokens available for training (T per chunk)."""
+        return self.n_train_chunks * self.seq_len
+
+    def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        key = (seed, epoch)
+        if key not in self._perm_cache:
+            self._perm_cache.clear()  # keep one epoch's permutation in memory
+            rng = np.random.default_rng([seed, epoch, 0x5EED])
+            self._perm_cache[key] = rng.permutation(self.n_train_chunks)
+        return self._perm_cache[key]
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """(batch_size, T + 1) int64 ids of optimizer step `step` (0-based)."""
+        n = self.n_train_chunks
+        samples = np.arange(step * batch_size, (step + 1) * batch_size)
+        epochs = samples // n
+        chunks = np.empty(batch_size, dtype=np.int64)
+        for e in np.unique(epochs):  # a batch straddles at most two epochs
+            sel = epochs == e
+            chunks[sel] = self._epoch_order(seed, int(e))[samples[sel] % n]
+        table = self.train[: n * self.chunk].reshape(n, self.chunk)  # a view, no copy
+        return table[chunks].astype(np.int64)
+
+    def val_batches(self, n_tokens: int, batch_size: int):
+        """The first ceil(n_tokens / T) validation chunks, in batches; the same every call."""
+        n_chunks = min(self.n_val_chunks, -(-n_tokens // self.seq_len))
+        for start in range(0, n_chunks, batch_size):
+            stop = min(n_chunks, start + batch_size)
+            block = self.val[start * self.chunk : stop * self.chunk]
+            yield np.asarray(block, dtype=np.int64).reshape(stop - start, self.chunk)
+
+    def check_eval(self, n_tokens: int) -> None:
+        if self.n_val_chunks * self.seq_len < n_tokens:
+            raise UserError(
+                f"data: validation set holds {self.n_val_chunks * self.seq_len:,} predicted "
+                f"tokens, fewer than one evaluation (train.eval_tokens = {n_tokens:,})"
+            )
+
+
+# ----------------------------------------------------------------------------- token files
+
+
+def write_tokens(path: Path, tokens: np.ndarray) -> None:
+    """Atomic write of a flat token file."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tokens.tofile(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def open_tokens(path: Path, dtype: np.dtype | str) -> np.ndarray:
+    return np.memmap(path, dtype=np.dtype(dtype), mode="r")
+
+
+def load_data(cfg, cache_root: Path, min_train_tokens: int = 0) -> TokenData:
+    """The configured source as `TokenData`, building its cache on first use."""
+    kind = cfg.data.kind
+    if kind == "synthetic":
+        from chinchilla.data.synthetic import load_synthetic
+
+        return load_synthetic(cfg, cache_root, min_train_tokens)
+    if kind == "tokens":
+        from chinchilla.data.corpus import load_token_files
+
+        return load_token_files(cfg)
+    from chinchilla.data.corpus import load_text_corpus
+
+    return load_text_corpus(cfg)

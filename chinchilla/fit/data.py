@@ -1,0 +1,246 @@
+"""Results tables in: a sweep directory, or any CSV / parquet table of (N, D, C, loss).
+
+numpy only (no pandas): `chinchilla fit` on a CSV starts in a fraction of a second.
+Columns are found under common spellings; D = C / (6N) when no tokens column exists.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from chinchilla.errors import UserError
+
+SPELLINGS = {
+    "n": ("n_params", "n", "model size", "params", "parameters", "model_size", "num_params",
+          "n_parameters", "model params"),
+    "d": ("n_tokens", "d", "training tokens", "tokens", "training_tokens", "num_tokens",
+          "data", "dataset size"),
+    "c": ("flops", "c", "training flop", "training flops", "compute", "training_flops",
+          "flop", "c_flops"),
+    "loss": ("loss", "l", "final loss", "final_loss", "eval_loss", "val_loss", "test loss"),
+}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+@dataclass
+class Curves:
+    """Training curves: one entry per logged step, grouped by run index."""
+
+    run: np.ndarray  # (m,) index into the results' rows
+    flops: np.ndarray
+    tokens: np.ndarray
+    loss: np.ndarray
+
+
+@dataclass
+class Results:
+    """What the fit needs, as float arrays over the usable runs."""
+
+    n_params: np.ndarray
+    n_tokens: np.ndarray
+    flops: np.ndarray
+    loss: np.ndarray
+    budget: np.ndarray | None  # planned budget per run, when known
+    run_id: list[str]
+    source: str
+    n_convention: str  # "total" | "nonembedding" | "as given"
+    flops_convention: str  # "6nd" | "chinchilla" | "as given" | "6nd (derived)"
+    tokens_derived: bool = False  # D = C / (6N)
+    excluded: dict[str, int] = field(default_factory=dict)  # status -> runs left out
+    curves: Curves | None = None
+    irreducible_loss: float | None = None
+    sweep_dir: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+
+def _find(columns: list[str], key: str, override: str | None) -> str | None:
+    if override:
+        if override not in columns:
+            raise UserError(f"column {override!r} not found (columns: {', '.join(columns)})")
+        return override
+    normed = {_norm(c): c for c in columns}
+    for spelling in SPELLINGS[key]:
+        if _norm(spelling) in normed:
+            return normed[_norm(spelling)]
+    return None
+
+
+def _read_table(path: Path) -> dict[str, list]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pydict()
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            raise UserError(f"{path}: not a readable parquet file ({exc})") from None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            delimiter = "\t" if sample.count("\t") > sample.count(",") else ","
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if not header:
+                raise UserError(f"{path}: empty table")
+            rows = [r for r in reader if r]
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text table") from None
+    table: dict[str, list] = {h: [] for h in header}
+    for i, r in enumerate(rows):
+        if len(r) != len(header):
+            raise UserError(f"{path}: row {i + 2} has {len(r)} fields, the header {len(header)}")
+        for h, v in zip(header, r, strict=True):
+            table[h].append(v)
+    return table
+
+
+def _floats(table: dict[str, list], column: str, path: Path) -> np.ndarray:
+    out = np.empty(len(table[column]))
+    for i, v in enumerate(table[column]):
+        try:
+            out[i] = float(v) if v not in (None, "") else math.nan
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: column {column!r}, row {i + 2}: {v!r} is not a number") from None
+    return out
+
+
+def load_results(path: str | Path, *, n_col: str | None = None, d_col: str | None = None,
+                 c_col: str | None = None, loss_col: str | None = None,
+                 n_convention: str = "total", curve_loss: str = "train_loss") -> Results:
+    """Read a sweep directory or a results table; keep runs with status ok."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"results not found: {p}")
+    sweep_dir = p if p.is_dir() else None
+    table_path = p / "runs.parquet" if p.is_dir() else p
+    if p.is_dir() and not table_path.exists():
+        raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
+    table = _read_table(table_path)
+    columns = list(table)
+    if not columns or not len(next(iter(table.values()))):
+        raise UserError(f"{table_path}: no rows")
+
+    # 1. which columns; total vs non-embedding N
+    if n_col is None and n_convention == "nonembedding":
+        if "n_params_nonembedding" not in columns:
+            raise UserError(f"{table_path}: no n_params_nonembedding column for "
+                            "--n-convention nonembedding")
+        n_col = "n_params_nonembedding"
+    cols = {"n": _find(columns, "n", n_col), "d": _find(columns, "d", d_col),
+            "c": _find(columns, "c", c_col), "loss": _find(columns, "loss", loss_col)}
+    for key, label in (("n", "model size N (n_params)"), ("loss", "loss")):
+        if cols[key] is None:
+            raise UserError(f"{table_path}: no {label} column (columns: {', '.join(columns)}); "
+                            f"name it with --{key if key != 'loss' else 'loss'}-col")
+    if cols["d"] is None and cols["c"] is None:
+        raise UserError(f"{table_path}: needs a tokens (D) or a compute (C) column "
+                        f"(columns: {', '.join(columns)})")
+
+    # 2. statuses: keep ok runs, count the rest
+    keep = np.ones(len(table[cols["n"]]), dtype=bool)
+    excluded: dict[str, int] = {}
+    if "status" in columns:
+        status = np.asarray([str(s) for s in table["status"]])
+        keep = status == "ok"
+        for s in sorted(set(status[~keep])):
+            excluded[s] = int((status == s).sum())
+
+    n = _floats(table, cols["n"], table_path)
+    loss = _floats(table, cols["loss"], table_path)
+    c = _floats(table, cols["c"], table_path) if cols["c"] else None
+    d = _floats(table, cols["d"], table_path) if cols["d"] else None
+    derived = d is None
+    if d is None:
+        d = c / (6.0 * n)  # C = 6ND (Kaplan et al. 2020, eq. 2.1)
+    if c is None:
+        c = 6.0 * n * d
+
+    # 3. bad values: one line naming the column and row
+    for name, arr in ((cols["n"], n), (cols["loss"], loss), (cols["d"] or cols["c"], d),
+                      (cols["c"] or cols["d"], c)):
+        bad = keep & ~(np.isfinite(arr) & (arr > 0))
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            raise UserError(f"{table_path}: column {name!r} must be positive and finite; "
+                            f"row {i + 2} holds {arr[i]!r} ({int(bad.sum())} such rows)")
+
+    run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
+    budget = _floats(table, "budget", table_path) if "budget" in columns else None
+    sel = np.nonzero(keep)[0]
+    flops_conv = "as given"
+    if "flops_convention" in columns and len(sel):
+        flops_conv = str(table["flops_convention"][sel[0]])
+    elif derived:
+        flops_conv = "6nd (D derived)"
+    n_conv = n_convention if cols["n"] in ("n_params", "n_params_nonembedding") else "as given"
+    irreducible = None
+    if "irreducible_loss" in columns and len(sel):
+        v = table["irreducible_loss"][sel[0]]
+        irreducible = float(v) if v not in (None, "") and math.isfinite(float(v)) else None
+    res = Results(
+        n_params=n[sel], n_tokens=d[sel], flops=c[sel], loss=loss[sel],
+        budget=None if budget is None else budget[sel], run_id=[run_ids[i] for i in sel],
+        source=str(p), n_convention=n_conv, flops_convention=flops_conv,
+        tokens_derived=derived, excluded=excluded, irreducible_loss=irreducible,
+        sweep_dir=sweep_dir,
+    )
+    if sweep_dir is not None and (sweep_dir / "curves.parquet").exists():
+        res.curves = _load_curves(sweep_dir / "curves.parquet", res, curve_loss)
+    return res
+
+
+def _load_curves(path: Path, res: Results, loss_column: str) -> Curves | None:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path).to_pydict()
+    if not t.get("run_id"):
+        return None
+    index = {rid: i for i, rid in enumerate(res.run_id)}
+    rows = np.array([index.get(r, -1) for r in t["run_id"]])
+    loss = np.asarray(t[loss_column], dtype=float)
+    ok = (rows >= 0) & np.isfinite(loss) & (loss > 0)
+    if not ok.any():
+        return None
+    return Curves(run=rows[ok], flops=np.asarray(t["flops"], float)[ok],
+                  tokens=np.asarray(t["tokens"], float)[ok], loss=loss[ok])
+
+
+def group_budgets(flops: np.ndarray, budget: np.ndarray | None,
+                  gap_decades: float = 0.1) -> np.ndarray:
+    """A budget label per run: the planned budget when known, else clusters of C whose
+    log10 values lie within `gap_decades` of a neighbour (digitised published points
+    scatter around their nominal budget), labelled by their geometric mean."""
+    if budget is not None and np.all(np.isfinite(budget)):
+        return budget.astype(float)
+    logc = np.log10(flops)
+    order = np.argsort(logc)
+    labels = np.empty(len(flops))
+    start = 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or logc[order[k]] - logc[order[k - 1]] > gap_decades:
+            members = order[start:k]
+            labels[members] = 10 ** logc[members].mean()
+            start = k
+    return labels
+
+
+def sweep_metadata(sweep_dir: Path | None) -> dict:
+    if sweep_dir is None or not (sweep_dir / "sweep.json").exists():
+        return {}
+    try:
+        return json.loads((sweep_dir / "sweep.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}

@@ -1,0 +1,124 @@
+"""Approach 2: IsoFLOP profiles (Hoffmann et al. 2022, section 3.2, Figure 3).
+
+For each budget, a parabola of loss in log10 N; its vertex is that budget's optimal
+N. Power laws N_opt = k_N C^a and D_opt = k_D C^b are then fitted through the minima.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient * C^exponent, fitted by least squares in log10-log10."""
+
+    exponent: float
+    coefficient: float
+
+    def __call__(self, flops):
+        return self.coefficient * np.power(flops, self.exponent)
+
+    def inverse(self, y):
+        """The C at which this law gives y."""
+        return np.power(np.asarray(y, float) / self.coefficient, 1.0 / self.exponent)
+
+
+def fit_power_law(flops: np.ndarray, y: np.ndarray) -> PowerLaw:
+    slope, intercept = np.polyfit(np.log10(flops), np.log10(y), 1)
+    return PowerLaw(exponent=float(slope), coefficient=float(10**intercept))
+
+
+@dataclass
+class Parabola:
+    budget: float
+    coef: tuple[float, float, float]  # loss = c2 x^2 + c1 x + c0, x = log10 N
+    n_range: tuple[float, float]  # N sampled at this budget
+    n_points: int
+    n_opt: float  # N at the vertex (nan when the parabola opens downward)
+    d_opt: float  # tokens at the vertex, from log D linear in log N at this budget
+    loss_opt: float
+    convex: bool
+    inside: bool  # vertex within the sampled N range
+
+    def as_dict(self) -> dict:
+        return {"budget": self.budget, "coef": list(self.coef), "n_min": self.n_range[0],
+                "n_max": self.n_range[1], "n_points": self.n_points, "n_opt": self.n_opt,
+                "d_opt": self.d_opt, "loss_opt": self.loss_opt, "convex": self.convex,
+                "inside_range": self.inside}
+
+
+@dataclass
+class IsoFlopFit:
+    parabolas: list[Parabola]
+    n_law: PowerLaw
+    d_law: PowerLaw
+    used: list[float]  # budgets whose minima entered the power laws
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def a(self) -> float:
+        return self.n_law.exponent
+
+    @property
+    def b(self) -> float:
+        return self.d_law.exponent
+
+
+def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> Parabola:
+    x = np.log10(n)
+    c2, c1, c0 = np.polyfit(x, loss, 2)
+    convex = c2 > 0
+    lo, hi = float(n.min()), float(n.max())
+    if convex:
+        xv = -c1 / (2 * c2)
+        n_opt = 10**xv
+        loss_opt = c0 - c1 * c1 / (4 * c2)
+        slope, icpt = np.polyfit(x, np.log10(d), 1)
+        d_opt = 10 ** (icpt + slope * xv)
+    else:
+        n_opt = d_opt = loss_opt = float("nan")
+    return Parabola(budget=float(budget), coef=(float(c2), float(c1), float(c0)),
+                    n_range=(lo, hi), n_points=len(n), n_opt=float(n_opt), d_opt=float(d_opt),
+                    loss_opt=float(loss_opt), convex=bool(convex),
+                    inside=bool(convex and lo <= n_opt <= hi))
+
+
+class NotEnoughData(ValueError):
+    """The data cannot support this approach; the message says why."""
+
+
+def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budgets: np.ndarray,
+                min_budgets: int = 3) -> IsoFlopFit:
+    """Parabolas per budget, then power laws through their vertices.
+
+    Vertices outside the sampled N range are flagged; the power laws use the interior
+    ones when at least `min_budgets` exist, else every convex one (noted).
+    """
+    parabolas = []
+    for c in np.unique(budgets):
+        sel = budgets == c
+        if len(np.unique(n[sel])) >= 3:
+            parabolas.append(fit_parabola(c, n[sel], d[sel], loss[sel]))
+    if len(parabolas) < min_budgets:
+        raise NotEnoughData(f"{len(parabolas)} budget(s) with 3 or more model sizes; "
+                            f"IsoFLOP profiles need {min_budgets}")
+    notes = []
+    use = [p for p in parabolas if p.inside]
+    if len(use) < min_budgets:
+        use = [p for p in parabolas if p.convex]
+        outside = [f"{p.budget:.3g}" for p in use if not p.inside]
+        if outside:
+            notes.append("minimum outside the sampled sizes at budget(s) " + ", ".join(outside)
+                         + "; used anyway (extend the grid there)")
+    if len(use) < 2:
+        raise NotEnoughData(f"only {len(use)} budget(s) have a convex loss profile")
+    c = np.array([p.budget for p in use])
+    return IsoFlopFit(
+        parabolas=parabolas,
+        n_law=fit_power_law(c, np.array([p.n_opt for p in use])),
+        d_law=fit_power_law(c, np.array([p.d_opt for p in use])),
+        used=[float(v) for v in c], notes=notes,
+    )

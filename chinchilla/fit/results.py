@@ -1,0 +1,196 @@
+"""Fit all three approaches to one results table, with bootstrap intervals.
+
+`fit_all` returns a `FitReport`: each approach's fit or the reason it was skipped,
+bootstrap replicates of every parameter, and `to_json()` / `summary()`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from chinchilla.fit.bootstrap import Samples, bootstrap_loop, resample_counts
+from chinchilla.fit.data import Results, group_budgets
+from chinchilla.fit.envelope import EnvelopeFit, fit_envelope
+from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop
+from chinchilla.fit.parametric import ParametricFit, fit_parametric, paper_start_grid, refit_many
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    approaches: tuple[int, ...] = (1, 2, 3)
+    bootstrap: int = 200  # resamples; 0 disables intervals
+    seed: int = 0
+    delta: float = 1e-3  # Huber delta of Approach 3
+    start_grid: str = "paper"  # "paper" (4,500 starts) or "coarse" (every 4th)
+    bound_e_by_min_loss: bool = False  # constrain E <= lowest observed loss
+    exhaustive: bool = False  # run every start to convergence (no halving)
+    min_points_approach3: int = 8
+
+
+@dataclass
+class FitReport:
+    results: Results
+    options: FitOptions
+    budgets: np.ndarray
+    approach1: EnvelopeFit | None = None
+    approach2: IsoFlopFit | None = None
+    approach3: ParametricFit | None = None
+    samples: dict[int, Samples] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ JSON
+    def _law_json(self, k: int, fit) -> dict[str, Any]:
+        s = self.samples.get(k)
+        ci = s.intervals() if s else {}
+        return {"a": fit.a, "b": fit.b, "k_n": fit.n_law.coefficient,
+                "k_d": fit.d_law.coefficient,
+                "a_ci": ci.get("a", {}).get("80"), "b_ci": ci.get("b", {}).get("80"),
+                "ci": {name: ci[name] for name in ("a", "b") if name in ci},
+                "bootstrap_failed": s.n_failed if s else None}
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.results
+        out: dict[str, Any] = {
+            "n_points": len(r),
+            "source": r.source,
+            "conventions": {
+                "n_params": {"total": "total parameters", "nonembedding":
+                             "non-embedding parameters"}.get(r.n_convention, "as in the input"),
+                "flops": r.flops_convention,
+                "n_tokens": "C / (6 N)" if r.tokens_derived else "as in the input",
+                "approach3_frontier": "C = 6 N D",
+                "loss": "nats/token as in the input",
+            },
+            "excluded": r.excluded,
+            "irreducible_loss": r.irreducible_loss,
+            "approach1": None,
+            "approach2": None,
+            "approach3": None,
+        }
+        if self.approach1 is not None:
+            out["approach1"] = self._law_json(1, self.approach1) | {
+                "n_envelope_points": int(len(self.approach1.flops))}
+        if self.approach2 is not None:
+            out["approach2"] = self._law_json(2, self.approach2) | {
+                "minima": [p.as_dict() for p in self.approach2.parabolas],
+                "budgets_used": self.approach2.used, "notes": self.approach2.notes}
+        if self.approach3 is not None:
+            s = self.samples.get(3)
+            out["approach3"] = self.approach3.as_dict() | {
+                "ci": s.intervals() if s else {},
+                "bootstrap_failed": s.n_failed if s else None}
+        out["skipped"] = self.skipped
+        out["bootstrap"] = {"resamples": self.options.bootstrap, "seed": self.options.seed,
+                            "levels": {"80": [10, 90], "95": [2.5, 97.5]}}
+        out["seconds"] = self.seconds
+        return out
+
+
+# ---------------------------------------------------------------------- approaches
+
+
+def _approach1(res: Results, idx: np.ndarray | None = None) -> EnvelopeFit:
+    cv = res.curves
+    if cv is None:
+        raise NotEnoughData("no training curves (a results table has only final losses)")
+    run, flops, tokens, loss = cv.run, cv.flops, cv.tokens, cv.loss
+    n = res.n_params
+    if idx is not None:  # resampled runs, duplicates renumbered as distinct curves
+        parts = [(np.nonzero(run == r)[0], j) for j, r in enumerate(idx)]
+        sel = np.concatenate([p for p, _ in parts])
+        run = np.concatenate([np.full(len(p), j) for p, j in parts])
+        flops, tokens, loss = flops[sel], tokens[sel], loss[sel]
+        n = res.n_params[idx]
+    return fit_envelope(run, flops, tokens, loss, n)
+
+
+def _approach2(res: Results, budgets: np.ndarray, idx: np.ndarray | None = None) -> IsoFlopFit:
+    sel = slice(None) if idx is None else idx
+    return fit_isoflop(res.n_params[sel], res.n_tokens[sel], res.loss[sel], budgets[sel])
+
+
+def _bounds(res: Results, opts: FitOptions):
+    if not opts.bound_e_by_min_loss:
+        return None, None
+    upper = np.full(5, np.inf)
+    upper[2] = math.log(res.loss.min())  # e = log E <= log(min observed loss)
+    return None, upper
+
+
+def _starts(opts: FitOptions) -> np.ndarray:
+    grid = paper_start_grid()
+    return grid if opts.start_grid == "paper" else grid[::4]
+
+
+def _law_params(fit) -> dict[str, float]:
+    return {"a": fit.a, "b": fit.b, "log10_k_n": math.log10(fit.n_law.coefficient),
+            "log10_k_d": math.log10(fit.d_law.coefficient)}
+
+
+def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
+    """Fit the requested approaches; skip (with the reason) what the data cannot support."""
+    budgets = group_budgets(res.flops, res.budget)
+    rep = FitReport(results=res, options=opts, budgets=budgets)
+    n = len(res)
+
+    if 1 in opts.approaches:
+        t = time.perf_counter()
+        try:
+            rep.approach1 = _approach1(res)
+            if opts.bootstrap:
+                rep.samples[1] = bootstrap_loop(n, opts.bootstrap, opts.seed + 1,
+                                                lambda i: _law_params(_approach1(res, i)))
+        except NotEnoughData as exc:
+            rep.skipped["approach1"] = str(exc)
+        rep.seconds["approach1"] = time.perf_counter() - t
+
+    if 2 in opts.approaches:
+        t = time.perf_counter()
+        try:
+            rep.approach2 = _approach2(res, budgets)
+            if opts.bootstrap:
+                rep.samples[2] = bootstrap_loop(
+                    n, opts.bootstrap, opts.seed + 2,
+                    lambda i: _law_params(_approach2(res, budgets, i)))
+        except NotEnoughData as exc:
+            rep.skipped["approach2"] = str(exc)
+        rep.seconds["approach2"] = time.perf_counter() - t
+
+    if 3 in opts.approaches:
+        t = time.perf_counter()
+        distinct = len({(a, b) for a, b in zip(res.n_params, res.n_tokens, strict=True)})
+        if distinct < opts.min_points_approach3 or len(np.unique(res.n_params)) < 2 \
+                or len(np.unique(res.n_tokens)) < 2:
+            rep.skipped["approach3"] = (
+                f"{distinct} distinct (N, D) points; the 5-parameter fit needs at least "
+                f"{opts.min_points_approach3} spanning several N and D")
+        else:
+            lower, upper = _bounds(res, opts)
+            rep.approach3 = fit_parametric(res.n_params, res.n_tokens, res.loss,
+                                           delta=opts.delta, starts=_starts(opts), lower=lower,
+                                           upper=upper, exhaustive=opts.exhaustive)
+            if opts.bootstrap:
+                counts = resample_counts(n, opts.bootstrap, opts.seed + 3)
+                thetas = refit_many(rep.approach3, res.n_params, res.n_tokens, res.loss, counts,
+                                    lower=lower, upper=upper)
+                rep.samples[3] = _parametric_samples(thetas)
+        rep.seconds["approach3"] = time.perf_counter() - t
+    return rep
+
+
+def _parametric_samples(thetas: np.ndarray) -> Samples:
+    a, b, e, alpha, beta = thetas.T
+    with np.errstate(all="ignore"):
+        A, B, E = np.exp(a), np.exp(b), np.exp(e)
+        G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+        vals = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta,
+                "a": beta / (alpha + beta), "b": alpha / (alpha + beta), "G": G}
+    bad = ~np.all(np.isfinite(thetas), axis=1)
+    return Samples({k: np.where(bad, np.nan, v) for k, v in vals.items()}, len(thetas),
+                   int(bad.sum()))

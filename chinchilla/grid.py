@@ -1,0 +1,346 @@
+"""Config -> planned runs with exact accounting and stable ids.
+
+Two designs from Hoffmann et al. 2022:
+- isoflop (Approach 2): for each budget C, model sizes spread evenly in log N around
+  the expected optimum, each trained on D = C / (FLOPs per token) tokens;
+- horizons (Approach 1): for each model size, several cosine cycle lengths spanning
+  `horizon_span` in tokens.
+Tokens are rounded to whole optimizer steps (batch_size * seq_len tokens each).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from chinchilla.accounting import (
+    ModelShape,
+    chinchilla_flops_per_token,
+    count_params,
+    flops_per_token,
+    flops_per_token_6n,
+)
+from chinchilla.config import Config, ShapeSpec
+from chinchilla.errors import UserError
+
+# Train settings that change speed or logging but not a run's results.
+_NOT_IN_RUN_ID = ("checkpoint_every_s", "compile", "log_every")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run_id: str
+    budget: float  # FLOPs under the configured convention (kind horizons: the run's own)
+    shape: ModelShape
+    n_params: int  # total parameters
+    n_params_nonembedding: int  # Kaplan's N: without vocabulary and position embeddings
+    n_tokens: int
+    steps: int
+    batch_size: int
+    lr: float
+    flops: float  # under the configured convention
+    flops_6nd: float  # 6 * N_total * D
+    flops_6nd_nonembedding: float  # 6 * N_nonembedding * D
+    flops_chinchilla: float  # Appendix F count, attention and embeddings included
+    horizon: int | None = None  # kind horizons: index of the cycle length
+
+    def row(self) -> dict[str, Any]:
+        """Flat record: JSON output and the planned columns of runs.parquet."""
+        return {
+            "run_id": self.run_id,
+            "budget": self.budget,
+            "n_params": self.n_params,
+            "n_params_nonembedding": self.n_params_nonembedding,
+            "n_tokens": self.n_tokens,
+            "flops": self.flops,
+            "flops_6nd": self.flops_6nd,
+            "flops_6nd_nonembedding": self.flops_6nd_nonembedding,
+            "flops_chinchilla": self.flops_chinchilla,
+            "d_model": self.shape.d_model,
+            "n_layers": self.shape.n_layers,
+            "n_heads": self.shape.n_heads,
+            "head_dim": self.shape.head_dim,
+            "d_ff": self.shape.d_ff,
+            "vocab_size": self.shape.vocab_size,
+            "seq_len": self.shape.seq_len,
+            "tied_embeddings": self.shape.tied_embeddings,
+            "position": self.shape.position,
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+            "lr": self.lr,
+            "horizon": self.horizon,
+            "tokens_per_param": self.n_tokens / self.n_params,
+        }
+
+
+@dataclass
+class Plan:
+    config: Config
+    runs: list[PlannedRun]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_flops(self) -> float:
+        return sum(r.flops for r in self.runs)
+
+    def estimated_seconds(self, run: PlannedRun) -> float:
+        """Wall time on the planner's assumed device: the FLOPs the hardware really does
+        (Appendix F count) over peak * utilisation."""
+        dev = self.config.device
+        return run.flops_chinchilla / (dev.plan_peak_flops * dev.plan_utilization)
+
+    @property
+    def estimated_hours(self) -> float:
+        return sum(self.estimated_seconds(r) for r in self.runs) / 3600
+
+    def to_json(self) -> dict[str, Any]:
+        g, dev = self.config.grid, self.config.device
+        return {
+            "name": self.config.name,
+            "kind": g.kind,
+            "conventions": {
+                "n_params": "total parameters, embeddings included",
+                "n_params_nonembedding": "without token/position embeddings and untied head",
+                "budget_n": g.n_convention,
+                "flops": "6*N*D" if g.flops_convention == "6nd" else "Chinchilla Appendix F",
+                "flops_units": "FLOPs (forward + backward), whole run",
+            },
+            "runs": [
+                r.row() | {"estimated_seconds": self.estimated_seconds(r)} for r in self.runs
+            ],
+            "n_runs": len(self.runs),
+            "total_flops": self.total_flops,
+            "total_flops_chinchilla": sum(r.flops_chinchilla for r in self.runs),
+            "estimated_hours": self.estimated_hours,
+            "estimate_assumes": {
+                "peak_flops": dev.plan_peak_flops,
+                "utilization": dev.plan_utilization,
+            },
+            "warnings": self.warnings,
+        }
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def _shape(spec: ShapeSpec, cfg: Config) -> ModelShape:
+    return ModelShape(
+        d_model=spec.d_model,
+        n_layers=spec.n_layers,
+        n_heads=spec.n_heads,
+        head_dim=spec.kv,
+        d_ff=spec.d_ff if spec.d_ff is not None else round(cfg.model.ffw_ratio * spec.d_model),
+        vocab_size=cfg.data.resolved_vocab_size,
+        seq_len=cfg.model.seq_len,
+        tied_embeddings=cfg.model.tied_embeddings,
+        position=cfg.model.position,
+    )
+
+
+def _aspect_candidates(cfg: Config) -> list[ShapeSpec]:
+    """Shapes with d_model a multiple of head_dim and d_model / n_layers near the ratio.
+
+    Widths within a factor 2 of aspect_ratio * n_layers are all candidates, so that
+    sizes can be matched finely; `_pick` prefers the ratio closest to the target.
+    """
+    m = cfg.model
+    out = []
+    for n_layers in range(1, 129):
+        centre = m.aspect_ratio * n_layers
+        lo = max(1, math.ceil(centre / 2 / m.head_dim))
+        hi = max(lo, math.floor(centre * 2 / m.head_dim))
+        for k in range(lo, hi + 1):
+            d = k * m.head_dim
+            out.append(ShapeSpec(d_model=d, n_layers=n_layers, n_heads=k, head_dim=m.head_dim))
+    return out
+
+
+def _table_candidates(cfg: Config) -> list[ShapeSpec]:
+    path = cfg.resolve_path(cfg.model.shapes_file or "")
+    if not path.is_file():
+        raise UserError(f"config: model.shapes_file: file not found: {path}")
+    out = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            try:
+                d_ff = row.get("d_ff") or row.get("ffw_size")
+                head = row.get("head_dim") or row.get("kv_size")
+                spec = ShapeSpec(
+                    d_model=int(row["d_model"]),
+                    n_layers=int(row["n_layers"]),
+                    n_heads=int(row["n_heads"]),
+                    d_ff=int(d_ff) if d_ff else None,
+                    head_dim=int(head) if head else None,
+                )
+            except (KeyError, TypeError, ValueError):
+                raise UserError(
+                    f"config: model.shapes_file: row {i + 2} of {path} needs integer "
+                    "d_model, n_layers, n_heads"
+                ) from None
+            spec.check(f"model.shapes_file row {i + 2}")
+            out.append(spec)
+    if not out:
+        raise UserError(f"config: model.shapes_file: no shapes in {path}")
+    return out
+
+
+def candidate_shapes(cfg: Config) -> list[ModelShape]:
+    specs = {
+        "explicit": lambda c: list(c.model.sizes),
+        "aspect": _aspect_candidates,
+        "table": _table_candidates,
+    }[cfg.model.family](cfg)
+    return [_shape(s, cfg) for s in specs]
+
+
+def _n_of(shape: ModelShape, n_convention: str) -> int:
+    counts = count_params(shape)
+    return counts.total if n_convention == "total" else counts.nonembedding
+
+
+def _pick(candidates: list[ModelShape], target_n: float, cfg: Config) -> ModelShape:
+    """The candidate nearest to `target_n` in log N, ties broken towards the aspect ratio."""
+    aspect = cfg.model.aspect_ratio
+
+    def score(s: ModelShape) -> float:
+        n = max(_n_of(s, cfg.grid.n_convention), 1)
+        return abs(math.log(n / target_n)) + 0.05 * abs(math.log(s.d_model / s.n_layers / aspect))
+
+    return min(candidates, key=score)
+
+
+def _expected_optimal_n(budget: float, cfg: Config) -> float:
+    """N with D = tokens_per_param * N spending the budget at 6 FLOPs per parameter-token."""
+    return math.sqrt(budget / (6.0 * cfg.grid.tokens_per_param))
+
+
+def _sizes_for_target(targets: list[float], cfg: Config, candidates: list[ModelShape]):
+    chosen: list[ModelShape] = []
+    for t in targets:
+        s = _pick(candidates, t, cfg)
+        if s not in chosen:
+            chosen.append(s)
+    return chosen
+
+
+def _log_spread(centre: float, span: float, k: int) -> list[float]:
+    if k == 1:
+        return [centre]
+    return [centre * span ** (i / (k - 1) - 0.5) for i in range(k)]
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def learning_rate(n_params: int, cfg: Config) -> float:
+    """Peak LR: the configured value, or the size rule lr_base * (N / 1e6) ** -lr_exponent."""
+    t = cfg.train
+    if t.lr is not None:
+        return t.lr
+    lr = t.lr_base * (n_params / 1e6) ** -t.lr_exponent
+    return float(min(t.lr_max, max(t.lr_min, lr)))
+
+
+def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
+    """Stable hash of everything that determines a run's result."""
+    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in _NOT_IN_RUN_ID}
+    payload = {
+        "shape": shape.as_dict(),
+        "n_tokens": n_tokens,
+        "lr": round(lr, 12),
+        "train": train,
+        "data": cfg.to_dict()["data"],
+    }
+    blob = json.dumps(payload, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _make_run(shape: ModelShape, n_tokens_wanted: float, budget: float | None, cfg: Config,
+              horizon: int | None = None) -> PlannedRun:
+    g, t = cfg.grid, cfg.train
+    tokens_per_step = t.batch_size * shape.seq_len
+    steps = max(1, round(n_tokens_wanted / tokens_per_step))
+    n_tokens = steps * tokens_per_step
+    counts = count_params(shape)
+    flops = flops_per_token(shape, g.n_convention, g.flops_convention) * n_tokens
+    lr = learning_rate(counts.total, cfg)
+    return PlannedRun(
+        run_id=run_id(shape, n_tokens, lr, cfg),
+        budget=budget if budget is not None else flops,
+        shape=shape,
+        n_params=counts.total,
+        n_params_nonembedding=counts.nonembedding,
+        n_tokens=n_tokens,
+        steps=steps,
+        batch_size=t.batch_size,
+        lr=lr,
+        flops=flops,
+        flops_6nd=flops_per_token_6n(counts.total) * n_tokens,
+        flops_6nd_nonembedding=flops_per_token_6n(counts.nonembedding) * n_tokens,
+        flops_chinchilla=chinchilla_flops_per_token(shape) * n_tokens,
+        horizon=horizon,
+    )
+
+
+def _isoflop_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
+    g = cfg.grid
+    for budget in sorted(g.budgets):
+        if cfg.model.family == "explicit":
+            shapes = candidates
+        else:
+            targets = _log_spread(_expected_optimal_n(budget, cfg), g.size_span, g.sizes_per_budget)
+            shapes = _sizes_for_target(targets, cfg, candidates)
+            if len(shapes) < g.sizes_per_budget:
+                warnings.append(
+                    f"budget {budget:.3g}: only {len(shapes)} distinct shapes of the "
+                    f"{g.sizes_per_budget} asked (candidate shapes are too coarse here)"
+                )
+        for shape in sorted(shapes, key=lambda s: count_params(s).total):
+            fpt = flops_per_token(shape, g.n_convention, g.flops_convention)
+            run = _make_run(shape, budget / fpt, budget, cfg)
+            miss = abs(run.flops - budget) / budget
+            if miss > g.budget_tolerance:
+                warnings.append(
+                    f"budget {budget:.3g}: dropped d_model={shape.d_model} "
+                    f"n_layers={shape.n_layers} (N={run.n_params:,}): {run.steps} whole steps "
+                    f"miss the budget by {miss:.1%} (> {g.budget_tolerance:.0%})"
+                )
+                continue
+            yield run
+
+
+def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
+    g = cfg.grid
+    if cfg.model.family == "explicit":
+        shapes = candidates
+    else:
+        if not g.model_sizes:
+            raise UserError("config: grid.model_sizes: kind 'horizons' needs model sizes")
+        shapes = _sizes_for_target(list(g.model_sizes), cfg, candidates)
+    for shape in sorted(shapes, key=lambda s: count_params(s).total):
+        n = _n_of(shape, g.n_convention)
+        for j, tokens in enumerate(_log_spread(g.tokens_per_param * n, g.horizon_span, g.horizons)):
+            yield _make_run(shape, tokens, None, cfg, horizon=j)
+
+
+def plan(cfg: Config) -> Plan:
+    """Lay out every run of the experiment, with exact parameter and FLOP counts."""
+    warnings: list[str] = []
+    candidates = candidate_shapes(cfg)
+    make = _isoflop_runs if cfg.grid.kind == "isoflop" else _horizon_runs
+    runs = list(make(cfg, candidates, warnings))
+    seen: dict[str, PlannedRun] = {}
+    for r in runs:
+        if r.run_id in seen:  # two budgets that round to one run: train it once
+            warnings.append(f"run {r.run_id} planned twice (budgets {seen[r.run_id].budget:.3g}"
+                            f" and {r.budget:.3g}); kept once")
+            continue
+        seen[r.run_id] = r
+    if not seen:
+        raise UserError("config: grid: no run fits the budgets (see warnings: "
+                        + "; ".join(warnings[:2]) + ")")
+    return Plan(config=cfg, runs=list(seen.values()), warnings=warnings)

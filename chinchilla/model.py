@@ -1,0 +1,132 @@
+"""A decoder-only Transformer (GPT-2 style), readable in one sitting.
+
+Token embedding + position information (learned absolute, or rotary) -> n_layers
+pre-LayerNorm blocks of causal self-attention (`scaled_dot_product_attention`, flash
+kernels on GPU) and a GELU MLP, residual connections -> final LayerNorm -> output
+head, tied to the token embedding or not. GPT-2 initialisation. Its parameter count
+is exactly `chinchilla.accounting.count_params(shape)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chinchilla.accounting import ModelShape
+
+
+def _rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0):
+    """cos/sin tables of RoFormer (Su et al. 2021, eq. 34), each (T, head_dim / 2)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, h, T, kv); rotate each (even, odd) pair of features by its position's angle
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.n_heads, self.head_dim = shape.n_heads, shape.head_dim
+        self.qkv = nn.Linear(shape.d_model, 3 * shape.attn_dim)
+        self.proj = nn.Linear(shape.attn_dim, shape.d_model)
+        self.proj.residual = True  # scaled at init (GPT-2)
+
+    def forward(self, x: torch.Tensor, rotary=None) -> torch.Tensor:
+        B, T, _ = x.shape
+        # (B, T, 3a) -> 3 x (B, h, T, kv)
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            cos, sin = rotary[0][:T], rotary[1][:T]
+            q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, kv)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.fc = nn.Linear(shape.d_model, shape.d_ff)
+        self.proj = nn.Linear(shape.d_ff, shape.d_model)
+        self.proj.residual = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(shape.d_model)
+        self.attn = CausalSelfAttention(shape)
+        self.ln2 = nn.LayerNorm(shape.d_model)
+        self.mlp = MLP(shape)
+
+    def forward(self, x: torch.Tensor, rotary=None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rotary)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.shape = shape
+        self.wte = nn.Embedding(shape.vocab_size, shape.d_model)
+        self.wpe = nn.Embedding(shape.seq_len, shape.d_model) if shape.position == "learned" else None
+        self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
+        self.ln_f = nn.LayerNorm(shape.d_model)
+        self.head = None if shape.tied_embeddings else nn.Linear(shape.d_model, shape.vocab_size, bias=False)
+        if shape.position == "rotary":
+            cos, sin = _rotary_tables(shape.seq_len, shape.head_dim)
+            self.register_buffer("rot_cos", cos, persistent=False)
+            self.register_buffer("rot_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2: N(0, 0.02) weights, zero biases, residual projections scaled by
+        1 / sqrt(2 * n_layers) (Radford et al. 2019, section 2.3)."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual", False):
+                std /= math.sqrt(2 * self.shape.n_layers)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Total parameters, or Kaplan's non-embedding N (no token, position or
+        untied output embeddings)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            n -= self.wpe.weight.numel() if self.wpe is not None else 0
+            n -= self.head.weight.numel() if self.head is not None else 0
+        return n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V)."""
+        B, T = idx.shape
+        x = self.wte(idx)  # (B, T, d)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        rotary = (self.rot_cos, self.rot_sin) if self.shape.position == "rotary" else None
+        for block in self.blocks:
+            x = block(x, rotary)
+        x = self.ln_f(x)
+        weight = self.wte.weight if self.head is None else self.head.weight
+        return F.linear(x, weight)  # (B, T, V)
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
+        logits = self(batch[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())

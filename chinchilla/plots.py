@@ -1,0 +1,219 @@
+"""Figures of the fit. Each function only draws on an Axes and returns it; the CLI
+decides where files go. `matplotlib.figure.Figure` is used (no pyplot state).
+
+- `plot_envelope`: training curves and their envelope (paper Fig. 2, left)
+- `plot_isoflop`: IsoFLOP parabolas (Fig. 3, left)
+- `plot_contours`: contours of the fitted L(N, D) with the efficient frontier (Fig. 4)
+- `plot_frontier`: N_opt and D_opt against C for every approach, with intervals (Fig. 1)
+- `plot_residuals`: residuals of the parametric fit
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from chinchilla.fit.results import FitReport
+from chinchilla.predict import _allocate, _params
+
+COLORS = {1: "#1f77b4", 2: "#d62728", 3: "#2ca02c"}
+NAMES = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
+
+
+def _axes(ax: Axes | None, size=(5.2, 4.0)) -> Axes:
+    if ax is not None:
+        return ax
+    return Figure(figsize=size, layout="constrained").add_subplot()
+
+
+def _n_label(rep: FitReport) -> str:
+    conv = rep.results.n_convention
+    return {"total": "parameters N (total)", "nonembedding": "parameters N (non-embedding)"}.get(
+        conv, "parameters N")
+
+
+def _c_label(rep: FitReport) -> str:
+    conv = rep.results.flops_convention
+    return f"training FLOPs C ({'6ND' if conv.startswith('6nd') else conv})"
+
+
+def _norm_logn(values):
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(vmin=float(np.min(values)), vmax=float(np.max(values)) * 1.0001)
+
+
+def plot_envelope(rep: FitReport, ax: Axes | None = None) -> Axes:
+    ax = _axes(ax)
+    res, env, cv = rep.results, rep.approach1, rep.results.curves
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    norm = _norm_logn(res.n_params)
+    for r in np.unique(cv.run):
+        sel = cv.run == r
+        order = np.argsort(cv.flops[sel])
+        ax.plot(cv.flops[sel][order], cv.loss[sel][order], lw=0.8, alpha=0.7,
+                color=cmap(norm(res.n_params[r])))
+    ax.plot(env.flops, env.loss, color="k", lw=1.8, label="envelope (min over runs)")
+    ax.set_xscale("log")
+    ax.set_xlabel(_c_label(rep))
+    ax.set_ylabel("training loss (nats/token)")
+    lo = np.percentile(cv.loss, 1)
+    hi = np.percentile(cv.loss, 90)
+    ax.set_ylim(lo - 0.05 * (hi - lo), hi)
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    ax.figure.colorbar(sm, ax=ax, label=_n_label(rep))
+    ax.set_title("Training curves and envelope (cf. Fig. 2)")
+    ax.legend(loc="upper right", fontsize=8)
+    return ax
+
+
+def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
+    import matplotlib
+
+    ax = _axes(ax)
+    res, fit = rep.results, rep.approach2
+    budgets = np.unique(rep.budgets)
+    cmap = matplotlib.colormaps["plasma"]
+    norm = _norm_logn(budgets)
+    for p in fit.parabolas:
+        sel = rep.budgets == p.budget
+        color = cmap(norm(p.budget) * 0.85)
+        ax.scatter(res.n_params[sel], res.loss[sel], s=16, color=color, zorder=3)
+        xs = np.linspace(np.log10(p.n_range[0]) - 0.1, np.log10(p.n_range[1]) + 0.1, 100)
+        c2, c1, c0 = p.coef
+        ax.plot(10**xs, c2 * xs**2 + c1 * xs + c0, color=color, lw=1.2, label=f"{p.budget:.2g}")
+        if p.convex:
+            ax.scatter([p.n_opt], [p.loss_opt], marker="*" if p.inside else "X", s=70,
+                       color=color, edgecolor="k", linewidths=0.5, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel(_n_label(rep))
+    ax.set_ylabel("final loss (nats/token)")
+    ax.set_title("IsoFLOP profiles (cf. Fig. 3); ★ minimum, × outside sampled N")
+    ax.legend(title="budget C (FLOPs)", fontsize=7, title_fontsize=8, loc="upper right")
+    return ax
+
+
+def plot_contours(rep: FitReport, ax: Axes | None = None) -> Axes:
+    ax = _axes(ax)
+    res, f = rep.results, rep.approach3
+    c_lo, c_hi = np.log10(res.flops.min()) - 1, np.log10(res.flops.max()) + 2
+    n_lo, n_hi = np.log10(res.n_params.min()) - 0.7, np.log10(res.n_params.max()) + 1.2
+    C, N = np.meshgrid(np.logspace(c_lo, c_hi, 200), np.logspace(n_lo, n_hi, 200))
+    L = f.loss(N, C / (6 * N))
+    levels = np.quantile(L, np.linspace(0.02, 0.9, 14))
+    cs = ax.contourf(C, N, np.log(L - f.E), levels=30, cmap="YlGnBu_r", alpha=0.9)
+    ax.contour(C, N, L, levels=np.unique(levels), colors="k", linewidths=0.4, alpha=0.5)
+    ax.figure.colorbar(cs, ax=ax, label="log(L - E)")
+    cc = np.logspace(c_lo, c_hi, 50)
+    _, n_opt, _ = _allocate(3, {"E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha,
+                                "beta": f.beta}, flops=cc)
+    ax.plot(cc, n_opt, color="#2ca02c", lw=2, label="efficient frontier")
+    ax.scatter(res.flops, res.n_params, s=8, color="k", label="runs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(cc[0], cc[-1])
+    ax.set_ylim(10**n_lo, 10**n_hi)
+    ax.set_xlabel("training FLOPs C = 6ND")
+    ax.set_ylabel(_n_label(rep))
+    ax.set_title(f"Parametric fit L(N, D) (cf. Fig. 4): E={f.E:.3g}, "
+                 f"α={f.alpha:.3f}, β={f.beta:.3f}", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> Axes:
+    """N_opt (which='n') or D_opt ('d') against C, every approach, extrapolated 1000x,
+    with the 80% bootstrap band."""
+    ax = _axes(ax)
+    res = rep.results
+    cc = np.logspace(np.log10(res.flops.min()) - 0.5, np.log10(res.flops.max()) + 3, 80)
+    col = 1 if which == "n" else 2
+    for k, fit in ((1, rep.approach1), (2, rep.approach2), (3, rep.approach3)):
+        if fit is None:
+            continue
+        point, reps = _params(rep, k)
+        with np.errstate(all="ignore"):
+            y = _allocate(k, point, flops=cc)[col]
+        expo = fit.a if which == "n" else fit.b
+        ax.plot(cc, y, color=COLORS[k], lw=1.8, label=f"{NAMES[k]}: exponent {expo:.3f}")
+        if reps:
+            with np.errstate(all="ignore"):
+                ys = np.stack([_allocate(k, {n: v[i] for n, v in reps.items()}, flops=cc)[col]
+                               for i in range(len(next(iter(reps.values()))))])
+            ok = np.all(np.isfinite(ys), axis=1)
+            if ok.sum() > 2:
+                lo, hi = np.percentile(ys[ok], [10, 90], axis=0)
+                ax.fill_between(cc, lo, hi, color=COLORS[k], alpha=0.15, lw=0)
+    if rep.approach2 is not None and which == "n":
+        pts = [(p.budget, p.n_opt) for p in rep.approach2.parabolas if p.convex]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3,
+                       label="IsoFLOP minima")
+    if rep.approach2 is not None and which == "d":
+        pts = [(p.budget, p.d_opt) for p in rep.approach2.parabolas if p.convex]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3)
+    ax.axvspan(res.flops.max(), cc[-1], color="0.9", zorder=0, label="extrapolation")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_c_label(rep))
+    ax.set_ylabel("optimal " + (_n_label(rep) if which == "n" else "training tokens D"))
+    ax.set_title(("N_opt" if which == "n" else "D_opt") + " against compute (cf. Fig. 1); "
+                 "bands: 80% bootstrap", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax
+
+
+def plot_residuals(rep: FitReport, ax: Axes | None = None) -> Axes:
+    ax = _axes(ax)
+    res, f = rep.results, rep.approach3
+    resid = np.log(f.loss(res.n_params, res.n_tokens)) - np.log(res.loss)
+    sc = ax.scatter(res.flops, resid, c=np.log10(res.n_params), cmap="viridis", s=14)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhspan(-f.delta, f.delta, color="0.85", label=f"Huber δ = {f.delta:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(_c_label(rep))
+    ax.set_ylabel("log L_fit − log L_observed")
+    ax.figure.colorbar(sc, ax=ax, label="log10 " + _n_label(rep))
+    ax.set_title(f"Parametric fit residuals (RMS {np.sqrt(np.mean(resid**2)):.4f})", fontsize=9)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def save_figures(rep: FitReport, out: Path) -> list[Path]:
+    """Write every figure the report supports as PNG (150 dpi); return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    if rep.approach1 is not None:
+        jobs.append(("fit_envelope.png", lambda ax: plot_envelope(rep, ax), (5.6, 4.2)))
+    if rep.approach2 is not None:
+        jobs.append(("fit_isoflop.png", lambda ax: plot_isoflop(rep, ax), (5.6, 4.2)))
+    if rep.approach3 is not None:
+        jobs.append(("fit_contours.png", lambda ax: plot_contours(rep, ax), (5.8, 4.4)))
+        jobs.append(("fit_residuals.png", lambda ax: plot_residuals(rep, ax), (5.6, 4.0)))
+    written = []
+    for name, draw, size in jobs:
+        fig = Figure(figsize=size, layout="constrained")
+        draw(fig.add_subplot())
+        written.append(_save(fig, out / name))
+    if any(f is not None for f in (rep.approach1, rep.approach2, rep.approach3)):
+        fig = Figure(figsize=(11, 4.4), layout="constrained")
+        ax_n, ax_d = fig.subplots(1, 2)
+        plot_frontier(rep, ax_n, "n")
+        plot_frontier(rep, ax_d, "d")
+        written.append(_save(fig, out / "fit_frontier.png"))
+    return written
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=150)
+    os.replace(tmp, path)
+    return path

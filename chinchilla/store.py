@@ -1,0 +1,107 @@
+"""The only parquet I/O: schema, atomic writes, loading.
+
+A sweep directory holds:
+- `parts/<run_id>.curve.parquet`, then `parts/<run_id>.run.parquet`: each finished
+  run's record, written by whichever process trained it; the run file is written
+  last, so its presence means the run is complete;
+- `runs.parquet` (one row per run) and `curves.parquet` (one row per logged step),
+  merged from the parts; rebuilt after every run and at the start of every sweep, so
+  a crash between the two leaves nothing missing or duplicated.
+Every file is written to a temporary name and moved into place with `os.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+RUNS_FILE = "runs.parquet"
+CURVES_FILE = "curves.parquet"
+PARTS_DIR = "parts"
+FINISHED = ("ok", "diverged")  # statuses a rerun does not train again
+
+CURVE_COLUMNS = {
+    "run_id": "string",
+    "step": "int64",
+    "tokens": "int64",
+    "flops": "float64",
+    "train_loss": "float64",
+    "eval_loss": "float64",
+    "lr": "float64",
+}
+
+
+def atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def curve_frame(run_id: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=[c for c in CURVE_COLUMNS if c != "run_id"])
+    df.insert(0, "run_id", run_id)
+    return df.astype(CURVE_COLUMNS)
+
+
+def write_part(out: Path, row: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+    """Record one finished (or failed) run: its curve first, then its row."""
+    parts = out / PARTS_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    run_id = row["run_id"]
+    atomic_parquet(curve_frame(run_id, curve), parts / f"{run_id}.curve.parquet")
+    atomic_parquet(pd.DataFrame([row]), parts / f"{run_id}.run.parquet")
+
+
+def _part_ids(out: Path) -> list[str]:
+    parts = out / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    return sorted(p.name[: -len(".run.parquet")] for p in parts.glob("*.run.parquet"))
+
+
+def merge(out: Path) -> pd.DataFrame:
+    """Rebuild runs.parquet and curves.parquet from the parts; return the runs."""
+    ids = _part_ids(out)
+    parts = out / PARTS_DIR
+    runs = [pd.read_parquet(parts / f"{i}.run.parquet") for i in ids]
+    runs_df = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
+    curves = []
+    for i in ids:
+        path = parts / f"{i}.curve.parquet"
+        if path.exists():
+            curves.append(pd.read_parquet(path))
+    curves_df = (pd.concat(curves, ignore_index=True) if curves
+                 else curve_frame("", []).iloc[:0])
+    if len(runs_df):
+        runs_df = runs_df.sort_values(["budget", "n_params", "n_tokens"], kind="stable")
+        runs_df = runs_df.reset_index(drop=True)
+    atomic_parquet(runs_df, out / RUNS_FILE)
+    atomic_parquet(curves_df, out / CURVES_FILE)
+    return runs_df
+
+
+def finished_ids(out: Path) -> dict[str, str]:
+    """run_id -> status of every recorded run (failed ones included)."""
+    parts = out / PARTS_DIR
+    statuses = {}
+    for i in _part_ids(out):
+        df = pd.read_parquet(parts / f"{i}.run.parquet", columns=["status"])
+        statuses[i] = str(df["status"].iloc[0])
+    return statuses
+
+
+def load_runs(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(out) / RUNS_FILE)
+
+
+def load_curves(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(out) / CURVES_FILE)

@@ -1,0 +1,315 @@
+"""One run: AdamW, warmup + cosine (or WSD) schedule, evaluations, checkpoints.
+
+`train_run` is the only entry point; the CPU and CUDA paths are the same code with
+three switches (bf16 autocast, fused AdamW, optional torch.compile). A run resumes
+from its checkpoint (model, optimizer, step, logged curve, RNG, timers): the data
+order depends on the step alone, so the resumed loss curve continues the same curve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chinchilla.accounting import chinchilla_flops_per_token, flops_per_token
+from chinchilla.config import Config
+from chinchilla.data import TokenData
+from chinchilla.grid import PlannedRun
+from chinchilla.model import GPT
+
+# bf16 dense peak FLOP/s per device (vendor datasheets, without sparsity).
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "V100": 125e12,  # fp16 tensor cores; V100 has no bf16
+}
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # "ok" | "diverged" | "failed"
+    loss: float = math.nan  # final held-out loss, nats/token
+    train_loss: float = math.nan  # mean training loss over the last logging interval
+    steps_done: int = 0
+    seconds: float = 0.0  # wall time of the run, all resumed segments together
+    step_seconds: float = 0.0  # inside forward/backward/optimizer steps
+    eval_seconds: float = 0.0  # inside evaluations
+    tokens_per_second: float = math.nan
+    mfu: float = math.nan  # Appendix F FLOPs per second / device peak
+    resumed_from: int | None = None  # step the last segment resumed from
+    segment_seconds: tuple[float, float] = (0.0, 0.0)  # (steps, evals) of this segment only
+    error: str | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_at(step: int, steps: int, peak: float, cfg: Config) -> float:
+    """Learning rate of optimizer step `step` (0-based) of `steps`.
+
+    1. linear warmup over warmup_frac of the steps;
+    2. cosine: decay to final_lr_frac * peak over the remaining steps, so the cosine
+       cycle matches the run's tokens (Hoffmann et al. 2022, sec. 3.1 and Fig. A1);
+       wsd: hold the peak, then decay linearly over the last decay_frac of the steps.
+    """
+    t = cfg.train
+    warmup = max(1, round(t.warmup_frac * steps)) if t.warmup_frac > 0 else 0
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    floor = t.final_lr_frac * peak
+    if t.schedule == "cosine":
+        progress = (step - warmup) / max(1, steps - warmup - 1)
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    decay_start = max(warmup, steps - max(1, round(t.decay_frac * steps)))
+    if step < decay_start:
+        return peak
+    progress = (step - decay_start) / max(1, steps - decay_start - 1)
+    return peak - (peak - floor) * min(1.0, progress)
+
+
+def eval_steps(steps: int, evals: int) -> set[int]:
+    """Steps (1-based counts of completed steps) after which to evaluate; includes the last."""
+    return {max(1, round(steps * (i + 1) / evals)) for i in range(evals)} | {steps}
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def resolve_device(cfg: Config) -> str:
+    if cfg.device.type == "cuda" or (cfg.device.type == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def measure_cpu_peak(n: int = 512, repeats: int = 10) -> float:
+    """FLOP/s of a float32 n x n matmul in this process: the CPU's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def peak_flops(cfg: Config, device: str) -> float | None:
+    """Peak FLOP/s for MFU: configured, else the GPU table, else a measured CPU matmul."""
+    if cfg.device.peak_flops is not None:
+        return cfg.device.peak_flops
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        for key, value in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return value
+        return None
+    return measure_cpu_peak()
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _optimizer(model: GPT, lr: float, cfg: Config, device: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases or LayerNorm gains)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.train.beta1, cfg.train.beta2),
+                             fused=device == "cuda")
+
+
+def _autocast(device: str):
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()  # fp32 on CPU
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: TokenData, cfg: Config, device: str) -> float:
+    """Mean next-token loss (nats/token) on the sweep's fixed validation tokens."""
+    model.eval()
+    total, count = 0.0, 0
+    for block in data.val_batches(cfg.train.eval_tokens, cfg.train.batch_size):
+        batch = torch.from_numpy(block).to(device, non_blocking=True)
+        with _autocast(device):
+            loss = model.loss(batch)
+        n = batch.shape[0] * (batch.shape[1] - 1)
+        total += float(loss) * n
+        count += n
+    model.train()
+    return total / count
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def train_run(
+    run: PlannedRun,
+    cfg: Config,
+    data: TokenData,
+    *,
+    device: str = "cpu",
+    checkpoint: Path | None = None,
+    peak: float | None = None,
+    on_progress: ProgressFn | None = None,
+) -> RunResult:
+    """Train one planned run to its token budget and evaluate it.
+
+    Returns a `RunResult` whose status is "ok", or "diverged" when the training loss
+    became NaN/inf (the curve up to there is kept). Exceptions propagate; the sweep
+    records them as "failed".
+    """
+    t0 = time.perf_counter()
+    t = cfg.train
+    steps, batch_size = run.steps, run.batch_size
+    tokens_per_step = batch_size * run.shape.seq_len
+    fpt_conv = flops_per_token(run.shape, cfg.grid.n_convention, cfg.grid.flops_convention)
+    fpt_hw = chinchilla_flops_per_token(run.shape)
+
+    # 1. model and optimizer, identically initialised for a given seed
+    torch.manual_seed(t.seed)
+    model = GPT(run.shape).to(device)
+    opt = _optimizer(model, run.lr, cfg, device)
+    fwd = torch.compile(model) if t.compile else model
+
+    # 2. resume: model, optimizer, step, curve so far, RNG and timers
+    result = RunResult(run_id=run.run_id, status="ok")
+    start = 0
+    prior = {"seconds": 0.0, "step_seconds": 0.0, "eval_seconds": 0.0}
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start = state["step"]
+        result.curve = state["curve"]
+        prior = state["timers"]
+        result.resumed_from = start
+    result.step_seconds, result.eval_seconds = prior["step_seconds"], prior["eval_seconds"]
+
+    # 3. the loop; losses are summed on the device and read only when logged
+    evals = eval_steps(steps, t.evals)
+    loss_sum = torch.zeros((), device=device)
+    n_summed = 0
+    last_ckpt = time.perf_counter()
+    model.train()
+    for step in range(start, steps):
+        lr = lr_at(step, steps, run.lr, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = torch.from_numpy(data.train_batch(step, batch_size, t.seed)).to(device)
+        ts = time.perf_counter()
+        with _autocast(device):
+            loss = fwd.loss(batch) if not t.compile else _compiled_loss(fwd, batch)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        n_summed += 1
+        done = step + 1
+        if device == "cuda" and (done % t.log_every == 0 or done in evals):
+            torch.cuda.synchronize()
+        result.step_seconds += time.perf_counter() - ts
+
+        # 4. log, evaluate, detect divergence, checkpoint
+        if done % t.log_every == 0 or done in evals or done == steps:
+            train_loss = float(loss_sum) / n_summed
+            loss_sum.zero_()
+            n_summed = 0
+            row = {"step": done, "tokens": done * tokens_per_step,
+                   "flops": done * tokens_per_step * fpt_conv, "train_loss": train_loss,
+                   "eval_loss": math.nan, "lr": lr}
+            result.train_loss = train_loss
+            if not math.isfinite(train_loss):
+                result.curve.append(row)
+                result.status = "diverged"
+                result.steps_done = done
+                break
+            if done in evals:
+                te = time.perf_counter()
+                row["eval_loss"] = evaluate(fwd, data, cfg, device)
+                result.eval_seconds += time.perf_counter() - te
+                result.loss = row["eval_loss"]
+                if not math.isfinite(result.loss):
+                    result.curve.append(row)
+                    result.status = "diverged"
+                    result.steps_done = done
+                    break
+            result.curve.append(row)
+            result.steps_done = done
+            if on_progress is not None:
+                on_progress({"run_id": run.run_id, "step": done, "steps": steps,
+                             "tokens": done * tokens_per_step, "train_loss": train_loss,
+                             "eval_loss": row["eval_loss"],
+                             "step_seconds": result.step_seconds})
+            due = t.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= t.checkpoint_every_s
+            if checkpoint is not None and due and done < steps:
+                elapsed = prior["seconds"] + time.perf_counter() - t0
+                _save_checkpoint(checkpoint, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
+                    "curve": result.curve, "rng": torch.get_rng_state(),
+                    "timers": {"seconds": elapsed, "step_seconds": result.step_seconds,
+                               "eval_seconds": result.eval_seconds},
+                })
+                last_ckpt = time.perf_counter()
+
+    # 5. summary
+    result.seconds = prior["seconds"] + time.perf_counter() - t0
+    result.segment_seconds = (result.step_seconds - prior["step_seconds"],
+                              result.eval_seconds - prior["eval_seconds"])
+    if result.step_seconds > 0:
+        result.tokens_per_second = (result.steps_done - start) * tokens_per_step / max(
+            result.step_seconds - prior["step_seconds"], 1e-9)
+        if peak:
+            result.mfu = result.tokens_per_second * fpt_hw / peak
+    return result
+
+
+def _compiled_loss(compiled: Any, batch: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    logits = compiled(batch[:, :-1])
+    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
+def reference_versions() -> dict[str, str]:
+    """Library versions recorded with every run."""
+    import sys
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            "numpy": np.__version__}
