@@ -77,9 +77,7 @@ def flops_per_token_6n(n_params: int | float) -> float:
     return 6.0 * n_params
 
 
-def chinchilla_flops_per_sequence(
-    shape: ModelShape, *, include_embeddings: bool = True
-) -> float:
+def chinchilla_flops_per_sequence(shape: ModelShape, *, include_embeddings: bool = True) -> float:
     """Training FLOPs of one sequence, Hoffmann et al. 2022, Appendix F.
 
     A multiply-accumulate is 2 FLOPs and the backward pass costs twice the forward.
@@ -108,7 +106,9 @@ def chinchilla_flops_per_sequence(
 
 def chinchilla_flops_per_token(shape: ModelShape, *, include_embeddings: bool = True) -> float:
     """Appendix F training FLOPs per token (see `chinchilla_flops_per_sequence`)."""
-    return chinchilla_flops_per_sequence(shape, include_embeddings=include_embeddings) / shape.seq_len
+    return (
+        chinchilla_flops_per_sequence(shape, include_embeddings=include_embeddings) / shape.seq_len
+    )
 
 
 def flops_per_token(shape: ModelShape, n_convention: str, flops_convention: str) -> float:

@@ -87,23 +87,46 @@ def _print_plan(p) -> None:
     from rich.table import Table
 
     g = p.config.grid
-    n_name = "N total" if g.n_convention == "total" else "N non-emb"
     c_name = "6ND" if g.flops_convention == "6nd" else "Chinchilla App. F"
     t = Table(
         title=f"{p.config.name}: {len(p.runs)} runs ({g.kind}); budgets and FLOPs as {c_name} "
         f"with N = {g.n_convention} parameters",
         title_justify="left",
     )
-    for col in ("run_id", "budget [FLOPs]", "N total", "N non-emb", "D [tokens]", "D/N",
-                "d_model", "layers", "heads", "d_ff", "steps", "peak lr",
-                "FLOPs [conv.]", "App.F / 6ND", "est. time"):
+    for col in (
+        "run_id",
+        "budget [FLOPs]",
+        "N total",
+        "N non-emb",
+        "D [tokens]",
+        "D/N",
+        "d_model",
+        "layers",
+        "heads",
+        "d_ff",
+        "steps",
+        "peak lr",
+        "FLOPs [conv.]",
+        "App.F / 6ND",
+        "est. time",
+    ):
         t.add_column(col, justify="left" if col == "run_id" else "right")
     for r in p.runs:
         t.add_row(
-            r.run_id, f"{r.budget:.3g}", console.si(r.n_params), console.si(r.n_params_nonembedding),
-            console.si(r.n_tokens), f"{r.n_tokens / r.n_params:.1f}", str(r.shape.d_model),
-            str(r.shape.n_layers), str(r.shape.n_heads), str(r.shape.d_ff), str(r.steps),
-            f"{r.lr:.2e}", f"{r.flops:.3g}", f"{r.flops_chinchilla / r.flops_6nd:.3f}",
+            r.run_id,
+            f"{r.budget:.3g}",
+            console.si(r.n_params),
+            console.si(r.n_params_nonembedding),
+            console.si(r.n_tokens),
+            f"{r.n_tokens / r.n_params:.1f}",
+            str(r.shape.d_model),
+            str(r.shape.n_layers),
+            str(r.shape.n_heads),
+            str(r.shape.d_ff),
+            str(r.steps),
+            f"{r.lr:.2e}",
+            f"{r.flops:.3g}",
+            f"{r.flops_chinchilla / r.flops_6nd:.3f}",
             console.duration(p.estimated_seconds(r)),
         )
     console.stdout.print(t)
@@ -133,14 +156,23 @@ def sweep(
     config: ConfigArg,
     out: OutOpt = None,
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Proceed in a directory that holds a sweep of another config.")] = False,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Runs trained at once (one process each).")] = None,
-    executor: Annotated[str | None, typer.Option(
-        "--executor", help="local or ray (default: the config's execution.executor).")] = None,
-    address: Annotated[str | None, typer.Option(
-        "--address", help="Ray cluster address, e.g. auto.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Proceed in a directory that holds a sweep of another config."
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Runs trained at once (one process each)."),
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="local or ray (default: the config's execution.executor)."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address, e.g. auto.")
+    ] = None,
 ) -> None:
     """Train every planned run not yet finished in the directory; rerun to resume."""
     from chinchilla.sweep import default_out, run_sweep
@@ -156,7 +188,8 @@ def sweep(
         f"Wall {console.duration(s.wall_seconds)}, in training steps "
         f"{console.duration(s.step_seconds)}, evaluations {console.duration(s.eval_seconds)}"
         + (f", outside both {s.overhead_fraction:.1%}" if s.trained else "")
-        + f". Tables: {target / 'runs.parquet'}, {target / 'curves.parquet'}")
+        + f". Tables: {target / 'runs.parquet'}, {target / 'curves.parquet'}"
+    )
 
 
 @app.command()
@@ -174,13 +207,22 @@ def status(
         return
     from rich.table import Table
 
-    t = Table(title=f"{st['name']} in {st['out']}: " + ", ".join(
-        f"{v} {k}" for k, v in sorted(st["counts"].items())), title_justify="left")
+    t = Table(
+        title=f"{st['name']} in {st['out']}: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(st["counts"].items())),
+        title_justify="left",
+    )
     for col in ("run_id", "status", "budget [FLOPs]", "N total", "D [tokens]", "worker"):
         t.add_column(col)
     for r in st["runs"]:
-        t.add_row(r["run_id"], r["status"], f"{r['budget']:.3g}", console.si(r["n_params"]),
-                  console.si(r["n_tokens"]), r["worker"] or "")
+        t.add_row(
+            r["run_id"],
+            r["status"],
+            f"{r['budget']:.3g}",
+            console.si(r["n_params"]),
+            console.si(r["n_tokens"]),
+            r["worker"] or "",
+        )
     console.stdout.print(t)
 
 
@@ -202,34 +244,57 @@ def _floats(text: str | None, option: str) -> list[float]:
 @app.command()
 @_user_errors
 def fit(
-    results: Annotated[Path, typer.Argument(
-        help="A sweep directory, or a CSV / parquet table of runs.", show_default=False)],
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="A sweep directory, or a CSV / parquet table of runs.", show_default=False
+        ),
+    ],
     as_json: JsonOpt = False,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Where fit.json, predictions.csv and figures go (default: the sweep "
-        "directory; nothing is written for a table unless given).")] = None,
-    approach: Annotated[list[int] | None, typer.Option(
-        "--approach", help="Approach 1, 2 or 3 (repeatable; default all).")] = None,
-    predict: Annotated[str | None, typer.Option(
-        "--predict", help="Target budgets in FLOPs, e.g. 1e21,5.76e23.")] = None,
-    predict_n: Annotated[str | None, typer.Option(
-        "--predict-n", help="Target model sizes N, e.g. 1e9,70e9 (Table 3 layout).")] = None,
-    bootstrap: Annotated[int, typer.Option(
-        "--bootstrap", min=0, help="Bootstrap resamples for intervals (0: none).")] = 200,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where fit.json, predictions.csv and figures go (default: the sweep "
+            "directory; nothing is written for a table unless given).",
+        ),
+    ] = None,
+    approach: Annotated[
+        list[int] | None,
+        typer.Option("--approach", help="Approach 1, 2 or 3 (repeatable; default all)."),
+    ] = None,
+    predict: Annotated[
+        str | None, typer.Option("--predict", help="Target budgets in FLOPs, e.g. 1e21,5.76e23.")
+    ] = None,
+    predict_n: Annotated[
+        str | None,
+        typer.Option("--predict-n", help="Target model sizes N, e.g. 1e9,70e9 (Table 3 layout)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for intervals (0: none).")
+    ] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
     delta: Annotated[float, typer.Option("--delta", help="Huber delta of Approach 3.")] = 1e-3,
-    starts: Annotated[str, typer.Option(
-        "--starts", help="Approach 3 start grid: paper (4,500) or coarse (1,125).")] = "paper",
-    all_starts: Annotated[bool, typer.Option(
-        "--all-starts", help="Run every start to convergence (no successive halving).")] = False,
-    bound_e: Annotated[bool, typer.Option(
-        "--bound-e", help="Constrain E to at most the lowest observed loss.")] = False,
+    starts: Annotated[
+        str,
+        typer.Option("--starts", help="Approach 3 start grid: paper (4,500) or coarse (1,125)."),
+    ] = "paper",
+    all_starts: Annotated[
+        bool,
+        typer.Option(
+            "--all-starts", help="Run every start to convergence (no successive halving)."
+        ),
+    ] = False,
+    bound_e: Annotated[
+        bool, typer.Option("--bound-e", help="Constrain E to at most the lowest observed loss.")
+    ] = False,
     n_col: Annotated[str | None, typer.Option("--n-col", help="Column holding N.")] = None,
     d_col: Annotated[str | None, typer.Option("--d-col", help="Column holding D.")] = None,
     c_col: Annotated[str | None, typer.Option("--c-col", help="Column holding C.")] = None,
     loss_col: Annotated[str | None, typer.Option("--loss-col", help="Column holding loss.")] = None,
-    n_convention: Annotated[str, typer.Option(
-        "--n-convention", help="total or nonembedding, when both are present.")] = "total",
+    n_convention: Annotated[
+        str, typer.Option("--n-convention", help="total or nonembedding, when both are present.")
+    ] = "total",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures.")] = True,
 ) -> None:
     """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
@@ -247,12 +312,20 @@ def fit(
     if any(k not in (1, 2, 3) for k in chosen):
         raise UserError("--approach: expected 1, 2 or 3")
     budgets, sizes = _floats(predict, "--predict"), _floats(predict_n, "--predict-n")
-    res = load_results(results, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col,
-                       n_convention=n_convention)
+    res = load_results(
+        results, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, n_convention=n_convention
+    )
     if len(res) == 0:
         raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
-    opts = FitOptions(approaches=chosen, bootstrap=bootstrap, seed=seed, delta=delta,
-                      start_grid=starts, exhaustive=all_starts, bound_e_by_min_loss=bound_e)
+    opts = FitOptions(
+        approaches=chosen,
+        bootstrap=bootstrap,
+        seed=seed,
+        delta=delta,
+        start_grid=starts,
+        exhaustive=all_starts,
+        bound_e_by_min_loss=bound_e,
+    )
     rep = fit_all(res, opts)
     if not budgets and not sizes:
         budgets = default_budgets(rep)
@@ -291,13 +364,29 @@ def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
     os.replace(tmp, path)
     written.append(path)
     buf = io.StringIO()
-    cols = ["approach", "target", "flops", "n_opt", "d_opt", "tokens_per_param", "loss",
-            "n_opt_ci", "d_opt_ci", "loss_ci"]
+    cols = [
+        "approach",
+        "target",
+        "flops",
+        "n_opt",
+        "d_opt",
+        "tokens_per_param",
+        "loss",
+        "n_opt_ci",
+        "d_opt_ci",
+        "loss_ci",
+    ]
     w = csv.writer(buf)
     w.writerow(cols)
     for p in preds:
-        w.writerow([";".join(f"{x:.6g}" for x in p[c]) if isinstance(p.get(c), list)
-                    else ("" if p.get(c) is None else p[c]) for c in cols])
+        w.writerow(
+            [
+                ";".join(f"{x:.6g}" for x in p[c])
+                if isinstance(p.get(c), list)
+                else ("" if p.get(c) is None else p[c])
+                for c in cols
+            ]
+        )
     path = target / "predictions.csv"
     tmp = path.with_name(f".predictions.csv.tmp{os.getpid()}")
     tmp.write_text(buf.getvalue())
@@ -317,38 +406,56 @@ def _ci(v) -> str:
 def _print_fit(doc: dict, written: list[Path]) -> None:
     conv = doc["conventions"]
     p = console.stdout.print
-    p(f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; C: {conv['flops']}; "
-      f"D: {conv['n_tokens']})" + (f"; left out: {doc['excluded']}" if doc["excluded"] else ""))
+    p(
+        f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; C: {conv['flops']}; "
+        f"D: {conv['n_tokens']})" + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
+    )
     for k in (1, 2):
         a = doc[f"approach{k}"]
         if a:
-            p(f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{_ci(a['a_ci'])}, "
-              f"D_opt ∝ C^{a['b']:.3f}{_ci(a['b_ci'])}  (80% bootstrap intervals)")
+            p(
+                f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{_ci(a['a_ci'])}, "
+                f"D_opt ∝ C^{a['b']:.3f}{_ci(a['b_ci'])}  (80% bootstrap intervals)"
+            )
             for note in a.get("notes", []):
                 p(f"  note: {note}")
     a3 = doc["approach3"]
     if a3:
         ci = a3["ci"]
-        p(f"Approach 3: L(N, D) = E + A/N^α + B/D^β with E={a3['E']:.4g}{_ci(ci.get('E', {}).get('80'))}"
-          f" A={a3['A']:.4g} B={a3['B']:.4g} α={a3['alpha']:.4f}{_ci(ci.get('alpha', {}).get('80'))}"
-          f" β={a3['beta']:.4f}{_ci(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
-          f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})")
+        p(
+            f"Approach 3: L(N, D) = E + A/N^α + B/D^β with E={a3['E']:.4g}{_ci(ci.get('E', {}).get('80'))}"
+            f" A={a3['A']:.4g} B={a3['B']:.4g} α={a3['alpha']:.4f}{_ci(ci.get('alpha', {}).get('80'))}"
+            f" β={a3['beta']:.4f}{_ci(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
+            f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})"
+        )
     if doc.get("irreducible_loss") is not None:
-        p(f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
-          f"{doc['irreducible_loss']:.4f} nats/token")
+        p(
+            f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
+            f"{doc['irreducible_loss']:.4f} nats/token"
+        )
     for k, why in doc["skipped"].items():
         p(f"{k} skipped: {why}")
     from rich.table import Table
 
     t = Table(title="compute-optimal allocation (80% bootstrap intervals)", title_justify="left")
-    for col in ("approach", "C [FLOPs]", "N_opt [params]", "D_opt [tokens]", "D/N",
-                "loss [nats/token]"):
+    for col in (
+        "approach",
+        "C [FLOPs]",
+        "N_opt [params]",
+        "D_opt [tokens]",
+        "D/N",
+        "loss [nats/token]",
+    ):
         t.add_column(col, justify="right")
     for r in doc["predictions"]:
-        t.add_row(str(r["approach"]), f"{r['flops']:.3g}" + _ci(r.get("flops_ci")),
-                  f"{r['n_opt']:.3g}" + _ci(r.get("n_opt_ci")),
-                  f"{r['d_opt']:.3g}" + _ci(r.get("d_opt_ci")), f"{r['tokens_per_param']:.1f}",
-                  "-" if r["loss"] is None else f"{r['loss']:.4f}" + _ci(r.get("loss_ci")))
+        t.add_row(
+            str(r["approach"]),
+            f"{r['flops']:.3g}" + _ci(r.get("flops_ci")),
+            f"{r['n_opt']:.3g}" + _ci(r.get("n_opt_ci")),
+            f"{r['d_opt']:.3g}" + _ci(r.get("d_opt_ci")),
+            f"{r['tokens_per_param']:.1f}",
+            "-" if r["loss"] is None else f"{r['loss']:.4f}" + _ci(r.get("loss_ci")),
+        )
     p(t)
     if written:
         p("wrote " + ", ".join(str(w) for w in written))

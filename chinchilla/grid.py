@@ -109,9 +109,7 @@ class Plan:
                 "flops": "6*N*D" if g.flops_convention == "6nd" else "Chinchilla Appendix F",
                 "flops_units": "FLOPs (forward + backward), whole run",
             },
-            "runs": [
-                r.row() | {"estimated_seconds": self.estimated_seconds(r)} for r in self.runs
-            ],
+            "runs": [r.row() | {"estimated_seconds": self.estimated_seconds(r)} for r in self.runs],
             "n_runs": len(self.runs),
             "total_flops": self.total_flops,
             "total_flops_chinchilla": sum(r.flops_chinchilla for r in self.runs),
@@ -141,7 +139,7 @@ def _shape(spec: ShapeSpec, cfg: Config) -> ModelShape:
     )
 
 
-def _aspect_candidates(cfg: Config) -> list[ShapeSpec]:
+def _aspect_candidates(cfg: Config, n_cap: float = float("inf")) -> list[ShapeSpec]:
     """Shapes with d_model a multiple of head_dim and d_model / n_layers near the ratio.
 
     Widths within a factor 2 of aspect_ratio * n_layers are all candidates, so that
@@ -149,13 +147,17 @@ def _aspect_candidates(cfg: Config) -> list[ShapeSpec]:
     """
     m = cfg.model
     out = []
-    for n_layers in range(1, 129):
+    for n_layers in range(1, 257):
         centre = m.aspect_ratio * n_layers
         lo = max(1, math.ceil(centre / 2 / m.head_dim))
         hi = max(lo, math.floor(centre * 2 / m.head_dim))
-        for k in range(lo, hi + 1):
-            d = k * m.head_dim
-            out.append(ShapeSpec(d_model=d, n_layers=n_layers, n_heads=k, head_dim=m.head_dim))
+        specs = [
+            ShapeSpec(d_model=k * m.head_dim, n_layers=n_layers, n_heads=k, head_dim=m.head_dim)
+            for k in range(lo, hi + 1)
+        ]
+        out += specs
+        if count_params(_shape(specs[0], cfg)).nonembedding > n_cap:
+            break  # deeper models only grow: no target can use them
     return out
 
 
@@ -188,13 +190,22 @@ def _table_candidates(cfg: Config) -> list[ShapeSpec]:
     return out
 
 
-def candidate_shapes(cfg: Config) -> list[ModelShape]:
-    specs = {
-        "explicit": lambda c: list(c.model.sizes),
-        "aspect": _aspect_candidates,
-        "table": _table_candidates,
-    }[cfg.model.family](cfg)
+def candidate_shapes(cfg: Config, n_cap: float = float("inf")) -> list[ModelShape]:
+    """Shapes the family rule may choose from; `n_cap` bounds the aspect family's search."""
+    if cfg.model.family == "explicit":
+        specs = list(cfg.model.sizes)
+    elif cfg.model.family == "aspect":
+        specs = _aspect_candidates(cfg, n_cap)
+    else:
+        specs = _table_candidates(cfg)
     return [_shape(s, cfg) for s in specs]
+
+
+def _largest_target(cfg: Config) -> float:
+    g = cfg.grid
+    if g.kind == "horizons":
+        return max(g.model_sizes, default=float("inf"))
+    return max(_expected_optimal_n(c, cfg) for c in g.budgets) * math.sqrt(g.size_span)
 
 
 def _n_of(shape: ModelShape, n_convention: str) -> int:
@@ -259,8 +270,13 @@ def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _make_run(shape: ModelShape, n_tokens_wanted: float, budget: float | None, cfg: Config,
-              horizon: int | None = None) -> PlannedRun:
+def _make_run(
+    shape: ModelShape,
+    n_tokens_wanted: float,
+    budget: float | None,
+    cfg: Config,
+    horizon: int | None = None,
+) -> PlannedRun:
     g, t = cfg.grid, cfg.train
     tokens_per_step = t.batch_size * shape.seq_len
     steps = max(1, round(n_tokens_wanted / tokens_per_step))
@@ -330,17 +346,20 @@ def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
 def plan(cfg: Config) -> Plan:
     """Lay out every run of the experiment, with exact parameter and FLOP counts."""
     warnings: list[str] = []
-    candidates = candidate_shapes(cfg)
+    candidates = candidate_shapes(cfg, n_cap=4 * _largest_target(cfg))
     make = _isoflop_runs if cfg.grid.kind == "isoflop" else _horizon_runs
     runs = list(make(cfg, candidates, warnings))
     seen: dict[str, PlannedRun] = {}
     for r in runs:
         if r.run_id in seen:  # two budgets that round to one run: train it once
-            warnings.append(f"run {r.run_id} planned twice (budgets {seen[r.run_id].budget:.3g}"
-                            f" and {r.budget:.3g}); kept once")
+            warnings.append(
+                f"run {r.run_id} planned twice (budgets {seen[r.run_id].budget:.3g}"
+                f" and {r.budget:.3g}); kept once"
+            )
             continue
         seen[r.run_id] = r
     if not seen:
-        raise UserError("config: grid: no run fits the budgets (see warnings: "
-                        + "; ".join(warnings[:2]) + ")")
+        raise UserError(
+            "config: grid: no run fits the budgets (see warnings: " + "; ".join(warnings[:2]) + ")"
+        )
     return Plan(config=cfg, runs=list(seen.values()), warnings=warnings)

@@ -80,10 +80,16 @@ class GPT(nn.Module):
         super().__init__()
         self.shape = shape
         self.wte = nn.Embedding(shape.vocab_size, shape.d_model)
-        self.wpe = nn.Embedding(shape.seq_len, shape.d_model) if shape.position == "learned" else None
+        self.wpe = (
+            nn.Embedding(shape.seq_len, shape.d_model) if shape.position == "learned" else None
+        )
         self.blocks = nn.ModuleList(Block(shape) for _ in range(shape.n_layers))
         self.ln_f = nn.LayerNorm(shape.d_model)
-        self.head = None if shape.tied_embeddings else nn.Linear(shape.d_model, shape.vocab_size, bias=False)
+        self.head = (
+            None
+            if shape.tied_embeddings
+            else nn.Linear(shape.d_model, shape.vocab_size, bias=False)
+        )
         if shape.position == "rotary":
             cos, sin = _rotary_tables(shape.seq_len, shape.head_dim)
             self.register_buffer("rot_cos", cos, persistent=False)

@@ -32,7 +32,8 @@ def _axes(ax: Axes | None, size=(5.2, 4.0)) -> Axes:
 def _n_label(rep: FitReport) -> str:
     conv = rep.results.n_convention
     return {"total": "parameters N (total)", "nonembedding": "parameters N (non-embedding)"}.get(
-        conv, "parameters N")
+        conv, "parameters N"
+    )
 
 
 def _c_label(rep: FitReport) -> str:
@@ -56,8 +57,13 @@ def plot_envelope(rep: FitReport, ax: Axes | None = None) -> Axes:
     for r in np.unique(cv.run):
         sel = cv.run == r
         order = np.argsort(cv.flops[sel])
-        ax.plot(cv.flops[sel][order], cv.loss[sel][order], lw=0.8, alpha=0.7,
-                color=cmap(norm(res.n_params[r])))
+        ax.plot(
+            cv.flops[sel][order],
+            cv.loss[sel][order],
+            lw=0.8,
+            alpha=0.7,
+            color=cmap(norm(res.n_params[r])),
+        )
     ax.plot(env.flops, env.loss, color="k", lw=1.8, label="envelope (min over runs)")
     ax.set_xscale("log")
     ax.set_xlabel(_c_label(rep))
@@ -88,8 +94,16 @@ def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
         c2, c1, c0 = p.coef
         ax.plot(10**xs, c2 * xs**2 + c1 * xs + c0, color=color, lw=1.2, label=f"{p.budget:.2g}")
         if p.convex:
-            ax.scatter([p.n_opt], [p.loss_opt], marker="*" if p.inside else "X", s=70,
-                       color=color, edgecolor="k", linewidths=0.5, zorder=4)
+            ax.scatter(
+                [p.n_opt],
+                [p.loss_opt],
+                marker="*" if p.inside else "X",
+                s=70,
+                color=color,
+                edgecolor="k",
+                linewidths=0.5,
+                zorder=4,
+            )
     ax.set_xscale("log")
     ax.set_xlabel(_n_label(rep))
     ax.set_ylabel("final loss (nats/token)")
@@ -110,8 +124,9 @@ def plot_contours(rep: FitReport, ax: Axes | None = None) -> Axes:
     ax.contour(C, N, L, levels=np.unique(levels), colors="k", linewidths=0.4, alpha=0.5)
     ax.figure.colorbar(cs, ax=ax, label="log(L - E)")
     cc = np.logspace(c_lo, c_hi, 50)
-    _, n_opt, _ = _allocate(3, {"E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha,
-                                "beta": f.beta}, flops=cc)
+    _, n_opt, _ = _allocate(
+        3, {"E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha, "beta": f.beta}, flops=cc
+    )
     ax.plot(cc, n_opt, color="#2ca02c", lw=2, label="efficient frontier")
     ax.scatter(res.flops, res.n_params, s=8, color="k", label="runs")
     ax.set_xscale("log")
@@ -120,8 +135,10 @@ def plot_contours(rep: FitReport, ax: Axes | None = None) -> Axes:
     ax.set_ylim(10**n_lo, 10**n_hi)
     ax.set_xlabel("training FLOPs C = 6ND")
     ax.set_ylabel(_n_label(rep))
-    ax.set_title(f"Parametric fit L(N, D) (cf. Fig. 4): E={f.E:.3g}, "
-                 f"α={f.alpha:.3f}, β={f.beta:.3f}", fontsize=9)
+    ax.set_title(
+        f"Parametric fit L(N, D) (cf. Fig. 4): E={f.E:.3g}, α={f.alpha:.3f}, β={f.beta:.3f}",
+        fontsize=9,
+    )
     ax.legend(loc="upper left", fontsize=8)
     return ax
 
@@ -143,8 +160,12 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
         ax.plot(cc, y, color=COLORS[k], lw=1.8, label=f"{NAMES[k]}: exponent {expo:.3f}")
         if reps:
             with np.errstate(all="ignore"):
-                ys = np.stack([_allocate(k, {n: v[i] for n, v in reps.items()}, flops=cc)[col]
-                               for i in range(len(next(iter(reps.values()))))])
+                ys = np.stack(
+                    [
+                        _allocate(k, {n: v[i] for n, v in reps.items()}, flops=cc)[col]
+                        for i in range(len(next(iter(reps.values()))))
+                    ]
+                )
             ok = np.all(np.isfinite(ys), axis=1)
             if ok.sum() > 2:
                 lo, hi = np.percentile(ys[ok], [10, 90], axis=0)
@@ -152,8 +173,9 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
     if rep.approach2 is not None and which == "n":
         pts = [(p.budget, p.n_opt) for p in rep.approach2.parabolas if p.convex]
         if pts:
-            ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3,
-                       label="IsoFLOP minima")
+            ax.scatter(
+                *zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3, label="IsoFLOP minima"
+            )
     if rep.approach2 is not None and which == "d":
         pts = [(p.budget, p.d_opt) for p in rep.approach2.parabolas if p.convex]
         if pts:
@@ -163,8 +185,11 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
     ax.set_yscale("log")
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel("optimal " + (_n_label(rep) if which == "n" else "training tokens D"))
-    ax.set_title(("N_opt" if which == "n" else "D_opt") + " against compute (cf. Fig. 1); "
-                 "bands: 80% bootstrap", fontsize=9)
+    ax.set_title(
+        ("N_opt" if which == "n" else "D_opt") + " against compute (cf. Fig. 1); "
+        "bands: 80% bootstrap",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="upper left")
     return ax
 

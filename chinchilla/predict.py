@@ -23,7 +23,11 @@ def _law_allocation(a, log10_kn, b, log10_kd, flops=None, n_target=None):
     """(C, N, D) from power laws; arrays broadcast over bootstrap replicates."""
     if flops is None:
         flops = np.power(10.0, (np.log10(n_target) - log10_kn) / a)
-    return flops, np.power(10.0, log10_kn) * np.power(flops, a), np.power(10.0, log10_kd) * np.power(flops, b)
+    return (
+        flops,
+        np.power(10.0, log10_kn) * np.power(flops, a),
+        np.power(10.0, log10_kd) * np.power(flops, b),
+    )
 
 
 def _parametric_allocation(E, A, B, alpha, beta, flops=None, n_target=None):
@@ -50,18 +54,24 @@ def _params(rep: FitReport, k: int) -> tuple[dict[str, float], dict[str, np.ndar
         point = {"E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha, "beta": f.beta}
     else:
         f = rep.approach1 if k == 1 else rep.approach2
-        point = {"a": f.a, "b": f.b, "log10_k_n": math.log10(f.n_law.coefficient),
-                 "log10_k_d": math.log10(f.d_law.coefficient)}
+        point = {
+            "a": f.a,
+            "b": f.b,
+            "log10_k_n": math.log10(f.n_law.coefficient),
+            "log10_k_d": math.log10(f.d_law.coefficient),
+        }
     reps = None if s is None else {name: s.values[name] for name in point if name in s.values}
     return point, reps
 
 
 def _allocate(k: int, p: dict, flops=None, n_target=None):
     if k == 3:
-        return _parametric_allocation(p["E"], p["A"], p["B"], p["alpha"], p["beta"],
-                                      flops=flops, n_target=n_target)
-    return _law_allocation(p["a"], p["log10_k_n"], p["b"], p["log10_k_d"],
-                           flops=flops, n_target=n_target)
+        return _parametric_allocation(
+            p["E"], p["A"], p["B"], p["alpha"], p["beta"], flops=flops, n_target=n_target
+        )
+    return _law_allocation(
+        p["a"], p["log10_k_n"], p["b"], p["log10_k_d"], flops=flops, n_target=n_target
+    )
 
 
 def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, Any]]:
@@ -73,25 +83,37 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
         if fit is None:
             continue
         point, reps = _params(rep, k)
-        targets = [("flops", float(c)) for c in budgets] + [("n_params", float(n))
-                                                             for n in model_sizes]
+        targets = [("flops", float(c)) for c in budgets] + [
+            ("n_params", float(n)) for n in model_sizes
+        ]
         for kind, value in targets:
             kw = {"flops": value} if kind == "flops" else {"n_target": value}
             with np.errstate(all="ignore"):
                 c, n_opt, d_opt = (float(v) for v in _allocate(k, point, **kw))
             loss = float(p3.loss(n_opt, d_opt)) if p3 is not None else None
-            row = {"approach": k, "target": kind, "flops": c, "n_opt": n_opt, "d_opt": d_opt,
-                   "tokens_per_param": d_opt / n_opt, "loss": loss,
-                   "loss_source": "approach 3 L(N, D) at this (N_opt, D_opt)" if loss else None}
+            row = {
+                "approach": k,
+                "target": kind,
+                "flops": c,
+                "n_opt": n_opt,
+                "d_opt": d_opt,
+                "tokens_per_param": d_opt / n_opt,
+                "loss": loss,
+                "loss_source": "approach 3 L(N, D) at this (N_opt, D_opt)" if loss else None,
+            }
             if reps:
-                kw_r = ({"flops": np.full(len(next(iter(reps.values()))), value)}
-                        if kind == "flops" else {"n_target": value})
+                kw_r = (
+                    {"flops": np.full(len(next(iter(reps.values()))), value)}
+                    if kind == "flops"
+                    else {"n_target": value}
+                )
                 with np.errstate(all="ignore"):
                     cs, ns, ds = _allocate(k, reps, **kw_r)
                     ls = None
                     if k == 3:
-                        ls = parametric_loss(ns, ds, reps["E"], reps["A"], reps["B"],
-                                             reps["alpha"], reps["beta"])
+                        ls = parametric_loss(
+                            ns, ds, reps["E"], reps["A"], reps["B"], reps["alpha"], reps["beta"]
+                        )
                 for lvl in LEVELS:
                     sfx = "" if lvl == "80" else "_95"
                     row[f"n_opt_ci{sfx}"] = _interval(ns, lvl)

@@ -18,8 +18,15 @@ from chinchilla.console import duration, si
 
 
 class SweepProgress:
-    def __init__(self, total_runs: int, done_runs: int, pending_flops: float,
-                 live: bool | None = None, interval_s: float = 15.0, stream=None):
+    def __init__(
+        self,
+        total_runs: int,
+        done_runs: int,
+        pending_flops: float,
+        live: bool | None = None,
+        interval_s: float = 15.0,
+        stream=None,
+    ):
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty() if live is None else live
         self.total, self.done = total_runs, done_runs
@@ -37,15 +44,21 @@ class SweepProgress:
     def __enter__(self) -> SweepProgress:
         if self.live:
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(), console=Console(file=self.stream), transient=False,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
             )
             self._progress.start()
             self._overall = self._progress.add_task(
-                "runs", total=self.total, completed=self.done, info=self._eta_text())
+                "runs", total=self.total, completed=self.done, info=self._eta_text()
+            )
         else:
-            self._print(f"sweep: {self.done}/{self.total} runs done, "
-                        f"{self.total - self.done} to train")
+            self._print(
+                f"sweep: {self.done}/{self.total} runs done, {self.total - self.done} to train"
+            )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -56,10 +69,12 @@ class SweepProgress:
     def run_started(self, run, label: str = "") -> None:
         self._inflight[run.run_id] = {"run": run, "info": {}, "label": label}
         desc = f"{run.run_id} N={si(run.n_params)} D={si(run.n_tokens)}" + (
-            f" [{label}]" if label else "")
+            f" [{label}]" if label else ""
+        )
         if self._progress is not None:
-            self._tasks[run.run_id] = self._progress.add_task(desc, total=run.n_tokens,
-                                                              info="starting")
+            self._tasks[run.run_id] = self._progress.add_task(
+                desc, total=run.n_tokens, info="starting"
+            )
         else:
             self._print(f"start {desc} ({self.done + 1}/{self.total})")
 
@@ -73,9 +88,11 @@ class SweepProgress:
         if self._progress is not None:
             self._progress.update(self._tasks[info["run_id"]], completed=info["tokens"], info=text)
         elif time.perf_counter() - self._last_line >= self.interval_s:
-            self._print(f"  {info['run_id']} step {info['step']}/{info['steps']} "
-                        f"tokens {si(info['tokens'])}/{si(state['run'].n_tokens)} {text} | "
-                        f"sweep {self._eta_text()}")
+            self._print(
+                f"  {info['run_id']} step {info['step']}/{info['steps']} "
+                f"tokens {si(info['tokens'])}/{si(state['run'].n_tokens)} {text} | "
+                f"sweep {self._eta_text()}"
+            )
 
     def run_finished(self, run, row: dict[str, Any]) -> None:
         self._inflight.pop(run.run_id, None)
@@ -84,9 +101,11 @@ class SweepProgress:
         self.trained_flops += run.flops_chinchilla
         self.flops_seconds += row.get("seconds") or 0.0
         loss = row.get("loss", math.nan)
-        line = (f"done  {run.run_id} {row['status']:<8} loss {loss:.4f} nats/token  "
-                f"N={si(run.n_params)} D={si(run.n_tokens)}  {duration(row.get('seconds'))}"
-                + (f"  ({row['error']})" if row.get("error") else ""))
+        line = (
+            f"done  {run.run_id} {row['status']:<8} loss {loss:.4f} nats/token  "
+            f"N={si(run.n_params)} D={si(run.n_tokens)}  {duration(row.get('seconds'))}"
+            + (f"  ({row['error']})" if row.get("error") else "")
+        )
         if self._progress is not None:
             task = self._tasks.pop(run.run_id, None)
             if task is not None:

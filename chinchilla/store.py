@@ -79,8 +79,7 @@ def merge(out: Path) -> pd.DataFrame:
         path = parts / f"{i}.curve.parquet"
         if path.exists():
             curves.append(pd.read_parquet(path))
-    curves_df = (pd.concat(curves, ignore_index=True) if curves
-                 else curve_frame("", []).iloc[:0])
+    curves_df = pd.concat(curves, ignore_index=True) if curves else curve_frame("", []).iloc[:0]
     if len(runs_df):
         runs_df = runs_df.sort_values(["budget", "n_params", "n_tokens"], kind="stable")
         runs_df = runs_df.reset_index(drop=True)

@@ -64,10 +64,21 @@ def code_version() -> str:
     """git commit of the package (with '-dirty' for local changes), else its version."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here,
-                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "."],
-                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "."],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return f"{__version__}+g{sha}" + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return __version__
@@ -80,14 +91,17 @@ def check_directory(cfg: Config, out: Path, force: bool) -> None:
         try:
             old = from_dict(yaml.safe_load(path.read_text()) or {}, base_dir=cfg.base_dir)
         except (UserError, yaml.YAMLError) as exc:
-            raise UserError(f"{path} is not a readable sweep config ({exc}); "
-                            "pass --force to overwrite it") from None
+            raise UserError(
+                f"{path} is not a readable sweep config ({exc}); pass --force to overwrite it"
+            ) from None
         if old.fingerprint() != cfg.fingerprint():
-            changed = _changed_keys(old.to_dict(with_execution=False),
-                                    cfg.to_dict(with_execution=False))
+            changed = _changed_keys(
+                old.to_dict(with_execution=False), cfg.to_dict(with_execution=False)
+            )
             raise UserError(
                 f"{out} holds a sweep of a different config (changed: {', '.join(changed[:5])}); "
-                "use another --out, or pass --force to add these runs to it")
+                "use another --out, or pass --force to add these runs to it"
+            )
     out.mkdir(parents=True, exist_ok=True)
     atomic_text(path, dump_yaml(cfg))
 
@@ -103,20 +117,24 @@ def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
     """The runs.parquet row of one run: planned columns, outcome, provenance."""
-    return run.row() | {
-        "status": result.status,
-        "loss": result.loss,
-        "train_loss": result.train_loss,
-        "steps_done": result.steps_done,
-        "seconds": result.seconds,
-        "step_seconds": result.step_seconds,
-        "eval_seconds": result.eval_seconds,
-        "tokens_per_second": result.tokens_per_second,
-        "mfu": result.mfu,
-        "error": result.error,
-        "resumed_from": result.resumed_from,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    } | env
+    return (
+        run.row()
+        | {
+            "status": result.status,
+            "loss": result.loss,
+            "train_loss": result.train_loss,
+            "steps_done": result.steps_done,
+            "seconds": result.seconds,
+            "step_seconds": result.step_seconds,
+            "eval_seconds": result.eval_seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "mfu": result.mfu,
+            "error": result.error,
+            "resumed_from": result.resumed_from,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        | env
+    )
 
 
 def sweep_environment(cfg: Config, device: str, irreducible: float | None) -> dict[str, Any]:
@@ -156,9 +174,18 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     return data
 
 
-def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, *, device: str,
-                     peak: float | None, env: dict[str, Any], on_progress=None,
-                     extra: dict[str, Any] | None = None):
+def train_and_record(
+    run: PlannedRun,
+    cfg: Config,
+    out: Path,
+    data,
+    *,
+    device: str,
+    peak: float | None,
+    env: dict[str, Any],
+    on_progress=None,
+    extra: dict[str, Any] | None = None,
+):
     """Train one run (resuming its checkpoint), record its part, drop the checkpoint.
 
     Returns the run's row and the (step, eval) seconds this call spent."""
@@ -170,8 +197,9 @@ def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, *, device: s
     attempts = 1 + cfg.execution.retries
     for attempt in range(attempts):
         try:
-            result = train_run(run, cfg, data, device=device, checkpoint=ckpt, peak=peak,
-                               on_progress=on_progress)
+            result = train_run(
+                run, cfg, data, device=device, checkpoint=ckpt, peak=peak, on_progress=on_progress
+            )
             break
         except Exception as exc:  # recorded as failed, the sweep goes on
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -191,9 +219,16 @@ def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, *, device: s
     return row, result.segment_seconds
 
 
-def run_sweep(cfg: Config, out: Path, *, force: bool = False, live: bool | None = None,
-              executor: str | None = None, workers: int | None = None,
-              address: str | None = None) -> SweepSummary:
+def run_sweep(
+    cfg: Config,
+    out: Path,
+    *,
+    force: bool = False,
+    live: bool | None = None,
+    executor: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+) -> SweepSummary:
     """Train every planned run of `cfg` not finished in `out`; return what happened."""
     wall0 = time.perf_counter()
     p, pending = prepare(cfg, out, force)
@@ -217,18 +252,30 @@ def run_sweep(cfg: Config, out: Path, *, force: bool = False, live: bool | None 
     if len(runs):
         summary.statuses = runs["status"].value_counts().to_dict()
     summary.wall_seconds = time.perf_counter() - wall0
-    atomic_text(out / SUMMARY_FILE, json.dumps({
-        "planned": summary.planned, "trained_this_invocation": summary.trained,
-        "statuses": summary.statuses, "wall_seconds": summary.wall_seconds,
-        "step_seconds": summary.step_seconds, "eval_seconds": summary.eval_seconds,
-        "overhead_fraction": summary.overhead_fraction, "executor": executor,
-        "workers": workers, "pid": os.getpid(),
-    }, indent=1))
+    atomic_text(
+        out / SUMMARY_FILE,
+        json.dumps(
+            {
+                "planned": summary.planned,
+                "trained_this_invocation": summary.trained,
+                "statuses": summary.statuses,
+                "wall_seconds": summary.wall_seconds,
+                "step_seconds": summary.step_seconds,
+                "eval_seconds": summary.eval_seconds,
+                "overhead_fraction": summary.overhead_fraction,
+                "executor": executor,
+                "workers": workers,
+                "pid": os.getpid(),
+            },
+            indent=1,
+        ),
+    )
     return summary
 
 
-def _run_serial(cfg: Config, out: Path, p: Plan, pending: list[PlannedRun],
-                live: bool | None) -> tuple[float, float]:
+def _run_serial(
+    cfg: Config, out: Path, p: Plan, pending: list[PlannedRun], live: bool | None
+) -> tuple[float, float]:
     import torch
 
     from chinchilla.data.synthetic import irreducible_loss
@@ -242,13 +289,22 @@ def _run_serial(cfg: Config, out: Path, p: Plan, pending: list[PlannedRun],
     env = sweep_environment(cfg, device, irreducible_loss(data, cfg.train.eval_tokens))
     peak = peak_flops(cfg, device)
     step_s = eval_s = 0.0
-    with SweepProgress(len(p.runs), len(p.runs) - len(pending),
-                       sum(r.flops_chinchilla for r in pending), live=live) as prog:
+    with SweepProgress(
+        len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
+    ) as prog:
         for run in pending:
             prog.run_started(run)
             row, (seg_step, seg_eval) = train_and_record(
-                run, cfg, out, data, device=device, peak=peak, env=env,
-                on_progress=prog.update, extra={"worker": "main"})
+                run,
+                cfg,
+                out,
+                data,
+                device=device,
+                peak=peak,
+                env=env,
+                on_progress=prog.update,
+                extra={"worker": "main"},
+            )
             step_s += seg_step
             eval_s += seg_eval
             merge(out)
@@ -267,15 +323,31 @@ def status(out: Path) -> dict[str, Any]:
         raise UserError(f"{path}: invalid YAML ({exc})") from None
     p = plan(cfg)
     statuses = finished_ids(out)
-    ckpts = {c.stem for c in (out / CHECKPOINTS).glob("*.pt")} if (out / CHECKPOINTS).is_dir() else set()
+    ckpts = (
+        {c.stem for c in (out / CHECKPOINTS).glob("*.pt")}
+        if (out / CHECKPOINTS).is_dir()
+        else set()
+    )
     claims = _claims(out)
     rows = []
     for r in p.runs:
         s = statuses.get(r.run_id)
         if s is None:
-            s = "running" if r.run_id in claims else ("interrupted" if r.run_id in ckpts else "pending")
-        rows.append({"run_id": r.run_id, "status": s, "budget": r.budget, "n_params": r.n_params,
-                     "n_tokens": r.n_tokens, "worker": claims.get(r.run_id)})
+            s = (
+                "running"
+                if r.run_id in claims
+                else ("interrupted" if r.run_id in ckpts else "pending")
+            )
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "status": s,
+                "budget": r.budget,
+                "n_params": r.n_params,
+                "n_tokens": r.n_tokens,
+                "worker": claims.get(r.run_id),
+            }
+        )
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -141,8 +141,9 @@ def _optimizer(model: GPT, lr: float, cfg: Config, device: str) -> torch.optim.A
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.train.beta1, cfg.train.beta2),
-                             fused=device == "cuda")
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=device == "cuda"
+    )
 
 
 def _autocast(device: str):
@@ -251,9 +252,14 @@ def train_run(
             train_loss = float(loss_sum) / n_summed
             loss_sum.zero_()
             n_summed = 0
-            row = {"step": done, "tokens": done * tokens_per_step,
-                   "flops": done * tokens_per_step * fpt_conv, "train_loss": train_loss,
-                   "eval_loss": math.nan, "lr": lr}
+            row = {
+                "step": done,
+                "tokens": done * tokens_per_step,
+                "flops": done * tokens_per_step * fpt_conv,
+                "train_loss": train_loss,
+                "eval_loss": math.nan,
+                "lr": lr,
+            }
             result.train_loss = train_loss
             if not math.isfinite(train_loss):
                 result.curve.append(row)
@@ -273,28 +279,51 @@ def train_run(
             result.curve.append(row)
             result.steps_done = done
             if on_progress is not None:
-                on_progress({"run_id": run.run_id, "step": done, "steps": steps,
-                             "tokens": done * tokens_per_step, "train_loss": train_loss,
-                             "eval_loss": row["eval_loss"],
-                             "step_seconds": result.step_seconds})
-            due = t.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= t.checkpoint_every_s
+                on_progress(
+                    {
+                        "run_id": run.run_id,
+                        "step": done,
+                        "steps": steps,
+                        "tokens": done * tokens_per_step,
+                        "train_loss": train_loss,
+                        "eval_loss": row["eval_loss"],
+                        "step_seconds": result.step_seconds,
+                    }
+                )
+            due = (
+                t.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= t.checkpoint_every_s
+            )
             if checkpoint is not None and due and done < steps:
                 elapsed = prior["seconds"] + time.perf_counter() - t0
-                _save_checkpoint(checkpoint, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
-                    "curve": result.curve, "rng": torch.get_rng_state(),
-                    "timers": {"seconds": elapsed, "step_seconds": result.step_seconds,
-                               "eval_seconds": result.eval_seconds},
-                })
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "step": done,
+                        "curve": result.curve,
+                        "rng": torch.get_rng_state(),
+                        "timers": {
+                            "seconds": elapsed,
+                            "step_seconds": result.step_seconds,
+                            "eval_seconds": result.eval_seconds,
+                        },
+                    },
+                )
                 last_ckpt = time.perf_counter()
 
     # 5. summary
     result.seconds = prior["seconds"] + time.perf_counter() - t0
-    result.segment_seconds = (result.step_seconds - prior["step_seconds"],
-                              result.eval_seconds - prior["eval_seconds"])
+    result.segment_seconds = (
+        result.step_seconds - prior["step_seconds"],
+        result.eval_seconds - prior["eval_seconds"],
+    )
     if result.step_seconds > 0:
-        result.tokens_per_second = (result.steps_done - start) * tokens_per_step / max(
-            result.step_seconds - prior["step_seconds"], 1e-9)
+        result.tokens_per_second = (
+            (result.steps_done - start)
+            * tokens_per_step
+            / max(result.step_seconds - prior["step_seconds"], 1e-9)
+        )
         if peak:
             result.mfu = result.tokens_per_second * fpt_hw / peak
     return result
@@ -311,5 +340,4 @@ def reference_versions() -> dict[str, str]:
     """Library versions recorded with every run."""
     import sys
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__,
-            "numpy": np.__version__}
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}

@@ -37,20 +37,30 @@ from chinchilla.data import TokenData, open_tokens, token_dtype, write_json, wri
 from chinchilla.errors import UserError
 
 BOS = 0
-_HASH_MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1],
-                             dtype=np.uint64)
+_HASH_MULTIPLIERS = np.array(
+    [0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1], dtype=np.uint64
+)
 
 
 class SyntheticSource:
     """The generating process; `generate` returns tokens and their exact -log p."""
 
-    def __init__(self, vocab_size: int, orders, order_weights, support: int, n_rules: int,
-                 zipf_exponent: float, seed: int):
+    def __init__(
+        self,
+        vocab_size: int,
+        orders,
+        order_weights,
+        support: int,
+        n_rules: int,
+        zipf_exponent: float,
+        seed: int,
+    ):
         if vocab_size < 3:
             raise UserError("config: data.vocab_size: the synthetic source needs >= 3 tokens")
         if support > vocab_size - 1:
-            raise UserError(f"config: data.support: {support} exceeds the {vocab_size - 1} "
-                            "non-BOS tokens")
+            raise UserError(
+                f"config: data.support: {support} exceeds the {vocab_size - 1} non-BOS tokens"
+            )
         if max(orders) > len(_HASH_MULTIPLIERS):
             raise UserError(f"config: data.orders: at most order {len(_HASH_MULTIPLIERS)}")
         self.vocab_size = vocab_size
@@ -113,19 +123,32 @@ class SyntheticSource:
 
 def _source(cfg) -> SyntheticSource:
     d = cfg.data
-    return SyntheticSource(d.resolved_vocab_size, d.orders, d.order_weights, d.support,
-                           d.n_rules, d.zipf_exponent, seed=cfg.train.seed)
+    return SyntheticSource(
+        d.resolved_vocab_size,
+        d.orders,
+        d.order_weights,
+        d.support,
+        d.n_rules,
+        d.zipf_exponent,
+        seed=cfg.train.seed,
+    )
 
 
 def _cache_key(cfg, n_train_docs: int, n_val_docs: int) -> str:
-    payload = {"data": cfg.to_dict()["data"], "seed": cfg.train.seed,
-               "seq_len": cfg.model.seq_len, "train_docs": n_train_docs, "val_docs": n_val_docs,
-               "version": 1}
+    payload = {
+        "data": cfg.to_dict()["data"],
+        "seed": cfg.train.seed,
+        "seq_len": cfg.model.seq_len,
+        "train_docs": n_train_docs,
+        "val_docs": n_val_docs,
+        "version": 1,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _generate_in_blocks(src: SyntheticSource, n_docs: int, doc_len: int, seed: int,
-                        block: int = 8192):
+def _generate_in_blocks(
+    src: SyntheticSource, n_docs: int, doc_len: int, seed: int, block: int = 8192
+):
     for start in range(0, n_docs, block):
         yield src.generate(min(block, n_docs - start), doc_len, seed=seed * 1_000_003 + start)
 
@@ -151,10 +174,17 @@ def load_synthetic(cfg, cache_root: Path, min_train_tokens: int) -> TokenData:
                     val_nll.append(nll)
             write_tokens(folder / f"{split}.bin", np.concatenate(parts))
         np.save(folder / "val_nll.npy", np.concatenate(val_nll).astype(np.float64))
-        write_json(meta_path, {"source": "synthetic", "vocab_size": cfg.data.resolved_vocab_size,
-                               "dtype": dtype.name, "train_docs": n_train_docs,
-                               "val_docs": n_val_docs,
-                               "entropy_rate_estimate": float(np.concatenate(val_nll).mean())})
+        write_json(
+            meta_path,
+            {
+                "source": "synthetic",
+                "vocab_size": cfg.data.resolved_vocab_size,
+                "dtype": dtype.name,
+                "train_docs": n_train_docs,
+                "val_docs": n_val_docs,
+                "entropy_rate_estimate": float(np.concatenate(val_nll).mean()),
+            },
+        )
     meta = json.loads(meta_path.read_text())
     val_nll = np.load(folder / "val_nll.npy", mmap_mode="r")
     return TokenData(

@@ -49,8 +49,9 @@ def resample_counts(n_points: int, n_resamples: int, seed: int) -> np.ndarray:
     return counts
 
 
-def bootstrap_loop(n_points: int, n_resamples: int, seed: int,
-                   fit_one: Callable[[np.ndarray], dict[str, float]]) -> Samples:
+def bootstrap_loop(
+    n_points: int, n_resamples: int, seed: int, fit_one: Callable[[np.ndarray], dict[str, float]]
+) -> Samples:
     """Call `fit_one(indices)` on each resample; failures (NotEnoughData, numerical
     errors) count as failed and leave NaN."""
     rng = np.random.default_rng(seed)

@@ -18,12 +18,37 @@ import numpy as np
 from chinchilla.errors import UserError
 
 SPELLINGS = {
-    "n": ("n_params", "n", "model size", "params", "parameters", "model_size", "num_params",
-          "n_parameters", "model params"),
-    "d": ("n_tokens", "d", "training tokens", "tokens", "training_tokens", "num_tokens",
-          "data", "dataset size"),
-    "c": ("flops", "c", "training flop", "training flops", "compute", "training_flops",
-          "flop", "c_flops"),
+    "n": (
+        "n_params",
+        "n",
+        "model size",
+        "params",
+        "parameters",
+        "model_size",
+        "num_params",
+        "n_parameters",
+        "model params",
+    ),
+    "d": (
+        "n_tokens",
+        "d",
+        "training tokens",
+        "tokens",
+        "training_tokens",
+        "num_tokens",
+        "data",
+        "dataset size",
+    ),
+    "c": (
+        "flops",
+        "c",
+        "training flop",
+        "training flops",
+        "compute",
+        "training_flops",
+        "flop",
+        "c_flops",
+    ),
     "loss": ("loss", "l", "final loss", "final_loss", "eval_loss", "val_loss", "test loss"),
 }
 
@@ -113,13 +138,22 @@ def _floats(table: dict[str, list], column: str, path: Path) -> np.ndarray:
         try:
             out[i] = float(v) if v not in (None, "") else math.nan
         except (TypeError, ValueError):
-            raise UserError(f"{path}: column {column!r}, row {i + 2}: {v!r} is not a number") from None
+            raise UserError(
+                f"{path}: column {column!r}, row {i + 2}: {v!r} is not a number"
+            ) from None
     return out
 
 
-def load_results(path: str | Path, *, n_col: str | None = None, d_col: str | None = None,
-                 c_col: str | None = None, loss_col: str | None = None,
-                 n_convention: str = "total", curve_loss: str = "train_loss") -> Results:
+def load_results(
+    path: str | Path,
+    *,
+    n_col: str | None = None,
+    d_col: str | None = None,
+    c_col: str | None = None,
+    loss_col: str | None = None,
+    n_convention: str = "total",
+    curve_loss: str = "train_loss",
+) -> Results:
     """Read a sweep directory or a results table; keep runs with status ok."""
     p = Path(path)
     if not p.exists():
@@ -136,18 +170,27 @@ def load_results(path: str | Path, *, n_col: str | None = None, d_col: str | Non
     # 1. which columns; total vs non-embedding N
     if n_col is None and n_convention == "nonembedding":
         if "n_params_nonembedding" not in columns:
-            raise UserError(f"{table_path}: no n_params_nonembedding column for "
-                            "--n-convention nonembedding")
+            raise UserError(
+                f"{table_path}: no n_params_nonembedding column for --n-convention nonembedding"
+            )
         n_col = "n_params_nonembedding"
-    cols = {"n": _find(columns, "n", n_col), "d": _find(columns, "d", d_col),
-            "c": _find(columns, "c", c_col), "loss": _find(columns, "loss", loss_col)}
+    cols = {
+        "n": _find(columns, "n", n_col),
+        "d": _find(columns, "d", d_col),
+        "c": _find(columns, "c", c_col),
+        "loss": _find(columns, "loss", loss_col),
+    }
     for key, label in (("n", "model size N (n_params)"), ("loss", "loss")):
         if cols[key] is None:
-            raise UserError(f"{table_path}: no {label} column (columns: {', '.join(columns)}); "
-                            f"name it with --{key if key != 'loss' else 'loss'}-col")
+            raise UserError(
+                f"{table_path}: no {label} column (columns: {', '.join(columns)}); "
+                f"name it with --{key if key != 'loss' else 'loss'}-col"
+            )
     if cols["d"] is None and cols["c"] is None:
-        raise UserError(f"{table_path}: needs a tokens (D) or a compute (C) column "
-                        f"(columns: {', '.join(columns)})")
+        raise UserError(
+            f"{table_path}: needs a tokens (D) or a compute (C) column "
+            f"(columns: {', '.join(columns)})"
+        )
 
     # 2. statuses: keep ok runs, count the rest
     keep = np.ones(len(table[cols["n"]]), dtype=bool)
@@ -169,13 +212,19 @@ def load_results(path: str | Path, *, n_col: str | None = None, d_col: str | Non
         c = 6.0 * n * d
 
     # 3. bad values: one line naming the column and row
-    for name, arr in ((cols["n"], n), (cols["loss"], loss), (cols["d"] or cols["c"], d),
-                      (cols["c"] or cols["d"], c)):
+    for name, arr in (
+        (cols["n"], n),
+        (cols["loss"], loss),
+        (cols["d"] or cols["c"], d),
+        (cols["c"] or cols["d"], c),
+    ):
         bad = keep & ~(np.isfinite(arr) & (arr > 0))
         if bad.any():
             i = int(np.nonzero(bad)[0][0])
-            raise UserError(f"{table_path}: column {name!r} must be positive and finite; "
-                            f"row {i + 2} holds {arr[i]!r} ({int(bad.sum())} such rows)")
+            raise UserError(
+                f"{table_path}: column {name!r} must be positive and finite; "
+                f"row {i + 2} holds {arr[i]!r} ({int(bad.sum())} such rows)"
+            )
 
     run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
     budget = _floats(table, "budget", table_path) if "budget" in columns else None
@@ -191,10 +240,18 @@ def load_results(path: str | Path, *, n_col: str | None = None, d_col: str | Non
         v = table["irreducible_loss"][sel[0]]
         irreducible = float(v) if v not in (None, "") and math.isfinite(float(v)) else None
     res = Results(
-        n_params=n[sel], n_tokens=d[sel], flops=c[sel], loss=loss[sel],
-        budget=None if budget is None else budget[sel], run_id=[run_ids[i] for i in sel],
-        source=str(p), n_convention=n_conv, flops_convention=flops_conv,
-        tokens_derived=derived, excluded=excluded, irreducible_loss=irreducible,
+        n_params=n[sel],
+        n_tokens=d[sel],
+        flops=c[sel],
+        loss=loss[sel],
+        budget=None if budget is None else budget[sel],
+        run_id=[run_ids[i] for i in sel],
+        source=str(p),
+        n_convention=n_conv,
+        flops_convention=flops_conv,
+        tokens_derived=derived,
+        excluded=excluded,
+        irreducible_loss=irreducible,
         sweep_dir=sweep_dir,
     )
     if sweep_dir is not None and (sweep_dir / "curves.parquet").exists():
@@ -214,12 +271,17 @@ def _load_curves(path: Path, res: Results, loss_column: str) -> Curves | None:
     ok = (rows >= 0) & np.isfinite(loss) & (loss > 0)
     if not ok.any():
         return None
-    return Curves(run=rows[ok], flops=np.asarray(t["flops"], float)[ok],
-                  tokens=np.asarray(t["tokens"], float)[ok], loss=loss[ok])
+    return Curves(
+        run=rows[ok],
+        flops=np.asarray(t["flops"], float)[ok],
+        tokens=np.asarray(t["tokens"], float)[ok],
+        loss=loss[ok],
+    )
 
 
-def group_budgets(flops: np.ndarray, budget: np.ndarray | None,
-                  gap_decades: float = 0.1) -> np.ndarray:
+def group_budgets(
+    flops: np.ndarray, budget: np.ndarray | None, gap_decades: float = 0.1
+) -> np.ndarray:
     """A budget label per run: the planned budget when known, else clusters of C whose
     log10 values lie within `gap_decades` of a neighbour (digitised published points
     scatter around their nominal budget), labelled by their geometric mean."""

@@ -44,9 +44,15 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
     return num / den
 
 
-def fit_envelope(run: np.ndarray, flops: np.ndarray, tokens: np.ndarray, loss: np.ndarray,
-                 n_params: np.ndarray, n_grid: int = 1500,
-                 smooth_frac: float = 0.05) -> EnvelopeFit:
+def fit_envelope(
+    run: np.ndarray,
+    flops: np.ndarray,
+    tokens: np.ndarray,
+    loss: np.ndarray,
+    n_params: np.ndarray,
+    n_grid: int = 1500,
+    smooth_frac: float = 0.05,
+) -> EnvelopeFit:
     """`run`, `flops`, `tokens`, `loss` are the curve rows; `n_params` is per run index."""
     runs = np.unique(run)
     if len(runs) < 2 or len(np.unique(n_params[runs])) < 2:
@@ -71,18 +77,30 @@ def fit_envelope(run: np.ndarray, flops: np.ndarray, tokens: np.ndarray, loss: n
     best = np.full(n_grid, np.inf)
     who = np.full(n_grid, -1)
     d_at = np.full(n_grid, np.nan)
+    cover = np.zeros(n_grid, dtype=int)
     for r, lf, t, l in curves:
         covered = (grid >= lf[0]) & (grid <= lf[-1])
+        cover += covered
         li = np.interp(grid[covered], lf, l)
         idx = np.nonzero(covered)[0]
         better = li < best[idx]
         best[idx[better]] = li[better]
         who[idx[better]] = r
         d_at[idx[better]] = np.interp(grid[idx[better]], lf, t)
-    ok = who >= 0
+    # only where at least two runs compete: past the last run but one (budgets round to
+    # whole steps, so one run of the top budget ends a little later) the "envelope"
+    # would be a single curve
+    ok = (who >= 0) & (cover >= 2)
     c = np.exp(grid[ok])
     n_opt = n_params[who[ok]]
     if len(np.unique(n_opt)) < 2:
         raise NotEnoughData("one model size attains the whole envelope; no trend in N")
-    return EnvelopeFit(flops=c, loss=best[ok], n_opt=n_opt, d_opt=d_at[ok], run=who[ok],
-                       n_law=fit_power_law(c, n_opt), d_law=fit_power_law(c, d_at[ok]))
+    return EnvelopeFit(
+        flops=c,
+        loss=best[ok],
+        n_opt=n_opt,
+        d_opt=d_at[ok],
+        run=who[ok],
+        n_law=fit_power_law(c, n_opt),
+        d_law=fit_power_law(c, d_at[ok]),
+    )

@@ -44,10 +44,18 @@ class Parabola:
     inside: bool  # vertex within the sampled N range
 
     def as_dict(self) -> dict:
-        return {"budget": self.budget, "coef": list(self.coef), "n_min": self.n_range[0],
-                "n_max": self.n_range[1], "n_points": self.n_points, "n_opt": self.n_opt,
-                "d_opt": self.d_opt, "loss_opt": self.loss_opt, "convex": self.convex,
-                "inside_range": self.inside}
+        return {
+            "budget": self.budget,
+            "coef": list(self.coef),
+            "n_min": self.n_range[0],
+            "n_max": self.n_range[1],
+            "n_points": self.n_points,
+            "n_opt": self.n_opt,
+            "d_opt": self.d_opt,
+            "loss_opt": self.loss_opt,
+            "convex": self.convex,
+            "inside_range": self.inside,
+        }
 
 
 @dataclass
@@ -80,18 +88,26 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) 
         d_opt = 10 ** (icpt + slope * xv)
     else:
         n_opt = d_opt = loss_opt = float("nan")
-    return Parabola(budget=float(budget), coef=(float(c2), float(c1), float(c0)),
-                    n_range=(lo, hi), n_points=len(n), n_opt=float(n_opt), d_opt=float(d_opt),
-                    loss_opt=float(loss_opt), convex=bool(convex),
-                    inside=bool(convex and lo <= n_opt <= hi))
+    return Parabola(
+        budget=float(budget),
+        coef=(float(c2), float(c1), float(c0)),
+        n_range=(lo, hi),
+        n_points=len(n),
+        n_opt=float(n_opt),
+        d_opt=float(d_opt),
+        loss_opt=float(loss_opt),
+        convex=bool(convex),
+        inside=bool(convex and lo <= n_opt <= hi),
+    )
 
 
 class NotEnoughData(ValueError):
     """The data cannot support this approach; the message says why."""
 
 
-def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budgets: np.ndarray,
-                min_budgets: int = 3) -> IsoFlopFit:
+def fit_isoflop(
+    n: np.ndarray, d: np.ndarray, loss: np.ndarray, budgets: np.ndarray, min_budgets: int = 3
+) -> IsoFlopFit:
     """Parabolas per budget, then power laws through their vertices.
 
     Vertices outside the sampled N range are flagged; the power laws use the interior
@@ -103,16 +119,21 @@ def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budgets: np.ndar
         if len(np.unique(n[sel])) >= 3:
             parabolas.append(fit_parabola(c, n[sel], d[sel], loss[sel]))
     if len(parabolas) < min_budgets:
-        raise NotEnoughData(f"{len(parabolas)} budget(s) with 3 or more model sizes; "
-                            f"IsoFLOP profiles need {min_budgets}")
+        raise NotEnoughData(
+            f"{len(parabolas)} budget(s) with 3 or more model sizes; "
+            f"IsoFLOP profiles need {min_budgets}"
+        )
     notes = []
     use = [p for p in parabolas if p.inside]
     if len(use) < min_budgets:
         use = [p for p in parabolas if p.convex]
         outside = [f"{p.budget:.3g}" for p in use if not p.inside]
         if outside:
-            notes.append("minimum outside the sampled sizes at budget(s) " + ", ".join(outside)
-                         + "; used anyway (extend the grid there)")
+            notes.append(
+                "minimum outside the sampled sizes at budget(s) "
+                + ", ".join(outside)
+                + "; used anyway (extend the grid there)"
+            )
     if len(use) < 2:
         raise NotEnoughData(f"only {len(use)} budget(s) have a convex loss profile")
     c = np.array([p.budget for p in use])
@@ -120,5 +141,6 @@ def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budgets: np.ndar
         parabolas=parabolas,
         n_law=fit_power_law(c, np.array([p.n_opt for p in use])),
         d_law=fit_power_law(c, np.array([p.d_opt for p in use])),
-        used=[float(v) for v in c], notes=notes,
+        used=[float(v) for v in c],
+        notes=notes,
     )

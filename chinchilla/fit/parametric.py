@@ -35,8 +35,9 @@ def paper_start_grid() -> np.ndarray:
     alphas = np.arange(0, 2.01, 0.5)
     es = np.arange(-1, 1.01, 0.5)
     abs_ = np.arange(0, 25.1, 5)
-    grid = [(a, b, e, al, be) for al, be, e, a, b in
-            itertools.product(alphas, alphas, es, abs_, abs_)]
+    grid = [
+        (a, b, e, al, be) for al, be, e, a, b in itertools.product(alphas, alphas, es, abs_, abs_)
+    ]
     return np.asarray(grid, dtype=np.float64)
 
 
@@ -52,8 +53,9 @@ def predict_log_loss(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) ->
     return np.logaddexp(np.logaddexp(a - alpha * log_n, b - beta * log_d), e)
 
 
-def objective(theta: np.ndarray, log_n, log_d, log_l, delta: float = 1e-3,
-              weights: np.ndarray | None = None) -> float:
+def objective(
+    theta: np.ndarray, log_n, log_d, log_l, delta: float = 1e-3, weights: np.ndarray | None = None
+) -> float:
     """The summed Huber objective of Appendix D.2 at one theta (5,)."""
     r = predict_log_loss(theta, log_n, log_d) - log_l
     h = huber(r, delta)
@@ -75,13 +77,16 @@ def _evaluate(theta, x, y, z, w, delta, derivatives: bool) -> _Batch:
     rows = max(1, 8192 // max(1, len(x)))
     if theta.shape[0] <= rows:
         return _evaluate_block(theta, x, y, z, w, delta, derivatives)
-    parts = [_evaluate_block(theta[i : i + rows], x, y, z, w[i : i + rows], delta, derivatives)
-             for i in range(0, theta.shape[0], rows)]
+    parts = [
+        _evaluate_block(theta[i : i + rows], x, y, z, w[i : i + rows], delta, derivatives)
+        for i in range(0, theta.shape[0], rows)
+    ]
     f = np.concatenate([p.f for p in parts])
     if not derivatives:
         return _Batch(f=f)
-    return _Batch(f=f, g=np.concatenate([p.g for p in parts]),
-                  H=np.concatenate([p.H for p in parts]))
+    return _Batch(
+        f=f, g=np.concatenate([p.g for p in parts]), H=np.concatenate([p.H for p in parts])
+    )
 
 
 def _evaluate_block(theta, x, y, z, w, delta, derivatives: bool) -> _Batch:
@@ -150,11 +155,20 @@ class BatchResult:
     lam: np.ndarray  # (P,) damping, to continue a run
 
 
-def minimize_batch(starts: np.ndarray, x, y, z, weights: np.ndarray | None = None,
-                   delta: float = 1e-3, lower: np.ndarray | None = None,
-                   upper: np.ndarray | None = None, max_iter: int = 200,
-                   ftol: float = 2.2e-9, gtol: float = 1e-5,
-                   lam: np.ndarray | None = None) -> BatchResult:
+def minimize_batch(
+    starts: np.ndarray,
+    x,
+    y,
+    z,
+    weights: np.ndarray | None = None,
+    delta: float = 1e-3,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+    max_iter: int = 200,
+    ftol: float = 2.2e-9,
+    gtol: float = 1e-5,
+    lam: np.ndarray | None = None,
+) -> BatchResult:
     """Run every start (P, 5) to its own local minimum, all at once.
 
     Levenberg-Marquardt on the exact Hessian with Marquardt scaling: a step solves
@@ -177,7 +191,7 @@ def minimize_batch(starts: np.ndarray, x, y, z, weights: np.ndarray | None = Non
     active = np.arange(P)
     it = 0
     eye = np.eye(5)
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (reported)
         if active.size == 0:
             break
         th, w = theta[active], W[active]
@@ -258,10 +272,23 @@ class ParametricFit:
         return parametric_loss(n_params, n_tokens, self.E, self.A, self.B, self.alpha, self.beta)
 
     def as_dict(self) -> dict:
-        return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
-                "a": self.a, "b": self.b, "G": self.G, "objective": self.objective,
-                "delta": self.delta, "n_points": self.n_points, "n_starts": self.n_starts,
-                "n_converged": self.n_converged, "success": self.success, "message": self.message}
+        return {
+            "E": self.E,
+            "A": self.A,
+            "B": self.B,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "a": self.a,
+            "b": self.b,
+            "G": self.G,
+            "objective": self.objective,
+            "delta": self.delta,
+            "n_points": self.n_points,
+            "n_starts": self.n_starts,
+            "n_converged": self.n_converged,
+            "success": self.success,
+            "message": self.message,
+        }
 
 
 def parametric_loss(N, D, E, A, B, alpha, beta):
@@ -330,9 +357,18 @@ def _multistart(grid, x, y, z, *, delta, lower, upper, weights, exhaustive: bool
     return theta[alive], f[alive], conv[alive]
 
 
-def fit_parametric(n_params, n_tokens, loss, *, delta: float = 1e-3,
-                   starts: np.ndarray | None = None, lower=None, upper=None,
-                   weights=None, exhaustive: bool = False) -> ParametricFit:
+def fit_parametric(
+    n_params,
+    n_tokens,
+    loss,
+    *,
+    delta: float = 1e-3,
+    starts: np.ndarray | None = None,
+    lower=None,
+    upper=None,
+    weights=None,
+    exhaustive: bool = False,
+) -> ParametricFit:
     """Fit L(N, D) by the paper's procedure (summed Huber on log loss, grid of starts).
 
     `exhaustive` runs every start to its local minimum, exactly as a per-start L-BFGS
@@ -343,8 +379,9 @@ def fit_parametric(n_params, n_tokens, loss, *, delta: float = 1e-3,
     """
     x, y, z = np.log(n_params), np.log(n_tokens), np.log(loss)
     grid = paper_start_grid() if starts is None else np.asarray(starts, dtype=np.float64)
-    thetas, fs, convs = _multistart(grid, x, y, z, delta=delta, lower=lower, upper=upper,
-                                    weights=weights, exhaustive=exhaustive)
+    thetas, fs, convs = _multistart(
+        grid, x, y, z, delta=delta, lower=lower, upper=upper, weights=weights, exhaustive=exhaustive
+    )
     finite = np.isfinite(fs)
     if not finite.any():
         raise ValueError("the objective is not finite at any start")
@@ -357,15 +394,26 @@ def fit_parametric(n_params, n_tokens, loss, *, delta: float = 1e-3,
     if not (alpha > 0 and beta > 0):
         message += "; an exponent is not positive: the data do not determine this term"
     return ParametricFit(
-        E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(alpha), beta=float(beta),
-        objective=float(fs[best]), delta=delta, n_points=len(x), n_starts=len(grid),
-        n_converged=n_conv, success=success, message=message, theta=theta,
+        E=math.exp(e),
+        A=math.exp(a),
+        B=math.exp(b),
+        alpha=float(alpha),
+        beta=float(beta),
+        objective=float(fs[best]),
+        delta=delta,
+        n_points=len(x),
+        n_starts=len(grid),
+        n_converged=n_conv,
+        success=success,
+        message=message,
+        theta=theta,
         basins=_distinct(thetas[finite & convs], fs[finite & convs], k=6),
     )
 
 
-def refit_many(fit: ParametricFit, n_params, n_tokens, loss, weights: np.ndarray,
-               lower=None, upper=None) -> np.ndarray:
+def refit_many(
+    fit: ParametricFit, n_params, n_tokens, loss, weights: np.ndarray, lower=None, upper=None
+) -> np.ndarray:
     """Refit for each row of `weights` (R, n) at once, warm-started from the full fit's
     distinct local optima. Returns (R, 5) best theta per resample."""
     x, y, z = np.log(n_params), np.log(n_tokens), np.log(loss)
@@ -379,8 +427,9 @@ def refit_many(fit: ParametricFit, n_params, n_tokens, loss, weights: np.ndarray
     return res.theta.reshape(R, k, 5)[np.arange(R), pick]
 
 
-def scipy_reference_fit(n_params, n_tokens, loss, *, delta: float = 1e-3,
-                        starts: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def scipy_reference_fit(
+    n_params, n_tokens, loss, *, delta: float = 1e-3, starts: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """The straightforward method: one scipy L-BFGS-B per start (for benchmarks and tests)."""
     from scipy.optimize import minimize
 

@@ -48,11 +48,16 @@ class FitReport:
     def _law_json(self, k: int, fit) -> dict[str, Any]:
         s = self.samples.get(k)
         ci = s.intervals() if s else {}
-        return {"a": fit.a, "b": fit.b, "k_n": fit.n_law.coefficient,
-                "k_d": fit.d_law.coefficient,
-                "a_ci": ci.get("a", {}).get("80"), "b_ci": ci.get("b", {}).get("80"),
-                "ci": {name: ci[name] for name in ("a", "b") if name in ci},
-                "bootstrap_failed": s.n_failed if s else None}
+        return {
+            "a": fit.a,
+            "b": fit.b,
+            "k_n": fit.n_law.coefficient,
+            "k_d": fit.d_law.coefficient,
+            "a_ci": ci.get("a", {}).get("80"),
+            "b_ci": ci.get("b", {}).get("80"),
+            "ci": {name: ci[name] for name in ("a", "b") if name in ci},
+            "bootstrap_failed": s.n_failed if s else None,
+        }
 
     def to_json(self) -> dict[str, Any]:
         r = self.results
@@ -60,8 +65,10 @@ class FitReport:
             "n_points": len(r),
             "source": r.source,
             "conventions": {
-                "n_params": {"total": "total parameters", "nonembedding":
-                             "non-embedding parameters"}.get(r.n_convention, "as in the input"),
+                "n_params": {
+                    "total": "total parameters",
+                    "nonembedding": "non-embedding parameters",
+                }.get(r.n_convention, "as in the input"),
                 "flops": r.flops_convention,
                 "n_tokens": "C / (6 N)" if r.tokens_derived else "as in the input",
                 "approach3_frontier": "C = 6 N D",
@@ -75,19 +82,26 @@ class FitReport:
         }
         if self.approach1 is not None:
             out["approach1"] = self._law_json(1, self.approach1) | {
-                "n_envelope_points": int(len(self.approach1.flops))}
+                "n_envelope_points": int(len(self.approach1.flops))
+            }
         if self.approach2 is not None:
             out["approach2"] = self._law_json(2, self.approach2) | {
                 "minima": [p.as_dict() for p in self.approach2.parabolas],
-                "budgets_used": self.approach2.used, "notes": self.approach2.notes}
+                "budgets_used": self.approach2.used,
+                "notes": self.approach2.notes,
+            }
         if self.approach3 is not None:
             s = self.samples.get(3)
             out["approach3"] = self.approach3.as_dict() | {
                 "ci": s.intervals() if s else {},
-                "bootstrap_failed": s.n_failed if s else None}
+                "bootstrap_failed": s.n_failed if s else None,
+            }
         out["skipped"] = self.skipped
-        out["bootstrap"] = {"resamples": self.options.bootstrap, "seed": self.options.seed,
-                            "levels": {"80": [10, 90], "95": [2.5, 97.5]}}
+        out["bootstrap"] = {
+            "resamples": self.options.bootstrap,
+            "seed": self.options.seed,
+            "levels": {"80": [10, 90], "95": [2.5, 97.5]},
+        }
         out["seconds"] = self.seconds
         return out
 
@@ -129,8 +143,12 @@ def _starts(opts: FitOptions) -> np.ndarray:
 
 
 def _law_params(fit) -> dict[str, float]:
-    return {"a": fit.a, "b": fit.b, "log10_k_n": math.log10(fit.n_law.coefficient),
-            "log10_k_d": math.log10(fit.d_law.coefficient)}
+    return {
+        "a": fit.a,
+        "b": fit.b,
+        "log10_k_n": math.log10(fit.n_law.coefficient),
+        "log10_k_d": math.log10(fit.d_law.coefficient),
+    }
 
 
 def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
@@ -144,8 +162,9 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
         try:
             rep.approach1 = _approach1(res)
             if opts.bootstrap:
-                rep.samples[1] = bootstrap_loop(n, opts.bootstrap, opts.seed + 1,
-                                                lambda i: _law_params(_approach1(res, i)))
+                rep.samples[1] = bootstrap_loop(
+                    n, opts.bootstrap, opts.seed + 1, lambda i: _law_params(_approach1(res, i))
+                )
         except NotEnoughData as exc:
             rep.skipped["approach1"] = str(exc)
         rep.seconds["approach1"] = time.perf_counter() - t
@@ -156,8 +175,11 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
             rep.approach2 = _approach2(res, budgets)
             if opts.bootstrap:
                 rep.samples[2] = bootstrap_loop(
-                    n, opts.bootstrap, opts.seed + 2,
-                    lambda i: _law_params(_approach2(res, budgets, i)))
+                    n,
+                    opts.bootstrap,
+                    opts.seed + 2,
+                    lambda i: _law_params(_approach2(res, budgets, i)),
+                )
         except NotEnoughData as exc:
             rep.skipped["approach2"] = str(exc)
         rep.seconds["approach2"] = time.perf_counter() - t
@@ -165,20 +187,38 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
     if 3 in opts.approaches:
         t = time.perf_counter()
         distinct = len({(a, b) for a, b in zip(res.n_params, res.n_tokens, strict=True)})
-        if distinct < opts.min_points_approach3 or len(np.unique(res.n_params)) < 2 \
-                or len(np.unique(res.n_tokens)) < 2:
+        if (
+            distinct < opts.min_points_approach3
+            or len(np.unique(res.n_params)) < 2
+            or len(np.unique(res.n_tokens)) < 2
+        ):
             rep.skipped["approach3"] = (
                 f"{distinct} distinct (N, D) points; the 5-parameter fit needs at least "
-                f"{opts.min_points_approach3} spanning several N and D")
+                f"{opts.min_points_approach3} spanning several N and D"
+            )
         else:
             lower, upper = _bounds(res, opts)
-            rep.approach3 = fit_parametric(res.n_params, res.n_tokens, res.loss,
-                                           delta=opts.delta, starts=_starts(opts), lower=lower,
-                                           upper=upper, exhaustive=opts.exhaustive)
+            rep.approach3 = fit_parametric(
+                res.n_params,
+                res.n_tokens,
+                res.loss,
+                delta=opts.delta,
+                starts=_starts(opts),
+                lower=lower,
+                upper=upper,
+                exhaustive=opts.exhaustive,
+            )
             if opts.bootstrap:
                 counts = resample_counts(n, opts.bootstrap, opts.seed + 3)
-                thetas = refit_many(rep.approach3, res.n_params, res.n_tokens, res.loss, counts,
-                                    lower=lower, upper=upper)
+                thetas = refit_many(
+                    rep.approach3,
+                    res.n_params,
+                    res.n_tokens,
+                    res.loss,
+                    counts,
+                    lower=lower,
+                    upper=upper,
+                )
                 rep.samples[3] = _parametric_samples(thetas)
         rep.seconds["approach3"] = time.perf_counter() - t
     return rep
@@ -189,8 +229,17 @@ def _parametric_samples(thetas: np.ndarray) -> Samples:
     with np.errstate(all="ignore"):
         A, B, E = np.exp(a), np.exp(b), np.exp(e)
         G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
-        vals = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta,
-                "a": beta / (alpha + beta), "b": alpha / (alpha + beta), "G": G}
+        vals = {
+            "E": E,
+            "A": A,
+            "B": B,
+            "alpha": alpha,
+            "beta": beta,
+            "a": beta / (alpha + beta),
+            "b": alpha / (alpha + beta),
+            "G": G,
+        }
     bad = ~np.all(np.isfinite(thetas), axis=1)
-    return Samples({k: np.where(bad, np.nan, v) for k, v in vals.items()}, len(thetas),
-                   int(bad.sum()))
+    return Samples(
+        {k: np.where(bad, np.nan, v) for k, v in vals.items()}, len(thetas), int(bad.sum())
+    )

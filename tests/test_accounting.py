@@ -1,0 +1,83 @@
+import csv
+import itertools
+
+import pytest
+import torch
+
+from chinchilla.accounting import (
+    ModelShape,
+    chinchilla_flops_per_sequence,
+    count_params,
+    flops_per_token_6n,
+)
+from chinchilla.model import GPT
+
+from .conftest import reference_file
+
+SHAPES = [
+    ModelShape(d, L, h, d // h if hd is None else hd, ff, V, T, tied, pos)
+    for (d, h, hd), L, ff, V, T, tied, pos in itertools.product(
+        [(32, 4, None), (48, 3, 16), (64, 2, 24)],
+        [1, 3],
+        [64, 100],
+        [17, 256],
+        [8, 33],
+        [True, False],
+        ["learned", "rotary"],
+    )
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES[::3])
+def test_count_params_equals_numel(shape):
+    model = GPT(shape)
+    counts = count_params(shape)
+    assert counts.total == sum(p.numel() for p in model.parameters())
+    assert counts.nonembedding == model.num_params(non_embedding=True)
+
+
+def test_nonembedding_drops_every_vocabulary_and_position_matrix():
+    s = ModelShape(64, 2, 4, 16, 256, 1000, 128, tied_embeddings=False, position="learned")
+    c = count_params(s)
+    assert c.total - c.nonembedding == 1000 * 64 * 2 + 128 * 64
+
+
+def _a9_params(d, ffw, kv, h, L, vocab=32000):
+    """Table A9's count: N = L (4 d kv h + 2 d ffw + d^2) + 32000 d (reference README)."""
+    return L * (4 * d * kv * h + 2 * d * ffw + d * d) + vocab * d
+
+
+@pytest.mark.parametrize("params_million, ratio", [(74, 1.03), (306, 1.10)])
+def test_appendix_f_over_6nd_matches_table_a4(params_million, ratio):
+    # Table A4 lists 73M and 305M: the d=640 / d=1024 rows of Table A9. Its FLOP count
+    # leaves out the two vocabulary terms; its N is Table A9's (one vocabulary matrix).
+    rows = list(csv.DictReader(reference_file("chinchilla_table_a9_shapes.csv").open()))
+    row = next(r for r in rows if int(r["params_million"]) == params_million)
+    d, ffw, kv, h, L = (
+        int(row[k]) for k in ("d_model", "ffw_size", "kv_size", "n_heads", "n_layers")
+    )
+    shape = ModelShape(d, L, h, kv, ffw, 32000, 2048)
+    n = _a9_params(d, ffw, kv, h, L)
+    assert n / 1e6 == pytest.approx(params_million, rel=0.01)
+    got = chinchilla_flops_per_sequence(shape, include_embeddings=False) / (
+        flops_per_token_6n(n) * 2048
+    )
+    assert got == pytest.approx(ratio, abs=0.006)
+
+
+def test_appendix_f_forward_is_a_third_of_training():
+    s = ModelShape(128, 2, 4, 32, 512, 100, 64)
+    with_emb = chinchilla_flops_per_sequence(s)
+    without = chinchilla_flops_per_sequence(s, include_embeddings=False)
+    assert with_emb - without == pytest.approx(3 * (2 * 64 * 100 * 128) * 2)
+
+
+def test_model_forward_shapes_and_seeded_init():
+    s = ModelShape(32, 2, 4, 8, 64, 50, 16, tied_embeddings=False, position="rotary")
+    torch.manual_seed(0)
+    a = GPT(s)
+    torch.manual_seed(0)
+    b = GPT(s)
+    x = torch.randint(0, 50, (3, 17))
+    assert a(x[:, :-1]).shape == (3, 16, 50)
+    assert torch.equal(a.loss(x), b.loss(x))

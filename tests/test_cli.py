@@ -1,0 +1,69 @@
+import json
+
+from typer.testing import CliRunner
+
+from chinchilla.cli import app
+
+from .conftest import ROOT
+
+runner = CliRunner()
+
+
+def test_plan_json_document():
+    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "tiny.yaml"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert {"runs", "total_flops", "estimated_hours"} <= set(doc)
+    keys = {
+        "run_id",
+        "budget",
+        "n_params",
+        "n_params_nonembedding",
+        "n_tokens",
+        "flops",
+        "flops_6nd",
+        "flops_chinchilla",
+        "d_model",
+        "n_layers",
+        "n_heads",
+        "d_ff",
+        "seq_len",
+        "batch_size",
+        "steps",
+        "lr",
+    }
+    for run in doc["runs"]:
+        assert keys <= set(run)
+        assert abs(run["flops"] - run["budget"]) / run["budget"] <= 0.02
+    assert doc["total_flops"] == sum(r["flops"] for r in doc["runs"])
+
+
+def test_plan_table_names_units():
+    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "tiny.yaml")])
+    assert r.exit_code == 0
+    assert "N total" in r.stdout and "6ND" in r.stdout and "[FLOPs]" in r.stdout
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_bad_configs_exit_2_with_one_line(tmp_path):
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("grid: {budgets: [1e18]}\ntrain: {lrr: 1}\n")
+    _one_line_error(runner.invoke(app, ["plan", str(unknown)]), "train.lrr", "unknown key")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("grid: [1e18\n")
+    _one_line_error(runner.invoke(app, ["plan", str(broken)]), "invalid YAML")
+    _one_line_error(runner.invoke(app, ["plan", str(tmp_path / "missing.yaml")]), "not found")
+    _one_line_error(runner.invoke(app, ["plan", str(unknown), "--set", "nokey"]), "--set")
+    _one_line_error(runner.invoke(app, ["sweep", str(unknown)]), "train.lrr")
+
+
+def test_status_of_a_missing_directory(tmp_path):
+    _one_line_error(runner.invoke(app, ["status", str(tmp_path)]), "not a sweep directory")

@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from chinchilla.cli import app
+from chinchilla.fit.bootstrap import resample_counts
+from chinchilla.fit.data import group_budgets, load_results
+from chinchilla.fit.envelope import fit_envelope
+from chinchilla.fit.isoflop import NotEnoughData, fit_isoflop
+from chinchilla.fit.parametric import parametric_loss
+
+from .test_fit_parametric import TRUE, synthetic_points
+
+runner = CliRunner()
+
+
+def test_isoflop_recovers_the_parametric_frontier_exponent():
+    n, d, loss = synthetic_points(noise=0.0, outliers=0)
+    fit = fit_isoflop(n, d, loss, group_budgets(6 * n * d, None))
+    a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.a == pytest.approx(a_true, abs=0.03)
+    assert fit.a + fit.b == pytest.approx(1.0, abs=1e-6)
+    assert all(p.inside for p in fit.parabolas)
+
+
+def test_isoflop_needs_three_budgets():
+    n, d, loss = synthetic_points(noise=0.0, outliers=0)
+    c = 6 * n * d
+    two = c <= np.unique(group_budgets(c, None))[1] * 1.01
+    with pytest.raises(NotEnoughData, match="need 3"):
+        fit_isoflop(n[two], d[two], loss[two], group_budgets(c[two], None))
+
+
+def test_budget_grouping_clusters_digitised_values():
+    c = np.array([9.9e18, 1.02e19, 9.7e18, 3.1e19, 2.9e19, 1e20])
+    labels = group_budgets(c, None)
+    assert len(np.unique(labels)) == 3
+
+
+def test_envelope_of_curves_from_a_known_law():
+    # curves: each size trained to several horizons, loss follows L(N, D) along the way
+    runs, flops, tokens, loss, sizes = [], [], [], [], []
+    for i, n in enumerate(np.logspace(7, 9, 9)):
+        d = np.logspace(8, np.log10(n * 200), 60)
+        runs += [i] * len(d)
+        tokens += list(d)
+        flops += list(6 * n * d)
+        loss += list(parametric_loss(n, d, **TRUE))
+        sizes.append(n)
+    env = fit_envelope(
+        np.array(runs), np.array(flops), np.array(tokens), np.array(loss), np.array(sizes)
+    )
+    a_true = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert env.a == pytest.approx(a_true, abs=0.06)
+    # larger runs take over the envelope as compute grows
+    assert np.corrcoef(np.log(env.flops), np.log(env.n_opt))[0, 1] > 0.9
+
+
+def test_resample_counts_are_seeded():
+    a, b = resample_counts(10, 5, 3), resample_counts(10, 5, 3)
+    assert np.array_equal(a, b) and (a.sum(1) == 10).all()
+
+
+def _csv(tmp_path, header, rows):
+    p = tmp_path / "r.csv"
+    p.write_text(header + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return p
+
+
+def test_fit_cli_on_a_csv_with_common_spellings(tmp_path):
+    n, d, loss = synthetic_points()
+    p = _csv(tmp_path, "Model Size,Training FLOP,loss", zip(n, 6 * n * d, loss, strict=True))
+    r = runner.invoke(
+        app, ["fit", str(p), "--json", "--bootstrap", "20", "--predict", "1e21,5.76e23"]
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["n_points"] == len(n)
+    assert doc["approach1"] is None and "curves" in doc["skipped"]["approach1"]
+    a3 = doc["approach3"]
+    assert abs(a3["alpha"] - TRUE["alpha"]) < 0.03 and abs(a3["beta"] - TRUE["beta"]) < 0.03
+    assert {"E", "A", "B", "alpha", "beta", "a", "b", "G", "objective", "ci"} <= set(a3)
+    assert a3["ci"]["alpha"]["80"][0] <= a3["alpha"] <= a3["ci"]["alpha"]["80"][1]
+    a2 = doc["approach2"]
+    assert {"a", "b", "a_ci", "b_ci", "minima"} <= set(a2)
+    preds = doc["predictions"]
+    assert {p["approach"] for p in preds} == {2, 3}
+    for pr in preds:
+        assert pr["tokens_per_param"] == pytest.approx(pr["d_opt"] / pr["n_opt"])
+        assert pr["n_opt_ci"] is not None
+    assert not list(tmp_path.glob("*.png"))  # a table writes nothing without --out
+
+
+def test_fit_cli_bad_input_is_one_line_exit_2(tmp_path):
+    missing = _csv(tmp_path, "params,something", [(1e6, 2)])
+    r = runner.invoke(app, ["fit", str(missing)])
+    assert r.exit_code == 2 and "loss" in r.output and len(r.output.strip().splitlines()) == 1
+    neg = _csv(tmp_path, "N,D,loss", [(1e6, 1e9, 3.0), (-1, 1e9, 3.0)])
+    r = runner.invoke(app, ["fit", str(neg)])
+    assert r.exit_code == 2 and "row 3" in r.output
+    nan = _csv(tmp_path, "N,D,loss", [(1e6, 1e9, "nan")])
+    assert runner.invoke(app, ["fit", str(nan)]).exit_code == 2
+    assert runner.invoke(app, ["fit", str(tmp_path / "none.csv")]).exit_code == 2
+
+
+def test_column_overrides_and_derived_tokens(tmp_path):
+    n, d, loss = synthetic_points(noise=0.0, outliers=0)
+    p = _csv(tmp_path, "size,compute,final", zip(n, 6 * n * d, loss, strict=True))
+    res = load_results(p, n_col="size", c_col="compute", loss_col="final")
+    assert res.tokens_derived and np.allclose(res.n_tokens, d)
+
+
+def test_fit_of_a_small_sweep_reports_what_it_skips(tmp_path, micro_sweep):
+    out = tmp_path / "fit"
+    r = runner.invoke(app, ["fit", str(micro_sweep), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert set(doc["skipped"]) == {"approach1", "approach2", "approach3"}
+    assert "need 3" in doc["skipped"]["approach2"]
+    assert doc["irreducible_loss"] is not None and (out / "fit.json").exists()
+
+
+def test_fit_writes_figures_with_out(tmp_path):
+    n, d, loss = synthetic_points()
+    p = _csv(tmp_path, "N,D,loss", zip(n, d, loss, strict=True))
+    out = tmp_path / "figs"
+    r = runner.invoke(app, ["fit", str(p), "--out", str(out), "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    for name in (
+        "fit.json",
+        "predictions.csv",
+        "fit_isoflop.png",
+        "fit_contours.png",
+        "fit_residuals.png",
+        "fit_frontier.png",
+    ):
+        assert (out / name).stat().st_size > 0, name

@@ -1,0 +1,98 @@
+import dataclasses
+
+import pytest
+
+from chinchilla.config import load_config
+from chinchilla.grid import plan
+
+from .conftest import ROOT, reference_file
+
+
+def test_tiny_plan_meets_the_design_card():
+    p = plan(load_config(ROOT / "configs" / "tiny.yaml"))
+    budgets = sorted({r.budget for r in p.runs})
+    assert len(budgets) >= 3
+    for c in budgets:
+        runs = [r for r in p.runs if r.budget == c]
+        assert len(runs) >= 5, f"budget {c:g} has {len(runs)} sizes"
+        n = [r.n_params for r in runs]
+        assert max(n) / min(n) >= 4
+    for r in p.runs:
+        assert abs(r.flops - r.budget) / r.budget <= 0.02
+        assert r.n_tokens == r.steps * r.batch_size * r.shape.seq_len
+        assert r.flops == pytest.approx(6 * r.n_params * r.n_tokens)
+    assert len({r.run_id for r in p.runs}) == len(p.runs)
+
+
+def test_run_ids_are_stable_and_ignore_logistics():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    ids = [r.run_id for r in plan(cfg).runs]
+    assert ids == [r.run_id for r in plan(cfg).runs]
+    logistic = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every_s=5))
+    assert ids == [r.run_id for r in plan(logistic).runs]
+    seeded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=7))
+    assert set(ids).isdisjoint(r.run_id for r in plan(seeded).runs)
+
+
+def test_chinchilla_flops_convention_defines_the_budget(tmp_path):
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["grid.flops_convention=chinchilla"])
+    for r in plan(cfg).runs:
+        assert r.flops == r.flops_chinchilla
+        assert abs(r.flops - r.budget) / r.budget <= 0.02
+
+
+def test_horizons_grid(tmp_path):
+    cfg = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            "grid.kind=horizons",
+            "grid.model_sizes=[5e3, 2e4]",
+            "grid.horizons=4",
+            "grid.horizon_span=16",
+        ],
+    )
+    p = plan(cfg)
+    assert len(p.runs) == 8
+    first = [r for r in p.runs if r.n_params == p.runs[0].n_params]
+    tokens = sorted(r.n_tokens for r in first)
+    assert tokens[-1] / tokens[0] == pytest.approx(16, rel=0.05)
+
+
+def test_table_family_reads_chinchilla_shapes(tmp_path):
+    path = reference_file("chinchilla_table_a9_shapes.csv")
+    cfg = tmp_path / "a9.yaml"
+    cfg.write_text(
+        f"model: {{family: table, shapes_file: '{path}', seq_len: 2048}}\n"
+        "grid: {budgets: [1e19, 1e20], sizes_per_budget: 5, size_span: 6}\n"
+        "train: {batch_size: 256}\ndata: {vocab_size: 32000}\n"
+    )
+    p = plan(load_config(cfg))
+    widths = {r.shape.d_model for r in p.runs}
+    assert widths <= {
+        512,
+        576,
+        640,
+        768,
+        896,
+        1024,
+        1280,
+        1408,
+        1536,
+        1792,
+        2048,
+        2176,
+        2304,
+        2560,
+        2688,
+        2816,
+        2944,
+        3072,
+        3584,
+        4096,
+        4352,
+        4608,
+        4864,
+        4992,
+        5120,
+    }
+    assert len(p.runs) >= 8

@@ -1,0 +1,142 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from chinchilla.cli import app
+from chinchilla.config import load_config
+from chinchilla.grid import plan
+from chinchilla.sweep import run_sweep, status
+
+runner = CliRunner()
+
+
+def _check_tables(out, cfg):
+    runs = pd.read_parquet(out / "runs.parquet")
+    curves = pd.read_parquet(out / "curves.parquet")
+    planned = {r.run_id for r in plan(cfg).runs}
+    assert sorted(runs["run_id"]) == sorted(planned)
+    assert not curves.duplicated(["run_id", "step"]).any()
+    assert runs["loss"].map(lambda v: v == v and abs(v) < float("inf")).all()
+    return runs, curves
+
+
+def test_sweep_records_every_run_once_and_reruns_nothing(micro_sweep, micro_config, tmp_path):
+    cfg = load_config(micro_config)
+    out = tmp_path / "sweep"
+    shutil.copytree(micro_sweep, out)
+    runs, curves = _check_tables(out, cfg)
+    assert (runs["status"] == "ok").all()
+    for col in (
+        "status",
+        "loss",
+        "train_loss",
+        "seconds",
+        "tokens_per_second",
+        "mfu",
+        "device",
+        "torch_version",
+        "code_version",
+        "seed",
+        "irreducible_loss",
+        "n_params",
+        "flops_chinchilla",
+    ):
+        assert col in runs.columns
+    assert (runs["irreducible_loss"] < runs["loss"]).all()
+    assert set(curves.columns) >= {
+        "run_id",
+        "step",
+        "tokens",
+        "flops",
+        "train_loss",
+        "eval_loss",
+        "lr",
+    }
+    assert (out / "config.yaml").exists()
+    again = run_sweep(cfg, out, live=False)
+    assert again.trained == 0
+    _check_tables(out, cfg)
+    assert status(out)["counts"] == {"ok": 4}
+
+
+def test_changed_config_is_refused_unless_forced(micro_sweep, micro_config, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(micro_sweep, out)
+    r = runner.invoke(
+        app, ["sweep", str(micro_config), "--out", str(out), "--set", "train.lr=1e-3"]
+    )
+    assert r.exit_code == 2 and "different config" in r.output and "train.lr" in r.output
+    r = runner.invoke(
+        app, ["sweep", str(micro_config), "--out", str(out), "--set", "execution.retries=1"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "0 trained now" in r.output
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(micro_config, tmp_path, monkeypatch):
+    import chinchilla.train as train
+
+    real = train.train_run
+    cfg = load_config(micro_config, ["grid.budgets=[2e8]"])
+    victim = plan(cfg).runs[1].run_id
+
+    def flaky(run, *a, **k):
+        if run.run_id == victim:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(run, *a, **k)
+
+    monkeypatch.setattr(train, "train_run", flaky)
+    out = tmp_path / "sweep"
+    s = run_sweep(cfg, out, live=False)
+    assert s.statuses == {"ok": 1, "failed": 1}
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert "out of memory" in runs.set_index("run_id").loc[victim, "error"]
+    monkeypatch.setattr(train, "train_run", real)
+    again = run_sweep(cfg, out, live=False)  # failed runs are tried again
+    assert again.trained == 1 and again.statuses == {"ok": 2}
+
+
+def test_sigkill_then_rerun_finishes_exactly_once(micro_config, tmp_path):
+    # long enough runs to be killed mid-way, checkpointing every step
+    over = [
+        "--set",
+        "grid.budgets=[1.5e9]",
+        "--set",
+        "train.checkpoint_every_s=0.2",
+        "--set",
+        "train.log_every=2",
+    ]
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out), *over]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 120
+    # kill once one run is recorded and another has a checkpoint
+    while time.time() < deadline:
+        parts = list((out / "parts").glob("*.run.parquet")) if (out / "parts").exists() else []
+        ckpts = list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else []
+        if parts and ckpts:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted = {c.stem for c in (out / "checkpoints").glob("*.pt")}
+    assert interrupted, "no run was interrupted mid-way"
+    cfg = load_config(micro_config, [o for o in over if o != "--set"])
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs, curves = _check_tables(out, cfg)
+    assert (runs["status"] == "ok").all()
+    resumed = runs.set_index("run_id").loc[sorted(interrupted)]
+    assert resumed["resumed_from"].notna().all()
+    for rid in interrupted:
+        steps = curves[curves.run_id == rid]["step"].tolist()
+        assert steps == sorted(steps)
+        expected = list(range(2, steps[-1] + 1, 2))
+        assert [s for s in steps if s % 2 == 0] == expected

@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+
+from chinchilla.config import load_config
+from chinchilla.data import load_data
+from chinchilla.grid import plan
+from chinchilla.train import eval_steps, lr_at, train_run
+
+
+def test_cosine_schedule_warms_up_and_ends_at_a_tenth(micro_config):
+    cfg = load_config(micro_config, ["train.warmup_frac=0.1"])
+    lrs = [lr_at(s, 100, 1.0, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_wsd_schedule_holds_then_decays(micro_config):
+    cfg = load_config(
+        micro_config, ["train.schedule=wsd", "train.decay_frac=0.2", "train.warmup_frac=0.05"]
+    )
+    lrs = [lr_at(s, 100, 1.0, cfg) for s in range(100)]
+    assert lrs[50] == lrs[79] == 1.0
+    assert lrs[-1] == pytest.approx(0.1)
+
+
+def test_eval_steps_end_at_the_last_step():
+    assert max(eval_steps(37, 4)) == 37 and len(eval_steps(37, 4)) == 4
+
+
+@pytest.fixture
+def micro(micro_config, tmp_path):
+    cfg = load_config(micro_config, ["train.checkpoint_every_s=0"])
+    p = plan(cfg)
+    data = load_data(cfg, tmp_path / "data", max(r.n_tokens for r in p.runs))
+    return cfg, p.runs[0], data
+
+
+def test_a_run_learns_and_is_reproducible(micro):
+    cfg, run, data = micro
+    a = train_run(run, cfg, data)
+    b = train_run(run, cfg, data)
+    assert a.status == "ok" and a.steps_done == run.steps
+    assert a.curve[-1]["train_loss"] < a.curve[0]["train_loss"]
+    assert math.isfinite(a.loss) and a.loss == b.loss
+    assert [r["train_loss"] for r in a.curve] == [r["train_loss"] for r in b.curve]
+
+
+def test_resume_continues_the_same_curve(micro, tmp_path, monkeypatch):
+    cfg, run, data = micro
+    full = train_run(run, cfg, data)
+    ckpt = tmp_path / "run.pt"
+
+    class Stop(Exception):
+        pass
+
+    def stop_midway(info):
+        if info["step"] >= run.steps // 2:
+            raise Stop
+
+    import dataclasses
+
+    every_step = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, checkpoint_every_s=1e-9)
+    )
+    with pytest.raises(Stop):
+        train_run(run, every_step, data, checkpoint=ckpt, on_progress=stop_midway)
+    assert ckpt.exists()
+    resumed = train_run(run, every_step, data, checkpoint=ckpt)
+    assert resumed.resumed_from is not None and 0 < resumed.resumed_from < run.steps
+    steps = [r["step"] for r in resumed.curve]
+    assert steps == sorted(set(steps)) == [r["step"] for r in full.curve]
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in resumed.curve], [r["train_loss"] for r in full.curve], rtol=1e-5
+    )
+    assert resumed.loss == pytest.approx(full.loss, rel=1e-5)
+
+
+def test_divergence_is_reported_with_the_partial_curve(micro):
+    cfg, run, data = micro
+    import dataclasses
+
+    hot = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e9, grad_clip=0.0))
+    res = train_run(dataclasses.replace(run, lr=1e9), hot, data)
+    assert res.status == "diverged"
+    assert (
+        res.curve and res.steps_done < run.steps or not math.isfinite(res.curve[-1]["train_loss"])
+    )
