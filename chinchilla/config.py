@@ -276,8 +276,12 @@ class DataConfig:
             _fail("data.path", f"kind '{self.kind}' needs a path")
         if self.kind == "tokens" and self.vocab_size is None:
             _fail("data.vocab_size", "kind 'tokens' needs the vocabulary size")
-        if self.tokenizer == "bpe" and self.vocab_size is None:
-            _fail("data.vocab_size", "a BPE tokenizer needs a vocabulary size")
+        if (
+            self.kind not in ("synthetic", "tokens")
+            and self.tokenizer != "bytes"
+            and self.vocab_size is None
+        ):
+            _fail("data.vocab_size", f"tokenizer '{self.tokenizer}' needs the vocabulary size")
         if len(self.orders) != len(self.order_weights) or not self.orders:
             _fail("data.order_weights", "needs one weight per entry of data.orders")
         if any(k < 1 for k in self.orders):

@@ -171,6 +171,21 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     need = max((r.n_tokens for r in runs), default=0)
     data = load_data(cfg, out / "data", min_train_tokens=need)
     data.check_eval(cfg.train.eval_tokens)
+    import sys
+
+    print(
+        f"data ({cfg.data.kind}): {data.train_tokens:,} training and "
+        f"{data.n_val_chunks * data.seq_len:,} validation tokens in chunks of "
+        f"{data.chunk}, vocabulary {data.vocab_size:,}",
+        file=sys.stderr,
+    )
+    if need > data.train_tokens:
+        print(
+            f"warning: the largest run trains on {need:,} tokens, "
+            f"{need / data.train_tokens:.1f} epochs of the training split; repeated data "
+            "bends scaling laws (Muennighoff et al. 2023)",
+            file=sys.stderr,
+        )
     return data
 
 

@@ -28,6 +28,7 @@ class TokenData:
     vocab_size: int
     seq_len: int
     meta: dict[str, Any] = field(default_factory=dict)
+    shuffle: bool = True  # permute chunks per epoch (corpora); synthetic data is i.i.d.
     _perm_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -48,6 +49,8 @@ class TokenData:
         return self.n_train_chunks * self.seq_len
 
     def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n_train_chunks)
         key = (seed, epoch)
         if key not in self._perm_cache:
             self._perm_cache.clear()  # keep one epoch's permutation in memory
@@ -104,6 +107,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def open_tokens(path: Path, dtype: np.dtype | str) -> np.ndarray:
+    """Memory-map a flat token file (an empty file is an empty array: mmap refuses it)."""
+    if Path(path).stat().st_size == 0:
+        return np.zeros(0, dtype=np.dtype(dtype))
     return np.memmap(path, dtype=np.dtype(dtype), mode="r")
 
 

@@ -141,16 +141,20 @@ def _cache_key(cfg, n_train_docs: int, n_val_docs: int) -> str:
         "seq_len": cfg.model.seq_len,
         "train_docs": n_train_docs,
         "val_docs": n_val_docs,
-        "version": 1,
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _generate_in_blocks(
-    src: SyntheticSource, n_docs: int, doc_len: int, seed: int, block: int = 8192
+    src: SyntheticSource, n_docs: int, doc_len: int, seed: int, block: int = 4096
 ):
+    """Whole blocks with their own seeds, the last one truncated: document i is the same
+    whatever the total, so a run's data does not depend on the rest of the sweep."""
     for start in range(0, n_docs, block):
-        yield src.generate(min(block, n_docs - start), doc_len, seed=seed * 1_000_003 + start)
+        toks, nll = src.generate(block, doc_len, seed=seed * 1_000_003 + start)
+        keep = min(block, n_docs - start)
+        yield toks[:keep], nll[:keep]
 
 
 def load_synthetic(cfg, cache_root: Path, min_train_tokens: int) -> TokenData:
@@ -193,6 +197,7 @@ def load_synthetic(cfg, cache_root: Path, min_train_tokens: int) -> TokenData:
         vocab_size=cfg.data.resolved_vocab_size,
         seq_len=T,
         meta=meta | {"val_nll": val_nll, "cache": str(folder)},
+        shuffle=False,  # documents are i.i.d. draws: their order needs no shuffling
     )
 
 

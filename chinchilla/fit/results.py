@@ -28,7 +28,7 @@ class FitOptions:
     delta: float = 1e-3  # Huber delta of Approach 3
     start_grid: str = "paper"  # "paper" (4,500 starts) or "coarse" (every 4th)
     bound_e_by_min_loss: bool = False  # constrain E <= lowest observed loss
-    exhaustive: bool = False  # run every start to convergence (no halving)
+    exhaustive: bool = True  # every start to convergence; False: successive halving (fast)
     min_points_approach3: int = 8
 
 

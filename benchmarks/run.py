@@ -1,0 +1,214 @@
+"""`make bench`: speed and memory, as ratios measured in this one run.
+
+1. training step FLOP/s (Appendix F count) / torch.matmul FLOP/s of a similar size, CPU;
+2. Approach 3 fit: the per-start scipy L-BFGS-B loop vs the batched multistart, and
+   the whole `chinchilla fit --approach 3` process (default and --fast);
+3. 1,000 bootstrap refits;
+4. sweep overhead (time outside training steps and evaluations) and memory per run.
+Set BENCH_QUICK=1 to skip the slowest parts.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH = ROOT.parent / "shared" / "reference" / "epoch_chinchilla_fig4_points.csv"
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_training() -> None:
+    import torch
+
+    from chinchilla.accounting import ModelShape, chinchilla_flops_per_token, count_params
+    from chinchilla.model import GPT
+
+    print("1. training step vs torch.matmul (CPU, fp32, same process)")
+    print(f"   {'shape':<28}{'N total':>10}{'step GFLOP/s':>14}{'matmul GFLOP/s':>16}{'ratio':>8}")
+    for d, layers, T, B in (
+        (128, 4, 128, 32),
+        (256, 4, 128, 16),
+        (256, 8, 128, 16),
+        (384, 6, 128, 16),
+    ):
+        shape = ModelShape(d, layers, d // 64, 64, 4 * d, 256, T)
+        torch.manual_seed(0)
+        model = GPT(shape)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randint(0, 256, (B, T + 1))
+
+        def step(model=model, opt=opt, x=x):
+            loss = model.loss(x)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(3):
+            step()
+        k = 10
+        t = time.perf_counter()
+        for _ in range(k):
+            step()
+        step_rate = chinchilla_flops_per_token(shape) * B * T * k / (time.perf_counter() - t)
+        # the model's largest matmul: (B*T, d) @ (d, 4d)
+        a, b = torch.randn(B * T, d), torch.randn(d, 4 * d)
+        for _ in range(3):
+            a @ b
+        reps = 50
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        mm_rate = 2 * B * T * d * 4 * d * reps / (time.perf_counter() - t)
+        n = count_params(shape).total
+        print(
+            f"   d={d} L={layers} T={T} B={B:<10}{n / 1e6:>9.2f}M{step_rate / 1e9:>14.1f}"
+            f"{mm_rate / 1e9:>16.1f}{step_rate / mm_rate:>8.2f}"
+        )
+
+
+def epoch_points():
+    if EPOCH.exists():
+        rows = list(csv.DictReader(EPOCH.open()))
+        n = np.array([float(r["Model Size"]) for r in rows])
+        c = np.array([float(r["Training FLOP"]) for r in rows])
+        loss = np.array([float(r["loss"]) for r in rows])
+        keep = np.argsort(loss)[:240]
+        return n[keep], (c / (6 * n))[keep], loss[keep], "Epoch's 240 points"
+    from chinchilla.fit.parametric import parametric_loss
+
+    rng = np.random.default_rng(0)
+    n = np.exp(rng.uniform(np.log(4e7), np.log(1.6e10), 245))
+    d = np.exp(rng.uniform(np.log(5e9), np.log(5e11), 245))
+    loss = parametric_loss(n, d, 1.8, 480, 2100, 0.35, 0.37) * np.exp(rng.normal(0, 0.01, 245))
+    return n, d, loss, "245 synthetic points"
+
+
+def bench_fit() -> None:
+    from chinchilla.fit.bootstrap import resample_counts
+    from chinchilla.fit.parametric import (
+        fit_parametric,
+        paper_start_grid,
+        refit_many,
+        scipy_reference_fit,
+    )
+
+    n, d, loss, label = epoch_points()
+    print(f"\n2. Approach 3 on {label}, the paper's 4,500 starts")
+    grid = paper_start_grid()
+    stride = 10 if QUICK else 1
+    t = time.perf_counter()
+    _, f_loop = scipy_reference_fit(n, d, loss, starts=grid[::stride])
+    loop_s = (time.perf_counter() - t) * stride
+    t = time.perf_counter()
+    full = fit_parametric(n, d, loss)
+    full_s = time.perf_counter() - t
+    t = time.perf_counter()
+    fast = fit_parametric(n, d, loss, exhaustive=False)
+    fast_s = time.perf_counter() - t
+    note = f" (timed on every {stride}th start, x{stride})" if stride > 1 else ""
+    print(
+        f"   scipy L-BFGS-B loop, one start at a time: {loop_s:7.1f} s{note}, "
+        f"objective {f_loop:.10g}"
+    )
+    print(
+        f"   batched, every start to convergence:      {full_s:7.2f} s, objective "
+        f"{full.objective:.10g}  ({loop_s / full_s:.0f}x faster)"
+    )
+    print(
+        f"   batched, successive halving (--fast):      {fast_s:7.2f} s, objective "
+        f"{fast.objective:.10g}  ({loop_s / fast_s:.0f}x faster)"
+    )
+    print(
+        f"   relative objective gap to the loop: full {(full.objective - f_loop) / f_loop:+.1e},"
+        f" fast {(fast.objective - f_loop) / f_loop:+.1e}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "points.csv"
+        with path.open("w") as fh:
+            fh.write("N,D,loss\n")
+            for row in zip(n, d, loss, strict=True):
+                fh.write(",".join(repr(float(v)) for v in row) + "\n")
+        for flag in ([], ["--fast"]):
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "chinchilla",
+                        "fit",
+                        str(path),
+                        "--approach",
+                        "3",
+                        "--json",
+                        "--bootstrap",
+                        "0",
+                        *flag,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+                times.append(time.perf_counter() - t)
+            print(
+                f"   whole `chinchilla fit --approach 3 --bootstrap 0 {' '.join(flag)}` process: "
+                f"median {np.median(times):.2f} s of 3"
+            )
+    print("\n3. bootstrap refits (warm-started from the full fit's local optima, all at once)")
+    t = time.perf_counter()
+    counts = resample_counts(len(n), 1000, seed=0)
+    thetas = refit_many(full, n, d, loss, counts)
+    print(
+        f"   1,000 refits: {time.perf_counter() - t:.1f} s; alpha 80% interval "
+        f"[{np.percentile(thetas[:, 3], 10):.4f}, {np.percentile(thetas[:, 3], 90):.4f}]"
+    )
+
+
+def bench_sweep() -> None:
+    from chinchilla.config import load_config
+    from chinchilla.progress import SweepProgress
+    from chinchilla.sweep import run_sweep
+
+    budgets = "[3e10]" if QUICK else "[3e10, 1e11]"
+    print(f"\n4. sweep of configs/tiny.yaml with grid.budgets={budgets}: overhead and memory")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"grid.budgets={budgets}"])
+    rss = []
+    original = SweepProgress.run_finished
+
+    def record(self, run, row):
+        rss.append(rss_mb())
+        original(self, run, row)
+
+    SweepProgress.run_finished = record
+    with tempfile.TemporaryDirectory() as tmp:
+        s = run_sweep(cfg, Path(tmp) / "sweep", live=False)
+    SweepProgress.run_finished = original
+    print(
+        f"   wall {s.wall_seconds:.1f} s, training steps {s.step_seconds:.1f} s, evaluations "
+        f"{s.eval_seconds:.1f} s: outside both {s.overhead_fraction:.1%}"
+    )
+    print("   resident memory after each run (MB): " + ", ".join(f"{v:.0f}" for v in rss))
+    print(
+        f"   growth from the first run to the last: {rss[-1] - rss[0]:+.0f} MB over "
+        f"{len(rss) - 1} runs"
+    )
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    bench_training()
+    bench_fit()
+    bench_sweep()

@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from chinchilla.cli import app
+from chinchilla.config import load_config
+from chinchilla.data import load_data
+from chinchilla.data.synthetic import irreducible_loss
+from chinchilla.errors import UserError
+
+runner = CliRunner()
+
+
+def test_synthetic_data_is_deterministic_and_knows_its_entropy(micro_config, tmp_path):
+    cfg = load_config(micro_config)
+    a = load_data(cfg, tmp_path / "a", 5000)
+    b = load_data(cfg, tmp_path / "b", 5000)
+    assert np.array_equal(a.train_batch(3, 4, 0), b.train_batch(3, 4, 0))
+    assert a.train_batch(0, 4, 0)[:, 0].tolist() == [0, 0, 0, 0]  # documents start at BOS
+    h = irreducible_loss(a, 512)
+    assert 0.5 < h < np.log(16)
+    with pytest.raises(UserError, match="fewer than one evaluation"):
+        a.check_eval(10**9)
+
+
+def _text_config(tmp_path, corpus, extra=""):
+    p = tmp_path / "text.yaml"
+    p.write_text(f"""
+model: {{family: aspect, aspect_ratio: 16, head_dim: 8, seq_len: 16}}
+grid: {{budgets: [2e8], sizes_per_budget: 2, size_span: 2}}
+train: {{batch_size: 4, evals: 1, eval_tokens: 64, lr: 3e-3}}
+data: {{kind: text, path: '{corpus}', val_fraction: 0.3{extra}}}
+""")
+    return p
+
+
+def _corpus(tmp_path, n_docs=40):
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    words = ["scaling", "laws", "compute", "tokens", "parameters", "loss", "optimal", "data"]
+    for i in range(n_docs):
+        text = " ".join(rng.choice(words, 200)) + f" ünïcode {i}\n"
+        (folder / ("sub" if i % 2 else ".") / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_text_corpus_is_tokenized_once_and_split_by_document(tmp_path):
+    corpus = _corpus(tmp_path)
+    cfg = load_config(_text_config(tmp_path, corpus))
+    data = load_data(cfg, tmp_path / "cache")
+    assert data.vocab_size == 257 and data.meta["train_documents"] > data.meta["val_documents"] > 0
+    assert int(data.train.max()) <= 256
+    cache = data.meta["cache"]
+    again = load_data(cfg, tmp_path / "cache")
+    assert again.meta["cache"] == cache
+    (corpus / "doc0.txt").write_text("changed\n")
+    changed = load_data(cfg, tmp_path / "cache")
+    assert changed.meta["cache"] != cache
+
+
+def test_jsonl_and_parquet_text_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [f"document number {i} " * 30 for i in range(30)]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    pq.write_table(pa.table({"body": docs}), tmp_path / "c.parquet")
+    for kind, name, col in (("jsonl", "c.jsonl", "text"), ("parquet", "c.parquet", "body")):
+        cfg = load_config(
+            _text_config(tmp_path, tmp_path / name, f", text_column: {col}"), [f"data.kind={kind}"]
+        )
+        data = load_data(cfg, tmp_path)
+        assert data.meta["train_documents"] + data.meta["val_documents"] == 30
+
+
+def test_token_files(tmp_path):
+    rng = np.random.default_rng(0)
+    rng.integers(0, 500, 5000).astype(np.uint16).tofile(tmp_path / "train.bin")
+    rng.integers(0, 500, 2000).astype(np.uint16).tofile(tmp_path / "val.bin")
+    cfg = load_config(_text_config(tmp_path, tmp_path), ["data.kind=tokens", "data.vocab_size=500"])
+    data = load_data(cfg, tmp_path)
+    assert data.train_tokens == (5000 // 17) * 16
+    bad = load_config(_text_config(tmp_path, tmp_path), ["data.kind=tokens", "data.vocab_size=100"])
+    with pytest.raises(UserError, match="beyond the vocabulary"):
+        load_data(bad, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing", "not found"),
+        ("empty", "empty"),
+        ("undecodable", "not UTF-8"),
+        ("small_val", "fewer than one evaluation"),
+    ],
+)
+def test_bad_corpora_exit_2_before_training(tmp_path, case, fragment):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    extra = ""
+    if case == "missing":
+        corpus = tmp_path / "nowhere"
+    elif case == "empty":
+        (corpus / "a.txt").write_text("")
+    elif case == "undecodable":
+        (corpus / "a.txt").write_text("fine text\n")
+        (corpus / "b.txt").write_bytes(b"ok \xff\xfe broken")
+    else:
+        (corpus / "a.txt").write_text("x" * 5000)
+        extra = ", val_fraction: 0.000001"
+    cfg = _text_config(tmp_path, corpus, extra)
+    r = runner.invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2, r.output
+    assert fragment in r.output
+    if case == "undecodable":
+        assert "b.txt" in r.output
+    assert not (tmp_path / "out" / "parts").exists()
+
+
+def test_a_runs_synthetic_data_does_not_depend_on_the_rest_of_the_sweep(micro_config, tmp_path):
+    cfg = load_config(micro_config)
+    small = load_data(cfg, tmp_path / "s", 3_000)
+    large = load_data(cfg, tmp_path / "l", 300_000)
+    assert np.array_equal(small.train_batch(5, 8, 0), large.train_batch(5, 8, 0))
+    assert np.array_equal(np.asarray(small.val), np.asarray(large.val))
