@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,8 +208,76 @@ def bench_sweep() -> None:
     )
 
 
+_MEMORY_PROBE = """
+import resource, sys
+from pathlib import Path
+from chinchilla.config import load_config
+from chinchilla.sweep import run_sweep
+cfg = load_config(sys.argv[1], ["data.path=" + sys.argv[2], "data.cache_dir=" + sys.argv[3],
+                               "grid.budgets=[3e9]", "grid.sizes_per_budget=3"])
+run_sweep(cfg, Path(sys.argv[4]), live=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def _write_corpus(folder: Path, total_bytes: int) -> None:
+    """Documents of 1 MB of word-like text, written until `total_bytes`."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    words = np.array(
+        [
+            w.encode()
+            for w in (
+                "the of and to in a is that for it as was with be by on not he this are or his "
+                "from at which but have an they you were her she there their one all we can has "
+                "compute scaling optimal tokens parameters loss model data training budget"
+            ).split()
+        ]
+    )
+    block = b" ".join(rng.choice(words, 200_000))[: 1 << 20] + b"\n"
+    i = 0
+    while i * len(block) < total_bytes:
+        (folder / f"doc{i:05d}.txt").write_bytes(block[i % 97 :] + str(i).encode())
+        i += 1
+
+
+def bench_corpus_memory() -> None:
+    print("\n5. peak memory of the same sweep over a 10 MB and a 1 GB text corpus")
+    cfg = ROOT / "configs" / "text_bytes.yaml"
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, size in (("10 MB", 10 << 20), ("1 GB", 1 << 30)):
+            corpus = Path(tmp) / label.replace(" ", "")
+            _write_corpus(corpus, size)
+            t = time.perf_counter()
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _MEMORY_PROBE,
+                    str(cfg),
+                    str(corpus),
+                    str(Path(tmp) / f"cache{label[:2]}"),
+                    str(Path(tmp) / f"out{label[:2]}"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=os.environ | {"CHINCHILLA_BENCH": "1"},
+            )
+            peaks[label] = float(r.stdout.strip().splitlines()[-1])
+            print(
+                f"   {label}: peak RSS {peaks[label]:.0f} MB "
+                f"(sweep incl. tokenizing: {time.perf_counter() - t:.0f} s)"
+            )
+            shutil.rmtree(corpus)
+    print(f"   difference: {peaks['1 GB'] - peaks['10 MB']:+.0f} MB")
+
+
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
     bench_training()
     bench_fit()
     bench_sweep()
+    if not QUICK:
+        bench_corpus_memory()

@@ -333,19 +333,15 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """How a sweep spreads runs over processes, GPUs and nodes (no effect on results)."""
+    """How a sweep spreads runs over processes and GPUs (no effect on results)."""
 
-    executor: Literal["local", "ray"] = "local"
     workers: int = 1
-    """Runs trained at once on this machine (one process each)."""
+    """Runs trained at once on this machine, one process each (CPU: cores are split
+    between them; CUDA: each is pinned to a GPU)."""
     runs_per_gpu: int = 1
     """Runs packed onto one GPU at once (small runs leave a GPU idle)."""
     retries: int = 0
     """Extra attempts for a run that failed (an exception, out of memory)."""
-    address: str | None = None
-    """Executor ray: the cluster address ('auto' joins a running cluster)."""
-    num_gpus: float | None = None
-    """Executor ray: GPUs per run (fractional packs runs); None = 1 / runs_per_gpu."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -354,8 +350,6 @@ class ExecutionConfig:
             _fail("execution.runs_per_gpu", f"must be >= 1, got {self.runs_per_gpu}")
         if self.retries < 0:
             _fail("execution.retries", f"must be >= 0, got {self.retries}")
-        if self.num_gpus is not None and not self.num_gpus >= 0:
-            _fail("execution.num_gpus", f"must be >= 0, got {self.num_gpus}")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class SweepSummary:
     wall_seconds: float = 0.0
     step_seconds: float = 0.0
     eval_seconds: float = 0.0
+    utilisation: dict[str, float] = field(default_factory=dict)  # busy / wall per worker
 
     @property
     def overhead_fraction(self) -> float:
@@ -240,29 +241,22 @@ def run_sweep(
     *,
     force: bool = False,
     live: bool | None = None,
-    executor: str | None = None,
     workers: int | None = None,
-    address: str | None = None,
 ) -> SweepSummary:
     """Train every planned run of `cfg` not finished in `out`; return what happened."""
     wall0 = time.perf_counter()
     p, pending = prepare(cfg, out, force)
     summary = SweepSummary(out=out, planned=len(p.runs))
-    executor = executor or cfg.execution.executor
     workers = workers or cfg.execution.workers
     if pending:
-        if executor == "ray":
-            from chinchilla.executors import run_ray
-
-            stats = run_ray(cfg, out, p, pending, live=live, address=address)
-        elif workers > 1:
+        if workers > 1:
             from chinchilla.executors import run_local_parallel
 
             stats = run_local_parallel(cfg, out, p, pending, workers=workers, live=live)
         else:
             stats = _run_serial(cfg, out, p, pending, live=live)
         summary.trained = len(pending)
-        summary.step_seconds, summary.eval_seconds = stats
+        summary.step_seconds, summary.eval_seconds, summary.utilisation = stats
     runs = merge(out)
     if len(runs):
         summary.statuses = runs["status"].value_counts().to_dict()
@@ -278,8 +272,8 @@ def run_sweep(
                 "step_seconds": summary.step_seconds,
                 "eval_seconds": summary.eval_seconds,
                 "overhead_fraction": summary.overhead_fraction,
-                "executor": executor,
                 "workers": workers,
+                "device_utilisation": summary.utilisation,
                 "pid": os.getpid(),
             },
             indent=1,
@@ -304,6 +298,7 @@ def _run_serial(
     env = sweep_environment(cfg, device, irreducible_loss(data, cfg.train.eval_tokens))
     peak = peak_flops(cfg, device)
     step_s = eval_s = 0.0
+    wall0 = time.perf_counter()
     with SweepProgress(
         len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
     ) as prog:
@@ -324,7 +319,8 @@ def _run_serial(
             eval_s += seg_eval
             merge(out)
             prog.run_finished(run, row)
-    return step_s, eval_s
+    wall = time.perf_counter() - wall0
+    return step_s, eval_s, {"main": (step_s + eval_s) / wall if wall > 0 else 0.0}
 
 
 def status(out: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ class TokenData:
     meta: dict[str, Any] = field(default_factory=dict)
     shuffle: bool = True  # permute chunks per epoch (corpora); synthetic data is i.i.d.
     _perm_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _fd: int | None = field(default=None, repr=False)
 
     @property
     def chunk(self) -> int:
@@ -49,8 +50,6 @@ class TokenData:
         return self.n_train_chunks * self.seq_len
 
     def _epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n_train_chunks)
         key = (seed, epoch)
         if key not in self._perm_cache:
             self._perm_cache.clear()  # keep one epoch's permutation in memory
@@ -62,13 +61,38 @@ class TokenData:
         """(batch_size, T + 1) int64 ids of optimizer step `step` (0-based)."""
         n = self.n_train_chunks
         samples = np.arange(step * batch_size, (step + 1) * batch_size)
+        if not self.shuffle:
+            return self._read_chunks(samples % n).astype(np.int64)
         epochs = samples // n
         chunks = np.empty(batch_size, dtype=np.int64)
         for e in np.unique(epochs):  # a batch straddles at most two epochs
             sel = epochs == e
             chunks[sel] = self._epoch_order(seed, int(e))[samples[sel] % n]
-        table = self.train[: n * self.chunk].reshape(n, self.chunk)  # a view, no copy
-        return table[chunks].astype(np.int64)
+        return self._read_chunks(chunks).astype(np.int64)
+
+    def _read_chunks(self, chunks: np.ndarray) -> np.ndarray:
+        """Rows `chunks` of the training tokens. A file-backed array is read with pread:
+        random reads through a memory map make the kernel read ahead and keep most of
+        the file resident in this process (1 GB corpus: +1 GB RSS); pread keeps the
+        memory of a sweep independent of the corpus size."""
+        arr = self.train
+        path = getattr(arr, "filename", None)
+        if path is None:  # an in-memory array
+            n = self.n_train_chunks
+            return arr[: n * self.chunk].reshape(n, self.chunk)[chunks]
+        if self._fd is None:
+            self._fd = os.open(path, os.O_RDONLY)
+        item = arr.dtype.itemsize
+        width = self.chunk * item
+        base = getattr(arr, "offset", 0)
+        first = int(chunks[0])
+        if np.array_equal(chunks, np.arange(first, first + len(chunks))):  # one range
+            raw = os.pread(self._fd, width * len(chunks), base + first * width)
+            return np.frombuffer(raw, arr.dtype).reshape(len(chunks), self.chunk)
+        out = np.empty((len(chunks), self.chunk), dtype=arr.dtype)
+        for i, c in enumerate(chunks):
+            out[i] = np.frombuffer(os.pread(self._fd, width, base + int(c) * width), arr.dtype)
+        return out
 
     def val_batches(self, n_tokens: int, batch_size: int):
         """The first ceil(n_tokens / T) validation chunks, in batches; the same every call."""

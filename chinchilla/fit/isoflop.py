@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class NotEnoughData(ValueError):
+    """The data cannot support this approach; the message says why."""
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """y = coefficient * C^exponent, fitted by least squares in log10-log10."""
@@ -28,6 +32,8 @@ class PowerLaw:
 
 def fit_power_law(flops: np.ndarray, y: np.ndarray) -> PowerLaw:
     slope, intercept = np.polyfit(np.log10(flops), np.log10(y), 1)
+    if not -300 < intercept < 300:
+        raise NotEnoughData(f"degenerate power law (exponent {slope:.3g})")
     return PowerLaw(exponent=float(slope), coefficient=float(10**intercept))
 
 
@@ -99,10 +105,6 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) 
         convex=bool(convex),
         inside=bool(convex and lo <= n_opt <= hi),
     )
-
-
-class NotEnoughData(ValueError):
-    """The data cannot support this approach; the message says why."""
 
 
 def fit_isoflop(

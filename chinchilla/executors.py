@@ -1,0 +1,170 @@
+"""Several runs at once on one machine: one process per run slot, each pinned to a GPU.
+
+`run_local_parallel` keeps `workers` processes busy, largest runs first (shortest
+makespan). Each worker takes a slot when it starts: on CUDA the slot picks its GPU
+through CUDA_VISIBLE_DEVICES (`runs_per_gpu` slots share a device); on CPU the cores
+are split between workers. Workers write their own part files (`store.write_part`);
+the parent alone merges runs.parquet / curves.parquet and shows progress, so the
+tables stay consistent and the resume guarantees of a serial sweep hold.
+
+This module imports torch only inside worker functions: the environment of a worker
+is set before torch starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from chinchilla.config import Config
+from chinchilla.grid import Plan, PlannedRun
+from chinchilla.store import atomic_text, merge
+
+_WORKER: dict[str, Any] = {}  # per worker process: slot, label, events queue, data, env
+
+
+def _init_worker(slots, events, n_gpus: int, runs_per_gpu: int, threads: int) -> None:
+    slot = slots.get()
+    label = f"{socket.gethostname()}/w{slot}"
+    if n_gpus:
+        gpu = (slot // runs_per_gpu) % n_gpus
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        label += f"/cuda:{gpu}"
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(slot=slot, label=label, events=events)
+
+
+def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float | None):
+    """Train one run in a worker process; returns (row, segment seconds, label)."""
+    from chinchilla.data import load_data
+    from chinchilla.sweep import sweep_environment, train_and_record
+    from chinchilla.train import peak_flops, resolve_device
+
+    w = _WORKER
+    if "data" not in w:  # once per process: map the cache the parent built
+        w["device"] = resolve_device(cfg)
+        w["data"] = load_data(cfg, Path(out) / "data", min_train_tokens=need)
+        w["env"] = sweep_environment(cfg, w["device"], irreducible)
+        w["peak"] = peak_flops(cfg, w["device"])
+    events = w["events"]
+    events.put({"event": "start", "run_id": run.run_id, "worker": w["label"]})
+    row, seg = train_and_record(
+        run,
+        cfg,
+        Path(out),
+        w["data"],
+        device=w["device"],
+        peak=w["peak"],
+        env=w["env"],
+        on_progress=lambda info: events.put({"event": "progress"} | info),
+        extra={"worker": w["label"]},
+    )
+    return row, seg, w["label"]
+
+
+def run_local_parallel(
+    cfg: Config, out: Path, p: Plan, pending: list[PlannedRun], *, workers: int, live: bool | None
+) -> tuple[float, float, dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    from chinchilla.data.synthetic import irreducible_loss
+    from chinchilla.progress import SweepProgress
+    from chinchilla.store import write_part
+    from chinchilla.sweep import load_sweep_data, run_record, sweep_environment
+    from chinchilla.train import RunResult, resolve_device
+
+    # 1. the parent builds the data cache once; workers only memory-map it
+    data = load_sweep_data(cfg, out, p.runs)
+    need = max(r.n_tokens for r in p.runs)
+    irreducible = irreducible_loss(data, cfg.train.eval_tokens)
+    device = resolve_device(cfg)
+    n_gpus = torch.cuda.device_count() if device == "cuda" else 0
+    threads = cfg.device.threads or max(1, (os.cpu_count() or 1) // workers)
+
+    # 2. slots and an event queue shared with the workers
+    ctx = mp.get_context("spawn")
+    slots, events = ctx.Queue(), ctx.Queue()
+    for i in range(workers):
+        slots.put(i)
+    order = sorted(pending, key=lambda r: -r.flops_chinchilla)  # largest first
+    inflight: dict[str, str] = {}
+    finished: set[str] = set()
+    lock = threading.Lock()
+    busy: dict[str, float] = {}
+    step_s = eval_s = 0.0
+    wall0 = time.perf_counter()
+    stop = threading.Event()
+
+    def write_claims() -> None:
+        atomic_text(out / "inflight.json", json.dumps(inflight))
+
+    with SweepProgress(
+        len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
+    ) as prog:
+        by_id = {r.run_id: r for r in pending}
+
+        def pump() -> None:  # worker events -> progress display and claims
+            while not stop.is_set():
+                try:
+                    ev = events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                with lock:
+                    if ev["run_id"] in finished:
+                        continue
+                    if ev["event"] == "start":
+                        inflight[ev["run_id"]] = ev["worker"]
+                        write_claims()
+                        prog.run_started(by_id[ev["run_id"]], label=ev["worker"])
+                    else:
+                        prog.update(ev)
+
+        pumper = threading.Thread(target=pump, daemon=True)
+        pumper.start()
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(slots, events, n_gpus, cfg.execution.runs_per_gpu, threads),
+        ) as pool:
+            futures = {pool.submit(_work, r, cfg, str(out), need, irreducible): r for r in order}
+            for fut in as_completed(futures):
+                run = futures[fut]
+                try:
+                    row, (seg_step, seg_eval), label = fut.result()
+                except Exception as exc:  # the worker process itself died (killed, OOM)
+                    message = f"worker died: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+                    row = run_record(
+                        run,
+                        RunResult(run.run_id, "failed", error=message),
+                        sweep_environment(cfg, device, irreducible),
+                    )
+                    write_part(out, row, [])
+                    seg_step = seg_eval = 0.0
+                    label = inflight.get(run.run_id, "?")
+                step_s += seg_step
+                eval_s += seg_eval
+                busy[label] = busy.get(label, 0.0) + seg_step + seg_eval
+                with lock:
+                    finished.add(run.run_id)
+                    inflight.pop(run.run_id, None)
+                    write_claims()
+                    merge(out)
+                    prog.run_finished(run, row)
+        stop.set()
+        pumper.join()
+    (out / "inflight.json").unlink(missing_ok=True)
+    wall = time.perf_counter() - wall0
+    utilisation = {k: v / wall for k, v in sorted(busy.items())}
+    return step_s, eval_s, utilisation

@@ -1,0 +1,60 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from chinchilla.cli import app
+from chinchilla.config import load_config
+from chinchilla.grid import plan
+
+runner = CliRunner()
+
+
+def test_two_workers_train_the_same_runs_to_the_same_losses(micro_sweep, micro_config, tmp_path):
+    out = tmp_path / "parallel"
+    r = runner.invoke(app, ["sweep", str(micro_config), "--out", str(out), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert "device utilisation" in r.output
+    serial = pd.read_parquet(micro_sweep / "runs.parquet").set_index("run_id")
+    parallel = pd.read_parquet(out / "runs.parquet").set_index("run_id")
+    assert sorted(serial.index) == sorted(parallel.index)
+    # one CPU thread per worker instead of two: float32 sums in another order
+    np.testing.assert_allclose(parallel.loc[serial.index, "loss"], serial["loss"], rtol=1e-5)
+    assert parallel["worker"].str.contains("/w").all()
+    assert not (out / "inflight.json").exists()
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["workers"] == 2 and len(summary["device_utilisation"]) == 2
+
+
+def test_killing_the_driver_of_a_parallel_sweep_then_resuming(micro_config, tmp_path):
+    over = ["grid.budgets=[1.5e9]", "train.checkpoint_every_s=0.2", "execution.workers=2"]
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out)]
+    for o in over:
+        cmd += ["--set", o]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpts = list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else []
+        if len(ckpts) >= 1 and (out / "inflight.json").exists():
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers
+    proc.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = pd.read_parquet(out / "runs.parquet")
+    curves = pd.read_parquet(out / "curves.parquet")
+    cfg = load_config(micro_config, over)
+    assert sorted(runs["run_id"]) == sorted(x.run_id for x in plan(cfg).runs)
+    assert (runs["status"] == "ok").all()
+    assert not curves.duplicated(["run_id", "step"]).any()
