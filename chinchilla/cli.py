@@ -170,13 +170,23 @@ def sweep(
             help="Runs trained at once, one process each (default: execution.workers).",
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="local or ray (default: execution.executor)."),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster to join, e.g. auto (default: a local one)."),
+    ] = None,
 ) -> None:
     """Train every planned run not yet finished in the directory; rerun to resume."""
     from chinchilla.sweep import default_out, run_sweep
 
     cfg = _load(config, set_)
+    if executor not in (None, "local", "ray"):
+        raise UserError(f"--executor: expected local or ray, got {executor!r}")
     target = out or default_out(cfg)
-    s = run_sweep(cfg, target, force=force, workers=workers)
+    s = run_sweep(cfg, target, force=force, workers=workers, executor=executor, address=address)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(s.statuses.items())) or "nothing"
     console.stdout.print(
         f"sweep {target}: {s.planned} planned, {s.trained} trained now; recorded: {counts}. "
@@ -185,7 +195,7 @@ def sweep(
         + (f", outside both {s.overhead_fraction:.1%}" if s.trained else "")
         + f". Tables: {target / 'runs.parquet'}, {target / 'curves.parquet'}"
     )
-    if s.utilisation and len(s.utilisation) > 1:
+    if s.utilisation and list(s.utilisation) != ["main"]:
         console.stdout.print(
             "device utilisation (busy / wall): "
             + ", ".join(f"{k} {v:.0%}" for k, v in s.utilisation.items())

@@ -333,8 +333,16 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """How a sweep spreads runs over processes and GPUs (no effect on results)."""
+    """How a sweep spreads runs over processes, GPUs and nodes (no effect on results)."""
 
+    executor: Literal["local", "ray"] = "local"
+    """local: this machine (`workers` processes); ray: one Ray task per run."""
+    address: str | None = None
+    """Executor ray: the cluster to join ('auto': the one this node belongs to); None
+    starts a local Ray instance."""
+    gpus_per_run: float | None = None
+    """Executor ray: GPUs each run requests (fractional packs runs onto a GPU); None =
+    1 / runs_per_gpu when the cluster has GPUs, else 0."""
     workers: int = 1
     """Runs trained at once on this machine, one process each (CPU: cores are split
     between them; CUDA: each is pinned to a GPU)."""
@@ -350,6 +358,8 @@ class ExecutionConfig:
             _fail("execution.runs_per_gpu", f"must be >= 1, got {self.runs_per_gpu}")
         if self.retries < 0:
             _fail("execution.retries", f"must be >= 0, got {self.retries}")
+        if self.gpus_per_run is not None and not self.gpus_per_run >= 0:
+            _fail("execution.gpus_per_run", f"must be >= 0, got {self.gpus_per_run}")
 
 
 @dataclass(frozen=True)

@@ -168,3 +168,130 @@ def run_local_parallel(
     wall = time.perf_counter() - wall0
     utilisation = {k: v / wall for k, v in sorted(busy.items())}
     return step_s, eval_s, utilisation
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, threads: int, events):
+    """One Ray task: train a run where Ray placed it; the driver records the result."""
+    import torch
+
+    from chinchilla.data import load_data
+    from chinchilla.sweep import attempt_run, sweep_environment
+    from chinchilla.train import peak_flops, resolve_device
+
+    torch.set_num_threads(threads)
+    import ray
+
+    ctx = ray.get_runtime_context()
+    gpus = ctx.get_accelerator_ids().get("GPU", [])
+    label = f"{socket.gethostname()}/node {ctx.get_node_id()[:8]}" + (
+        f"/gpu {','.join(gpus)}" if gpus else ""
+    )
+    device = resolve_device(cfg)
+    data = load_data(cfg, Path(out) / "data", min_train_tokens=need)
+    env = sweep_environment(cfg, device, irreducible)
+    events.put_nowait({"event": "start", "run_id": run.run_id, "worker": label})
+    row, curve, seconds = attempt_run(
+        run,
+        cfg,
+        Path(out),
+        data,
+        device=device,
+        peak=peak_flops(cfg, device),
+        env=env,
+        on_progress=lambda info: _put(events, {"event": "progress"} | info),
+        extra={"worker": label},
+    )
+    return row, curve, seconds, label
+
+
+def _put(events, item) -> None:
+    try:
+        events.put_nowait(item)
+    except Exception:  # a full queue drops a progress line, never a result
+        pass
+
+
+def run_ray(
+    cfg: Config,
+    out: Path,
+    p: Plan,
+    pending: list[PlannedRun],
+    *,
+    address: str | None,
+    live: bool | None,
+) -> tuple[float, float, dict]:
+    """One Ray task per run, requesting `gpus_per_run` GPUs (fractional packs small runs)
+    and one CPU; the driver writes every result, so the tables have one writer. The
+    sweep directory (and a corpus) must be on storage every node sees."""
+    try:
+        import ray
+        from ray.util.queue import Queue
+    except ImportError:
+        from chinchilla.errors import UserError
+
+        raise UserError(
+            "the Ray executor needs Ray: pip install 'chinchilla-scaling[ray]'"
+        ) from None
+    from chinchilla.data.synthetic import irreducible_loss
+    from chinchilla.progress import SweepProgress
+    from chinchilla.sweep import load_sweep_data, record
+
+    data = load_sweep_data(cfg, out, p.runs)  # builds the cache before any task starts
+    need = max(r.n_tokens for r in p.runs)
+    irreducible = irreducible_loss(data, cfg.train.eval_tokens)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
+    gpus = cfg.execution.gpus_per_run
+    if gpus is None:
+        gpus = 1 / cfg.execution.runs_per_gpu if ray.cluster_resources().get("GPU") else 0
+    events = Queue(maxsize=10_000)
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_work)
+    order = sorted(pending, key=lambda r: -r.flops_chinchilla)
+    refs = {task.remote(r, cfg, str(out), need, irreducible, 1, events): r for r in order}
+    by_id = {r.run_id: r for r in pending}
+    inflight: dict[str, str] = {}
+    busy: dict[str, float] = {}
+    step_s = eval_s = 0.0
+    wall0 = time.perf_counter()
+    try:
+        with SweepProgress(
+            len(p.runs),
+            len(p.runs) - len(pending),
+            sum(r.flops_chinchilla for r in pending),
+            live=live,
+        ) as prog:
+            while refs:
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+                for ev in events.get_nowait_batch(events.qsize()):
+                    if ev["run_id"] not in by_id:
+                        continue
+                    if ev["event"] == "start":
+                        inflight[ev["run_id"]] = ev["worker"]
+                        atomic_text(out / "inflight.json", json.dumps(inflight))
+                        prog.run_started(by_id[ev["run_id"]], label=ev["worker"])
+                    else:
+                        prog.update(ev)
+                for ref in done:
+                    run = refs.pop(ref)
+                    row, curve, (seg_step, seg_eval), label = ray.get(ref)
+                    record(out, row, curve)
+                    step_s += seg_step
+                    eval_s += seg_eval
+                    busy[label] = busy.get(label, 0.0) + seg_step + seg_eval
+                    by_id.pop(run.run_id, None)
+                    inflight.pop(run.run_id, None)
+                    atomic_text(out / "inflight.json", json.dumps(inflight))
+                    merge(out)
+                    prog.run_finished(run, row)
+    finally:
+        (out / "inflight.json").unlink(missing_ok=True)
+        if started_here:
+            ray.shutdown()
+    wall = time.perf_counter() - wall0
+    return step_s, eval_s, {k: v / wall for k, v in sorted(busy.items())}

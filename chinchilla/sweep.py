@@ -190,7 +190,7 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     return data
 
 
-def train_and_record(
+def attempt_run(
     run: PlannedRun,
     cfg: Config,
     out: Path,
@@ -202,16 +202,17 @@ def train_and_record(
     on_progress=None,
     extra: dict[str, Any] | None = None,
 ):
-    """Train one run (resuming its checkpoint), record its part, drop the checkpoint.
+    """Train one run (resuming its checkpoint, retrying failures as configured).
 
-    Returns the run's row and the (step, eval) seconds this call spent."""
+    Returns the run's row, its curve and the (step, eval) seconds this call spent;
+    an exception becomes a failed row with its message (the traceback beside it)."""
     from chinchilla.train import RunResult, train_run
 
     ckpt_dir = out / CHECKPOINTS
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"{run.run_id}.pt"
     attempts = 1 + cfg.execution.retries
-    for attempt in range(attempts):
+    for attempt in range(attempts):  # noqa: B007 (the count is recorded)
         try:
             result = train_run(
                 run, cfg, data, device=device, checkpoint=ckpt, peak=peak, on_progress=on_progress
@@ -226,13 +227,22 @@ def train_and_record(
                 import torch
 
                 torch.cuda.empty_cache()
-            if attempt + 1 < attempts:
-                continue
     row = run_record(run, result, env) | {"attempts": attempt + 1} | (extra or {})
-    write_part(out, row, result.curve)
-    if result.status != "failed" and ckpt.exists():
-        ckpt.unlink()
-    return row, result.segment_seconds
+    return row, result.curve, result.segment_seconds
+
+
+def record(out: Path, row: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+    """Write a run's part; a run that did not fail no longer needs its checkpoint."""
+    write_part(out, row, curve)
+    if row["status"] != "failed":
+        (out / CHECKPOINTS / f"{row['run_id']}.pt").unlink(missing_ok=True)
+
+
+def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, **kwargs):
+    """`attempt_run`, then `record`; returns the row and this call's (step, eval) seconds."""
+    row, curve, seconds = attempt_run(run, cfg, out, data, **kwargs)
+    record(out, row, curve)
+    return row, seconds
 
 
 def run_sweep(
@@ -242,14 +252,23 @@ def run_sweep(
     force: bool = False,
     live: bool | None = None,
     workers: int | None = None,
+    executor: str | None = None,
+    address: str | None = None,
 ) -> SweepSummary:
     """Train every planned run of `cfg` not finished in `out`; return what happened."""
     wall0 = time.perf_counter()
     p, pending = prepare(cfg, out, force)
     summary = SweepSummary(out=out, planned=len(p.runs))
     workers = workers or cfg.execution.workers
+    executor = executor or cfg.execution.executor
     if pending:
-        if workers > 1:
+        if executor == "ray":
+            from chinchilla.executors import run_ray
+
+            stats = run_ray(
+                cfg, out, p, pending, address=address or cfg.execution.address, live=live
+            )
+        elif workers > 1:
             from chinchilla.executors import run_local_parallel
 
             stats = run_local_parallel(cfg, out, p, pending, workers=workers, live=live)
@@ -273,6 +292,7 @@ def run_sweep(
                 "eval_seconds": summary.eval_seconds,
                 "overhead_fraction": summary.overhead_fraction,
                 "workers": workers,
+                "executor": executor,
                 "device_utilisation": summary.utilisation,
                 "pid": os.getpid(),
             },

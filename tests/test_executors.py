@@ -58,3 +58,63 @@ def test_killing_the_driver_of_a_parallel_sweep_then_resuming(micro_config, tmp_
     assert sorted(runs["run_id"]) == sorted(x.run_id for x in plan(cfg).runs)
     assert (runs["status"] == "ok").all()
     assert not curves.duplicated(["run_id", "step"]).any()
+
+
+def test_ray_executor_with_fake_gpus_matches_serial(micro_sweep, micro_config, tmp_path):
+    ray = __import__("pytest").importorskip("ray")
+    from chinchilla.sweep import run_sweep
+
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    try:
+        cfg = load_config(micro_config, ["execution.executor=ray", "execution.gpus_per_run=0.5"])
+        out = tmp_path / "ray"
+        s = run_sweep(cfg, out, live=False)
+    finally:
+        ray.shutdown()
+    assert s.statuses == {"ok": 4}
+    serial = pd.read_parquet(micro_sweep / "runs.parquet").set_index("run_id")
+    remote = pd.read_parquet(out / "runs.parquet").set_index("run_id")
+    np.testing.assert_allclose(remote.loc[serial.index, "loss"], serial["loss"], rtol=1e-5)
+    assert remote["worker"].str.contains("/gpu ").all()  # Ray placed them on fake GPUs
+    assert json.loads((out / "sweep.json").read_text())["executor"] == "ray"
+
+
+def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
+    __import__("pytest").importorskip("ray")
+    over = ["grid.budgets=[1.5e9]", "train.checkpoint_every_s=0.2", "execution.executor=ray"]
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out)]
+    for o in over:
+        cmd += ["--set", o]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        parts = list((out / "parts").glob("*.run.parquet")) if (out / "parts").exists() else []
+        ckpts = list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else []
+        if parts or ckpts:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    proc.wait()
+    subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+        capture_output=True,
+        timeout=60,
+    )
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    curves = pd.read_parquet(out / "curves.parquet")
+    cfg = load_config(micro_config, over)
+    assert sorted(runs["run_id"]) == sorted(x.run_id for x in plan(cfg).runs)
+    assert (runs["status"] == "ok").all()
+    assert not curves.duplicated(["run_id", "step"]).any()

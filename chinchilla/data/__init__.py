@@ -54,7 +54,8 @@ class TokenData:
         if key not in self._perm_cache:
             self._perm_cache.clear()  # keep one epoch's permutation in memory
             rng = np.random.default_rng([seed, epoch, 0x5EED])
-            self._perm_cache[key] = rng.permutation(self.n_train_chunks)
+            index = np.int32 if self.n_train_chunks < 2**31 else np.int64
+            self._perm_cache[key] = rng.permutation(np.arange(self.n_train_chunks, dtype=index))
         return self._perm_cache[key]
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
