@@ -114,7 +114,7 @@ def bench_fit() -> None:
     _, f_loop = scipy_reference_fit(n, d, loss, starts=grid[::stride])
     loop_s = (time.perf_counter() - t) * stride
     t = time.perf_counter()
-    full = fit_parametric(n, d, loss)
+    full = fit_parametric(n, d, loss, exhaustive=True)
     full_s = time.perf_counter() - t
     t = time.perf_counter()
     fast = fit_parametric(n, d, loss, exhaustive=False)
@@ -209,14 +209,16 @@ def bench_sweep() -> None:
 
 
 _MEMORY_PROBE = """
-import resource, sys
+import sys
 from pathlib import Path
 from chinchilla.config import load_config
 from chinchilla.sweep import run_sweep
 cfg = load_config(sys.argv[1], ["data.path=" + sys.argv[2], "data.cache_dir=" + sys.argv[3],
                                "grid.budgets=[3e9]", "grid.sizes_per_budget=3"])
 run_sweep(cfg, Path(sys.argv[4]), live=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's size across exec
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(int(hwm) / 1024)
 """
 
 

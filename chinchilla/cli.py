@@ -192,7 +192,11 @@ def sweep(
         f"sweep {target}: {s.planned} planned, {s.trained} trained now; recorded: {counts}. "
         f"Wall {console.duration(s.wall_seconds)}, in training steps "
         f"{console.duration(s.step_seconds)}, evaluations {console.duration(s.eval_seconds)}"
-        + (f", outside both {s.overhead_fraction:.1%}" if s.trained else "")
+        + (
+            f", outside both {s.overhead_fraction:.1%}"
+            if s.trained and list(s.utilisation) == ["main"]
+            else ""
+        )
         + f". Tables: {target / 'runs.parquet'}, {target / 'curves.parquet'}"
     )
     if s.utilisation and list(s.utilisation) != ["main"]:
@@ -440,6 +444,8 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
             f" β={a3['beta']:.4f}{_ci(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
             f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})"
         )
+    for w in (a3 or {}).get("warnings", []):
+        p(f"  warning: {w}")
     if doc.get("irreducible_loss") is not None:
         p(
             f"irreducible loss of the data (exact Bayes loss of the validation tokens): "

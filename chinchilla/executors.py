@@ -24,7 +24,7 @@ from typing import Any
 
 from chinchilla.config import Config
 from chinchilla.grid import Plan, PlannedRun
-from chinchilla.store import atomic_text, merge
+from chinchilla.store import Merger, atomic_text
 
 _WORKER: dict[str, Any] = {}  # per worker process: slot, label, events queue, data, env
 
@@ -104,6 +104,7 @@ def run_local_parallel(
     busy: dict[str, float] = {}
     step_s = eval_s = 0.0
     wall0 = time.perf_counter()
+    merge_soon = Merger(out)
     stop = threading.Event()
 
     def write_claims() -> None:
@@ -160,7 +161,7 @@ def run_local_parallel(
                     finished.add(run.run_id)
                     inflight.pop(run.run_id, None)
                     write_claims()
-                    merge(out)
+                    merge_soon()
                     prog.run_finished(run, row)
         stop.set()
         pumper.join()
@@ -259,6 +260,7 @@ def run_ray(
     busy: dict[str, float] = {}
     step_s = eval_s = 0.0
     wall0 = time.perf_counter()
+    merge_soon = Merger(out)
     try:
         with SweepProgress(
             len(p.runs),
@@ -287,7 +289,7 @@ def run_ray(
                     by_id.pop(run.run_id, None)
                     inflight.pop(run.run_id, None)
                     atomic_text(out / "inflight.json", json.dumps(inflight))
-                    merge(out)
+                    merge_soon()
                     prog.run_finished(run, row)
     finally:
         (out / "inflight.json").unlink(missing_ok=True)

@@ -41,6 +41,14 @@ def _c_label(rep: FitReport) -> str:
     return f"training FLOPs C ({'6ND' if conv.startswith('6nd') else conv})"
 
 
+def _log_x(ax: Axes) -> None:
+    """Log x axis with labels on decades only (minor labels collide on short ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _norm_logn(values):
     from matplotlib.colors import LogNorm
 
@@ -104,10 +112,10 @@ def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
                 linewidths=0.5,
                 zorder=4,
             )
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(_n_label(rep))
     ax.set_ylabel("final loss (nats/token)")
-    ax.set_title("IsoFLOP profiles (cf. Fig. 3); ★ minimum, × outside sampled N")
+    ax.set_title("IsoFLOP profiles (cf. Fig. 3): ★ minimum, X outside the sampled N", fontsize=9)
     ax.legend(title="budget C (FLOPs)", fontsize=7, title_fontsize=8, loc="upper right")
     return ax
 

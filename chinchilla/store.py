@@ -13,6 +13,7 @@ Every file is written to a temporary name and moved into place with `os.replace`
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,20 @@ def merge(out: Path) -> pd.DataFrame:
     atomic_parquet(runs_df, out / RUNS_FILE)
     atomic_parquet(curves_df, out / CURVES_FILE)
     return runs_df
+
+
+class Merger:
+    """Rebuild the tables at most every `interval_s` while a sweep runs (the parts are
+    the record; the sweep merges once more at its end), so that sweeps of many short
+    runs do not spend their time re-reading parquet files."""
+
+    def __init__(self, out: Path, interval_s: float = 30.0):
+        self.out, self.interval_s, self._last = out, interval_s, time.perf_counter()
+
+    def __call__(self) -> None:
+        if time.perf_counter() - self._last >= self.interval_s:
+            merge(self.out)
+            self._last = time.perf_counter()
 
 
 def finished_ids(out: Path) -> dict[str, str]:

@@ -31,7 +31,7 @@ from chinchilla import __version__
 from chinchilla.config import Config, dump_yaml, from_dict
 from chinchilla.errors import UserError
 from chinchilla.grid import Plan, PlannedRun, plan
-from chinchilla.store import FINISHED, atomic_text, finished_ids, merge, write_part
+from chinchilla.store import FINISHED, Merger, atomic_text, finished_ids, merge, write_part
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "sweep.json"
@@ -319,6 +319,7 @@ def _run_serial(
     peak = peak_flops(cfg, device)
     step_s = eval_s = 0.0
     wall0 = time.perf_counter()
+    merge_soon = Merger(out)
     with SweepProgress(
         len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
     ) as prog:
@@ -337,7 +338,7 @@ def _run_serial(
             )
             step_s += seg_step
             eval_s += seg_eval
-            merge(out)
+            merge_soon()
             prog.run_finished(run, row)
     wall = time.perf_counter() - wall0
     return step_s, eval_s, {"main": (step_s + eval_s) / wall if wall > 0 else 0.0}

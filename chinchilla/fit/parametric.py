@@ -383,7 +383,7 @@ def fit_parametric(
     lower=None,
     upper=None,
     weights=None,
-    exhaustive: bool = False,
+    exhaustive: bool = True,
 ) -> ParametricFit:
     """Fit L(N, D) by the paper's procedure (summed Huber on log loss, grid of starts).
 
@@ -391,9 +391,9 @@ def fit_parametric(
     per-start L-BFGS loop does. `exhaustive=False` screens the starts by successive
     halving: about 20x less work and the same optimum on well-conditioned data (the
     Epoch points, IsoFLOP designs with moderate noise), but on ill-conditioned data
-    (tiny sweeps, exponents near 0.15) it can stop in a worse basin; use it for speed. `lower` / `upper` bound
-    (a, b, e, alpha, beta); e.g. upper e = log(min loss) keeps E at or below the lowest
-    observed loss.
+    (tiny sweeps, exponents near 0.15) it can stop in a worse basin; use it for speed.
+    `lower` / `upper` bound (a, b, e, alpha, beta); e.g. upper e = log(min loss) keeps E
+    at or below the lowest observed loss.
     """
     x, y, z = np.log(n_params), np.log(n_tokens), np.log(loss)
     grid = paper_start_grid() if starts is None else np.asarray(starts, dtype=np.float64)

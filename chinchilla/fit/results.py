@@ -105,6 +105,27 @@ class FitReport:
         out["seconds"] = self.seconds
         return out
 
+    def approach3_warnings(self) -> list[str]:
+        """What a reader of the parametric fit should know before trusting it."""
+        f, r, out = self.approach3, self.results, []
+        if f is None:
+            return out
+        if r.irreducible_loss is not None and f.E < r.irreducible_loss * 0.98:
+            out.append(
+                f"E = {f.E:.3g} is below the data's irreducible loss "
+                f"{r.irreducible_loss:.3g}: the {len(r)} points do not pin down the "
+                "parametric form; its extrapolations are unreliable (add runs, or "
+                "--bound-e)"
+            )
+        if f.E < 0.5 * float(r.loss.min()) and r.irreducible_loss is None:
+            out.append(
+                f"E = {f.E:.3g} is far below every observed loss: the asymptote is "
+                "weakly determined"
+            )
+        if not f.success:
+            out.append(f.message)
+        return out
+
 
 # ---------------------------------------------------------------------- approaches
 
