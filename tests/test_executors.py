@@ -16,6 +16,15 @@ from chinchilla.grid import plan
 runner = CliRunner()
 
 
+def _assert_every_run_once(out, micro_config, over):
+    runs = pd.read_parquet(out / "runs.parquet")
+    curves = pd.read_parquet(out / "curves.parquet")
+    cfg = load_config(micro_config, over)
+    assert sorted(runs["run_id"]) == sorted(x.run_id for x in plan(cfg).runs)
+    assert (runs["status"] == "ok").all()
+    assert not curves.duplicated(["run_id", "step"]).any()
+
+
 def test_two_workers_train_the_same_runs_to_the_same_losses(micro_sweep, micro_config, tmp_path):
     out = tmp_path / "parallel"
     r = runner.invoke(app, ["sweep", str(micro_config), "--out", str(out), "--workers", "2"])
@@ -52,12 +61,7 @@ def test_killing_the_driver_of_a_parallel_sweep_then_resuming(micro_config, tmp_
     proc.wait()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
-    runs = pd.read_parquet(out / "runs.parquet")
-    curves = pd.read_parquet(out / "curves.parquet")
-    cfg = load_config(micro_config, over)
-    assert sorted(runs["run_id"]) == sorted(x.run_id for x in plan(cfg).runs)
-    assert (runs["status"] == "ok").all()
-    assert not curves.duplicated(["run_id", "step"]).any()
+    _assert_every_run_once(out, micro_config, over)
 
 
 def test_ray_executor_with_fake_gpus_matches_serial(micro_sweep, micro_config, tmp_path):
@@ -112,9 +116,4 @@ def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
     )
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    runs = pd.read_parquet(out / "runs.parquet")
-    curves = pd.read_parquet(out / "curves.parquet")
-    cfg = load_config(micro_config, over)
-    assert sorted(runs["run_id"]) == sorted(x.run_id for x in plan(cfg).runs)
-    assert (runs["status"] == "ok").all()
-    assert not curves.duplicated(["run_id", "step"]).any()
+    _assert_every_run_once(out, micro_config, over)

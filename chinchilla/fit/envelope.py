@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chinchilla.fit.isoflop import NotEnoughData, PowerLaw, fit_power_law
+from chinchilla.fit.isoflop import AllocationLaws, NotEnoughData, PowerLaw, fit_power_law
 
 
 @dataclass
-class EnvelopeFit:
+class EnvelopeFit(AllocationLaws):
     flops: np.ndarray  # (n_grid,) log-spaced FLOP values
     loss: np.ndarray  # lowest smoothed loss at each
     n_opt: np.ndarray  # N of the run attaining it
@@ -24,14 +24,6 @@ class EnvelopeFit:
     run: np.ndarray  # index of that run
     n_law: PowerLaw
     d_law: PowerLaw
-
-    @property
-    def a(self) -> float:
-        return self.n_law.exponent
-
-    @property
-    def b(self) -> float:
-        return self.d_law.exponent
 
 
 def smooth(y: np.ndarray, window: int) -> np.ndarray:

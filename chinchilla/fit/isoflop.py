@@ -64,13 +64,11 @@ class Parabola:
         }
 
 
-@dataclass
-class IsoFlopFit:
-    parabolas: list[Parabola]
+class AllocationLaws:
+    """Exponents of N_opt = k_N C^a and D_opt = k_D C^b from `n_law` and `d_law`."""
+
     n_law: PowerLaw
     d_law: PowerLaw
-    used: list[float]  # budgets whose minima entered the power laws
-    notes: list[str] = field(default_factory=list)
 
     @property
     def a(self) -> float:
@@ -79,6 +77,15 @@ class IsoFlopFit:
     @property
     def b(self) -> float:
         return self.d_law.exponent
+
+
+@dataclass
+class IsoFlopFit(AllocationLaws):
+    parabolas: list[Parabola]
+    n_law: PowerLaw
+    d_law: PowerLaw
+    used: list[float]  # budgets whose minima entered the power laws
+    notes: list[str] = field(default_factory=list)
 
 
 def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> Parabola:
