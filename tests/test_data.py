@@ -126,3 +126,16 @@ def test_a_runs_synthetic_data_does_not_depend_on_the_rest_of_the_sweep(micro_co
     large = load_data(cfg, tmp_path / "l", 300_000)
     assert np.array_equal(small.train_batch(5, 8, 0), large.train_batch(5, 8, 0))
     assert np.array_equal(np.asarray(small.val), np.asarray(large.val))
+
+
+def test_bpe_tokenizer_is_trained_on_the_corpus_and_cached(tmp_path):
+    pytest.importorskip("tokenizers")
+    corpus = _corpus(tmp_path)
+    cfg = load_config(_text_config(tmp_path, corpus, ", tokenizer: bpe, vocab_size: 300"))
+    data = load_data(cfg, tmp_path / "cache")
+    assert data.vocab_size == 300
+    assert int(np.asarray(data.train).max()) < 300
+    assert data.meta["tokenizer"].startswith("bpe-")
+    assert data.train_tokens < 40 * 200 * 6  # fewer tokens than bytes: merges were learnt
+    again = load_data(cfg, tmp_path / "cache")
+    assert again.meta["cache"] == data.meta["cache"]

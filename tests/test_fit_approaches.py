@@ -137,3 +137,14 @@ def test_fit_writes_figures_with_out(tmp_path):
         "fit_frontier.png",
     ):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_fitting_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chinchilla.fit.results, chinchilla.fit.data, chinchilla.predict; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
