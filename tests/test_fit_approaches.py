@@ -148,3 +148,18 @@ def test_fitting_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_asymptote_below_the_irreducible_loss_is_flagged(tmp_path):
+    n, d, loss = synthetic_points()
+    p = _csv(
+        tmp_path,
+        "N,D,loss,irreducible_loss",
+        ((a, b, c, 2.5) for a, b, c in zip(n, d, loss, strict=True)),
+    )
+    r = runner.invoke(app, ["fit", str(p), "--approach", "3", "--bootstrap", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    warnings = json.loads(r.stdout)["approach3"]["warnings"]
+    assert warnings and "below the data's irreducible loss" in warnings[0]
+    r = runner.invoke(app, ["fit", str(p), "--approach", "3", "--bootstrap", "0"])
+    assert "warning: E =" in r.output

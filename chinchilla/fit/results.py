@@ -95,6 +95,7 @@ class FitReport:
             out["approach3"] = self.approach3.as_dict() | {
                 "ci": s.intervals() if s else {},
                 "bootstrap_failed": s.n_failed if s else None,
+                "warnings": self.approach3_warnings(),
             }
         out["skipped"] = self.skipped
         out["bootstrap"] = {
