@@ -42,10 +42,15 @@ def _c_label(rep: FitReport) -> str:
 
 
 def _log_x(ax: Axes) -> None:
-    """Log x axis with labels on decades only (minor labels collide on short ranges)."""
-    from matplotlib.ticker import NullFormatter
+    """Log x axis ticked at 1, 2 and 5 per decade with compact labels (2k, 5k, 10k): a
+    profile spans about one decade, where decade-only labels would leave one tick."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from chinchilla.console import si
 
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v, 2)))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
