@@ -370,15 +370,11 @@ def _json_default(obj):
 def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
     import csv
     import io
-    import os
+
+    from chinchilla.files import atomic_text
 
     target.mkdir(parents=True, exist_ok=True)
-    written = []
-    path = target / "fit.json"
-    tmp = path.with_name(f".fit.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
-    os.replace(tmp, path)
-    written.append(path)
+    written = [atomic_text(target / "fit.json", json.dumps(doc, indent=1, default=_json_default))]
     buf = io.StringIO()
     cols = [
         "approach",
@@ -403,11 +399,7 @@ def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
                 for c in cols
             ]
         )
-    path = target / "predictions.csv"
-    tmp = path.with_name(f".predictions.csv.tmp{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-    written.append(path)
+    written.append(atomic_text(target / "predictions.csv", buf.getvalue()))
     if rep is not None:
         from chinchilla.plots import save_figures
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from chinchilla.config import Config
+from chinchilla.files import atomic_text
 from chinchilla.grid import Plan, PlannedRun
-from chinchilla.store import Merger, atomic_text
+from chinchilla.store import Merger
 
 _WORKER: dict[str, Any] = {}  # per worker process: slot, label, events queue, data, env
 

@@ -249,9 +249,6 @@ def save_figures(rep: FitReport, out: Path) -> list[Path]:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    import os
+    from chinchilla.files import atomic_write
 
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=150)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))

@@ -5,19 +5,22 @@ A sweep directory holds:
   run's record, written by whichever process trained it; the run file is written
   last, so its presence means the run is complete;
 - `runs.parquet` (one row per run) and `curves.parquet` (one row per logged step),
-  merged from the parts; rebuilt after every run and at the start of every sweep, so
+  merged from the parts; rebuilt at most every 30 s during a sweep (`Merger`), at its
+  end and at the start of every sweep, so
   a crash between the two leaves nothing missing or duplicated.
-Every file is written to a temporary name and moved into place with `os.replace`.
+Every file is written through `chinchilla.files.atomic_write` (temporary file, then
+`os.replace`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from chinchilla.files import atomic_write
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -36,15 +39,7 @@ CURVE_COLUMNS = {
 
 
 def atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def curve_frame(run_id: str, rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -30,8 +30,9 @@ import yaml
 from chinchilla import __version__
 from chinchilla.config import Config, dump_yaml, from_dict
 from chinchilla.errors import UserError
+from chinchilla.files import atomic_text
 from chinchilla.grid import Plan, PlannedRun, plan
-from chinchilla.store import FINISHED, Merger, atomic_text, finished_ids, merge, write_part
+from chinchilla.store import FINISHED, Merger, finished_ids, merge, write_part
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "sweep.json"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 from chinchilla.accounting import chinchilla_flops_per_token, flops_per_token
 from chinchilla.config import Config
 from chinchilla.data import TokenData
+from chinchilla.files import atomic_write
 from chinchilla.grid import PlannedRun
 from chinchilla.model import GPT
 
@@ -169,9 +169,7 @@ def evaluate(model: torch.nn.Module, data: TokenData, cfg: Config, device: str) 
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 ProgressFn = Callable[[dict[str, Any]], None]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from chinchilla.errors import UserError
+from chinchilla.files import atomic_text, atomic_write
 
 
 @dataclass
@@ -116,15 +117,11 @@ class TokenData:
 
 def write_tokens(path: Path, tokens: np.ndarray) -> None:
     """Atomic write of a flat token file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tokens.tofile(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, tokens.tofile)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -30,6 +30,7 @@ import numpy as np
 
 from chinchilla.data import TokenData, open_tokens, token_dtype, write_json
 from chinchilla.errors import UserError
+from chinchilla.files import atomic_write
 
 EOD_BYTES = 256  # end-of-document token of the byte tokenizer
 _CACHE_VERSION = 1
@@ -262,9 +263,7 @@ def _tokenizer(cfg, corpus_key: str, cache: Path):
                 show_progress=False,
             )
             tok.train_from_iterator((text for _, text in _documents(cfg)), trainer=trainer)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            tok.save(str(tmp))
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: tok.save(str(tmp)))
         tok = tk.Tokenizer.from_file(str(path))
         return _HF(tok, tok.token_to_id("<|endoftext|>"), path.name)
     path = cfg.resolve_path(d.tokenizer)
