@@ -18,7 +18,6 @@ import os
 import queue
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +42,31 @@ def _init_worker(slots, events, n_gpus: int, runs_per_gpu: int, threads: int) ->
     _WORKER.update(slot=slot, label=label, events=events)
 
 
-def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float | None):
-    """Train one run in a worker process; returns (row, segment seconds, label)."""
+def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) -> dict:
+    """Device, mapped data, provenance and peak FLOP/s of this worker process, built once
+    per sweep (a process, local or Ray, trains many runs; the parent built the cache)."""
     from chinchilla.data import load_data
-    from chinchilla.sweep import sweep_environment, train_and_record
+    from chinchilla.sweep import sweep_environment
     from chinchilla.train import peak_flops, resolve_device
 
-    w = _WORKER
-    if "data" not in w:  # once per process: map the cache the parent built
-        w["device"] = resolve_device(cfg)
-        w["data"] = load_data(cfg, Path(out) / "data", min_train_tokens=need)
-        w["env"] = sweep_environment(cfg, w["device"], irreducible)
-        w["peak"] = peak_flops(cfg, w["device"])
+    key = (out, cfg.fingerprint())
+    if _WORKER.get("key") != key:
+        device = resolve_device(cfg)
+        _WORKER.update(
+            key=key,
+            device=device,
+            data=load_data(cfg, Path(out) / "data", min_train_tokens=need),
+            env=sweep_environment(cfg, device, irreducible),
+            peak=peak_flops(cfg, device),
+        )
+    return _WORKER
+
+
+def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float | None):
+    """Train one run in a worker process; returns (row, segment seconds, label)."""
+    from chinchilla.sweep import train_and_record
+
+    w = _process_state(cfg, out, need, irreducible)
     events = w["events"]
     events.put({"event": "start", "run_id": run.run_id, "worker": w["label"]})
     row, seg = train_and_record(
@@ -82,12 +94,18 @@ def run_local_parallel(
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
     from chinchilla.store import write_part
-    from chinchilla.sweep import load_sweep_data, run_record, sweep_environment
+    from chinchilla.sweep import (
+        Tally,
+        load_sweep_data,
+        run_record,
+        sweep_environment,
+        tokens_needed,
+    )
     from chinchilla.train import RunResult, resolve_device
 
     # 1. the parent builds the data cache once; workers only memory-map it
     data = load_sweep_data(cfg, out, p.runs)
-    need = max(r.n_tokens for r in p.runs)
+    need = tokens_needed(p.runs)
     irreducible = irreducible_loss(data, cfg.train.eval_tokens)
     device = resolve_device(cfg)
     n_gpus = torch.cuda.device_count() if device == "cuda" else 0
@@ -102,9 +120,7 @@ def run_local_parallel(
     inflight: dict[str, str] = {}
     finished: set[str] = set()
     lock = threading.Lock()
-    busy: dict[str, float] = {}
-    step_s = eval_s = 0.0
-    wall0 = time.perf_counter()
+    tally = Tally()
     merge_soon = Merger(out)
     stop = threading.Event()
 
@@ -144,7 +160,7 @@ def run_local_parallel(
             for fut in as_completed(futures):
                 run = futures[fut]
                 try:
-                    row, (seg_step, seg_eval), label = fut.result()
+                    row, seconds, label = fut.result()
                 except Exception as exc:  # the worker process itself died (killed, OOM)
                     message = f"worker died: {type(exc).__name__}: {exc}".splitlines()[0][:500]
                     row = run_record(
@@ -153,11 +169,8 @@ def run_local_parallel(
                         sweep_environment(cfg, device, irreducible),
                     )
                     write_part(out, row, [])
-                    seg_step = seg_eval = 0.0
-                    label = inflight.get(run.run_id, "?")
-                step_s += seg_step
-                eval_s += seg_eval
-                busy[label] = busy.get(label, 0.0) + seg_step + seg_eval
+                    seconds, label = (0.0, 0.0), inflight.get(run.run_id, "?")
+                tally.add(label, seconds)
                 with lock:
                     finished.add(run.run_id)
                     inflight.pop(run.run_id, None)
@@ -167,9 +180,7 @@ def run_local_parallel(
         stop.set()
         pumper.join()
     (out / "inflight.json").unlink(missing_ok=True)
-    wall = time.perf_counter() - wall0
-    utilisation = {k: v / wall for k, v in sorted(busy.items())}
-    return step_s, eval_s, utilisation
+    return tally.result()
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -177,32 +188,28 @@ def run_local_parallel(
 
 def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, threads: int, events):
     """One Ray task: train a run where Ray placed it; the driver records the result."""
+    import ray
     import torch
 
-    from chinchilla.data import load_data
-    from chinchilla.sweep import attempt_run, sweep_environment
-    from chinchilla.train import peak_flops, resolve_device
+    from chinchilla.sweep import attempt_run
 
     torch.set_num_threads(threads)
-    import ray
 
     ctx = ray.get_runtime_context()
     gpus = ctx.get_accelerator_ids().get("GPU", [])
     label = f"{socket.gethostname()}/node {ctx.get_node_id()[:8]}" + (
         f"/gpu {','.join(gpus)}" if gpus else ""
     )
-    device = resolve_device(cfg)
-    data = load_data(cfg, Path(out) / "data", min_train_tokens=need)
-    env = sweep_environment(cfg, device, irreducible)
+    w = _process_state(cfg, out, need, irreducible)  # Ray reuses worker processes
     events.put_nowait({"event": "start", "run_id": run.run_id, "worker": label})
     row, curve, seconds = attempt_run(
         run,
         cfg,
         Path(out),
-        data,
-        device=device,
-        peak=peak_flops(cfg, device),
-        env=env,
+        w["data"],
+        device=w["device"],
+        peak=w["peak"],
+        env=w["env"],
         on_progress=lambda info: _put(events, {"event": "progress"} | info),
         extra={"worker": label},
     )
@@ -239,10 +246,10 @@ def run_ray(
         ) from None
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
-    from chinchilla.sweep import load_sweep_data, record
+    from chinchilla.sweep import Tally, load_sweep_data, record, tokens_needed
 
     data = load_sweep_data(cfg, out, p.runs)  # builds the cache before any task starts
-    need = max(r.n_tokens for r in p.runs)
+    need = tokens_needed(p.runs)
     irreducible = irreducible_loss(data, cfg.train.eval_tokens)
     started_here = not ray.is_initialized()
     if started_here:
@@ -258,9 +265,7 @@ def run_ray(
     refs = {task.remote(r, cfg, str(out), need, irreducible, 1, events): r for r in order}
     by_id = {r.run_id: r for r in pending}
     inflight: dict[str, str] = {}
-    busy: dict[str, float] = {}
-    step_s = eval_s = 0.0
-    wall0 = time.perf_counter()
+    tally = Tally()
     merge_soon = Merger(out)
     try:
         with SweepProgress(
@@ -282,11 +287,9 @@ def run_ray(
                         prog.update(ev)
                 for ref in done:
                     run = refs.pop(ref)
-                    row, curve, (seg_step, seg_eval), label = ray.get(ref)
+                    row, curve, seconds, label = ray.get(ref)
                     record(out, row, curve)
-                    step_s += seg_step
-                    eval_s += seg_eval
-                    busy[label] = busy.get(label, 0.0) + seg_step + seg_eval
+                    tally.add(label, seconds)
                     by_id.pop(run.run_id, None)
                     inflight.pop(run.run_id, None)
                     atomic_text(out / "inflight.json", json.dumps(inflight))
@@ -296,5 +299,4 @@ def run_ray(
         (out / "inflight.json").unlink(missing_ok=True)
         if started_here:
             ray.shutdown()
-    wall = time.perf_counter() - wall0
-    return step_s, eval_s, {k: v / wall for k, v in sorted(busy.items())}
+    return tally.result()

@@ -167,10 +167,40 @@ def prepare(cfg: Config, out: Path, force: bool = False) -> tuple[Plan, list[Pla
     return p, pending
 
 
+class Tally:
+    """Seconds in training steps and evaluations, and busy time per worker, of the runs
+    one sweep invocation trains (resumed runs count only their new segment)."""
+
+    def __init__(self) -> None:
+        self.step_seconds = self.eval_seconds = 0.0
+        self.busy: dict[str, float] = {}
+        self._wall0 = time.perf_counter()
+
+    def add(self, worker: str, seconds: tuple[float, float]) -> None:
+        step, evals = seconds
+        self.step_seconds += step
+        self.eval_seconds += evals
+        self.busy[worker] = self.busy.get(worker, 0.0) + step + evals
+
+    def result(self) -> tuple[float, float, dict[str, float]]:
+        """(step seconds, eval seconds, busy / wall per worker)."""
+        wall = max(time.perf_counter() - self._wall0, 1e-9)
+        return (
+            self.step_seconds,
+            self.eval_seconds,
+            {k: v / wall for k, v in sorted(self.busy.items())},
+        )
+
+
+def tokens_needed(runs: list[PlannedRun]) -> int:
+    """Training tokens of the longest run: what a generated source must provide."""
+    return max((r.n_tokens for r in runs), default=0)
+
+
 def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     from chinchilla.data import load_data
 
-    need = max((r.n_tokens for r in runs), default=0)
+    need = tokens_needed(runs)
     data = load_data(cfg, out / "data", min_train_tokens=need)
     data.check_eval(cfg.train.eval_tokens)
     import sys
@@ -305,7 +335,7 @@ def run_sweep(
 
 def _run_serial(
     cfg: Config, out: Path, p: Plan, pending: list[PlannedRun], live: bool | None
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float]]:
     import torch
 
     from chinchilla.data.synthetic import irreducible_loss
@@ -318,15 +348,14 @@ def _run_serial(
     data = load_sweep_data(cfg, out, p.runs)
     env = sweep_environment(cfg, device, irreducible_loss(data, cfg.train.eval_tokens))
     peak = peak_flops(cfg, device)
-    step_s = eval_s = 0.0
-    wall0 = time.perf_counter()
+    tally = Tally()
     merge_soon = Merger(out)
     with SweepProgress(
         len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
     ) as prog:
         for run in pending:
             prog.run_started(run)
-            row, (seg_step, seg_eval) = train_and_record(
+            row, seconds = train_and_record(
                 run,
                 cfg,
                 out,
@@ -337,12 +366,10 @@ def _run_serial(
                 on_progress=prog.update,
                 extra={"worker": "main"},
             )
-            step_s += seg_step
-            eval_s += seg_eval
+            tally.add("main", seconds)
             merge_soon()
             prog.run_finished(run, row)
-    wall = time.perf_counter() - wall0
-    return step_s, eval_s, {"main": (step_s + eval_s) / wall if wall > 0 else 0.0}
+    return tally.result()
 
 
 def status(out: Path) -> dict[str, Any]:
