@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from chinchilla.fit.bootstrap import LEVELS
+from chinchilla.fit.bootstrap import LEVELS, percentile_interval
 from chinchilla.fit.parametric import parametric_loss
 from chinchilla.fit.results import FitReport
 
@@ -37,14 +37,6 @@ def _parametric_allocation(E, A, B, alpha, beta, flops=None, n_target=None):
         flops = 6.0 * np.power(n_target / G, 1 / a)
     c6 = flops / 6.0
     return flops, G * np.power(c6, a), np.power(c6, b) / G
-
-
-def _interval(v: np.ndarray, level: str) -> list[float] | None:
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return None
-    lo, hi = LEVELS[level]
-    return [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
 
 
 def _params(rep: FitReport, k: int) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
@@ -116,12 +108,12 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
                         )
                 for lvl in LEVELS:
                     sfx = "" if lvl == "80" else "_95"
-                    row[f"n_opt_ci{sfx}"] = _interval(ns, lvl)
-                    row[f"d_opt_ci{sfx}"] = _interval(ds, lvl)
+                    row[f"n_opt_ci{sfx}"] = percentile_interval(ns, lvl)
+                    row[f"d_opt_ci{sfx}"] = percentile_interval(ds, lvl)
                     if kind == "n_params":
-                        row[f"flops_ci{sfx}"] = _interval(cs, lvl)
+                        row[f"flops_ci{sfx}"] = percentile_interval(cs, lvl)
                     if ls is not None:
-                        row[f"loss_ci{sfx}"] = _interval(ls, lvl)
+                        row[f"loss_ci{sfx}"] = percentile_interval(ls, lvl)
             rows.append(row)
     return rows
 

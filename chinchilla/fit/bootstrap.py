@@ -18,6 +18,16 @@ from chinchilla.fit.isoflop import NotEnoughData
 LEVELS = {"80": (10.0, 90.0), "95": (2.5, 97.5)}
 
 
+def percentile_interval(values: np.ndarray, level: str = "80") -> list[float] | None:
+    """[lo, hi] percentiles of the finite replicates for `level` ("80" or "95"); None
+    with fewer than two."""
+    v = values[np.isfinite(values)]
+    if len(v) < 2:
+        return None
+    lo, hi = LEVELS[level]
+    return [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+
+
 @dataclass
 class Samples:
     """Bootstrap replicates of named quantities (NaN where a resample could not be fitted)."""
@@ -28,13 +38,7 @@ class Samples:
 
     def interval(self, name: str, level: str = "80") -> list[float] | None:
         v = self.values.get(name)
-        if v is None:
-            return None
-        v = v[np.isfinite(v)]
-        if len(v) < 2:
-            return None
-        lo, hi = LEVELS[level]
-        return [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+        return None if v is None else percentile_interval(v, level)
 
     def intervals(self) -> dict[str, dict[str, list[float] | None]]:
         return {name: {lvl: self.interval(name, lvl) for lvl in LEVELS} for name in self.values}
