@@ -64,12 +64,21 @@ def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) 
 
 def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float | None):
     """Train one run in a worker process; returns (row, segment seconds, label)."""
-    from chinchilla.sweep import train_and_record
+    from chinchilla.sweep import record
 
     w = _process_state(cfg, out, need, irreducible)
-    events = w["events"]
-    events.put({"event": "start", "run_id": run.run_id, "worker": w["label"]})
-    row, seg = train_and_record(
+    row, curve, seconds = _train_here(run, cfg, out, w, w["label"], w["events"].put)
+    record(Path(out), row, curve)
+    return row, seconds, w["label"]
+
+
+def _train_here(run: PlannedRun, cfg: Config, out: str, w: dict, label: str, put):
+    """Announce, train (with retries) and return (row, curve, seconds) in this process;
+    `put` sends start and progress events to the driver."""
+    from chinchilla.sweep import attempt_run
+
+    put({"event": "start", "run_id": run.run_id, "worker": label})
+    return attempt_run(
         run,
         cfg,
         Path(out),
@@ -77,10 +86,9 @@ def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float 
         device=w["device"],
         peak=w["peak"],
         env=w["env"],
-        on_progress=lambda info: events.put({"event": "progress"} | info),
-        extra={"worker": w["label"]},
+        on_progress=lambda info: put({"event": "progress"} | info),
+        extra={"worker": label},
     )
-    return row, seg, w["label"]
 
 
 def run_local_parallel(
@@ -191,8 +199,6 @@ def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, th
     import ray
     import torch
 
-    from chinchilla.sweep import attempt_run
-
     torch.set_num_threads(threads)
 
     ctx = ray.get_runtime_context()
@@ -201,18 +207,7 @@ def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, th
         f"/gpu {','.join(gpus)}" if gpus else ""
     )
     w = _process_state(cfg, out, need, irreducible)  # Ray reuses worker processes
-    events.put_nowait({"event": "start", "run_id": run.run_id, "worker": label})
-    row, curve, seconds = attempt_run(
-        run,
-        cfg,
-        Path(out),
-        w["data"],
-        device=w["device"],
-        peak=w["peak"],
-        env=w["env"],
-        on_progress=lambda info: _put(events, {"event": "progress"} | info),
-        extra={"worker": label},
-    )
+    row, curve, seconds = _train_here(run, cfg, out, w, label, lambda ev: _put(events, ev))
     return row, curve, seconds, label
 
 
