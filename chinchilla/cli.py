@@ -293,14 +293,6 @@ def fit(
         str,
         typer.Option("--starts", help="Approach 3 start grid: paper (4,500) or coarse (1,125)."),
     ] = "paper",
-    fast: Annotated[
-        bool,
-        typer.Option(
-            "--fast",
-            help="Approach 3: screen the starts by successive halving (~20x faster; can miss "
-            "the best basin on ill-conditioned data).",
-        ),
-    ] = False,
     bound_e: Annotated[
         bool, typer.Option("--bound-e", help="Constrain E to at most the lowest observed loss.")
     ] = False,
@@ -339,7 +331,6 @@ def fit(
         seed=seed,
         delta=delta,
         start_grid=starts,
-        exhaustive=not fast,
         bound_e_by_min_loss=bound_e,
     )
     rep = fit_all(res, opts)

@@ -3,15 +3,18 @@ import csv
 import numpy as np
 import pytest
 
+from chinchilla.fit.isoflop import NotEnoughData
 from chinchilla.fit.parametric import (
+    design_rank,
     fit_parametric,
     optimal_allocation,
     paper_start_grid,
     parametric_loss,
-    scipy_reference_fit,
+    refit_many,
 )
 
 from .conftest import reference_file
+from .scipy_loop import loop_fit
 
 TRUE = {"E": 1.9, "A": 520.0, "B": 1800.0, "alpha": 0.36, "beta": 0.31}
 
@@ -68,14 +71,114 @@ def test_reproduces_epochs_replication_within_one_percent():
     assert fit.objective == pytest.approx(1.01827e-3, rel=1e-4)
 
 
-def test_halving_and_exhaustive_and_scipy_loop_agree():
+def design(kind: str, seed: int = 0):
+    """Synthetic data from known laws: (n, d, loss). IsoFLOP designs of several sizes."""
+    rng = np.random.default_rng(seed)
+    law, noise, outliers = dict(TRUE), 0.01, 0
+    budgets, sizes, span = np.logspace(18, 21, 8), 9, 0.8
+    if kind == "small":  # 3 budgets x 5 sizes, the smallest design anyone fits
+        budgets, sizes, noise = np.logspace(18, 20, 3), 5, 0.005
+    elif kind == "clean":
+        noise = 0.0
+    elif kind == "noisy":
+        noise, outliers = 0.03, 7
+    elif kind == "narrow":  # half a decade of sizes per budget
+        span = 0.25
+    elif kind == "flat":  # small exponents, as tiny sweeps give
+        law.update(alpha=0.15, beta=0.2, A=30.0, B=60.0, E=1.2)
+    rows = []
+    for c in budgets:
+        n_opt = 0.1 * (c / 6) ** 0.5
+        for n in n_opt * np.logspace(-span, span, sizes):
+            rows.append((n, c / (6 * n)))
+    n, d = np.array(rows).T
+    loss = parametric_loss(n, d, **law) * np.exp(rng.normal(0, noise, len(n)))
+    if outliers:
+        loss[rng.choice(len(n), outliers, replace=False)] *= 1.25
+    return n, d, loss
+
+
+COMPARE_STARTS = paper_start_grid()[::15]  # 300 starts: the loop stays within seconds
+
+
+@pytest.mark.parametrize("delta", [1e-2, 1e-3, 1e-4])
+@pytest.mark.parametrize("kind", ["default", "small", "clean", "noisy", "narrow", "flat"])
+def test_never_loses_to_a_per_start_scipy_loop(kind, delta):
+    n, d, loss = design(kind)
+    fit = fit_parametric(n, d, loss, delta=delta, starts=COMPARE_STARTS)
+    _, f_loop = loop_fit(n, d, loss, COMPARE_STARTS, delta=delta)
+    assert fit.objective <= f_loop * (1 + 1e-6)
+    assert fit.best_status in ("converged", "vanished_term")
+    # certificate: Newton decrement <= 2 (rtol f + atol), rtol 1e-10, atol 1e-20 n
+    assert fit.decrement * fit.objective <= 2 * (1e-10 * fit.objective + 1e-20 * len(n))
+
+
+@pytest.mark.parametrize("kind", ["default", "small", "flat"])
+def test_never_loses_to_the_loop_with_e_bounded(kind):
+    n, d, loss = design(kind, seed=3)
+    upper = np.full(5, np.inf)
+    upper[2] = np.log(loss.min()) - 0.2  # E well below the lowest loss: the bound binds
+    fit = fit_parametric(n, d, loss, starts=COMPARE_STARTS, upper=upper)
+    bounds = [(None, None)] * 2 + [(None, float(upper[2]))] + [(None, None)] * 2
+    _, f_loop = loop_fit(n, d, loss, COMPARE_STARTS, bounds=bounds)
+    assert fit.objective <= f_loop * (1 + 1e-6)
+    assert fit.E <= np.exp(upper[2]) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1e-4])
+def test_never_loses_to_the_loop_on_epochs_points(delta):
     n, d, loss = _epoch_points()
-    halving = fit_parametric(n, d, loss, exhaustive=False)
-    exhaustive = fit_parametric(n, d, loss)
-    assert halving.objective <= exhaustive.objective * (1 + 1e-4)
-    # the per-start L-BFGS-B loop on every 15th start (the full loop is the benchmark)
-    _, f_loop = scipy_reference_fit(n, d, loss, starts=paper_start_grid()[::15])
-    assert halving.objective <= f_loop * (1 + 1e-4)
+    starts = paper_start_grid()[::9]
+    fit = fit_parametric(n, d, loss, delta=delta, starts=starts)
+    _, f_loop = loop_fit(n, d, loss, starts, delta=delta)
+    assert fit.objective <= f_loop * (1 + 1e-6)
+
+
+def test_every_start_is_accounted_for():
+    n, d, loss = design("default")
+    fit = fit_parametric(n, d, loss, starts=COMPARE_STARTS)
+    assert sum(fit.starts.values()) == len(COMPARE_STARTS)
+    assert fit.starts["converged"] > 0 and fit.starts["max_iter"] == 0
+
+
+def test_refuses_points_on_one_isoflop_line():
+    # 10 runs on one IsoFLOP line (log D = const - log N) with 0.3% noise
+    rng = np.random.default_rng(0)
+    n = np.logspace(8, 9.5, 10)
+    d = 1e20 / (6 * n)
+    loss = parametric_loss(n, d, **TRUE) * np.exp(rng.normal(0, 0.003, 10))
+    assert design_rank(n, d) == 2
+    with pytest.raises(NotEnoughData, match="one line"):
+        fit_parametric(n, d, loss)
+
+
+def test_flags_a_term_the_data_do_not_determine():
+    # loss depends on D only: the N term has nothing to fit
+    n, d, _ = design("default")
+    loss = 1.9 + 1800.0 / d**0.31
+    fit = fit_parametric(n, d, loss, starts=COMPARE_STARTS)
+    assert not fit.success
+    assert fit.identification
+
+
+def test_bootstrap_refits_match_cold_refits_on_a_small_design():
+    from chinchilla.fit.bootstrap import resample_counts
+
+    n, d, loss = design("small", seed=1)
+    fit = fit_parametric(n, d, loss)
+    counts = resample_counts(len(n), 12, seed=5)
+    warm = refit_many(fit, n, d, loss, counts)
+    x, y, z = np.log(n), np.log(d), np.log(loss)
+    from chinchilla.fit.parametric import objective
+
+    worse = 0
+    for r in range(len(counts)):
+        if not np.all(np.isfinite(warm[r])):
+            continue
+        cold = fit_parametric(n, d, loss, weights=counts[r], starts=COMPARE_STARTS)
+        f_warm = objective(warm[r], x, y, z, weights=counts[r])
+        worse += f_warm > cold.objective * (1 + 1e-6)
+    assert worse == 0
 
 
 PAPER = {"E": 1.69337, "A": 406.401, "B": 410.723, "alpha": 0.33917, "beta": 0.28491}

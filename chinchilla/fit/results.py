@@ -28,7 +28,6 @@ class FitOptions:
     delta: float = 1e-3  # Huber delta of Approach 3
     start_grid: str = "paper"  # "paper" (4,500 starts) or "coarse" (every 4th)
     bound_e_by_min_loss: bool = False  # constrain E <= lowest observed loss
-    exhaustive: bool = True  # every start to convergence; False: successive halving (fast)
     min_points_approach3: int = 8
 
 
@@ -220,17 +219,19 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
             )
         else:
             lower, upper = _bounds(res, opts)
-            rep.approach3 = fit_parametric(
-                res.n_params,
-                res.n_tokens,
-                res.loss,
-                delta=opts.delta,
-                starts=_starts(opts),
-                lower=lower,
-                upper=upper,
-                exhaustive=opts.exhaustive,
-            )
-            if opts.bootstrap:
+            try:
+                rep.approach3 = fit_parametric(
+                    res.n_params,
+                    res.n_tokens,
+                    res.loss,
+                    delta=opts.delta,
+                    starts=_starts(opts),
+                    lower=lower,
+                    upper=upper,
+                )
+            except NotEnoughData as exc:
+                rep.skipped["approach3"] = str(exc)
+            if opts.bootstrap and rep.approach3 is not None:
                 counts = resample_counts(n, opts.bootstrap, opts.seed + 3)
                 thetas = refit_many(
                     rep.approach3,
