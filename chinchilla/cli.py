@@ -378,6 +378,9 @@ def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
         "n_opt_ci",
         "d_opt_ci",
         "loss_ci",
+        "extrapolation",
+        "n_extrapolation",
+        "warning",
     ]
     w = csv.writer(buf)
     w.writerow(cols)
@@ -406,8 +409,9 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
     conv = doc["conventions"]
     p = console.stdout.print
     p(
-        f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; C: {conv['flops']}; "
-        f"D: {conv['n_tokens']})" + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
+        f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; "
+        f"C = 6ND with that N for every approach; D: {conv['n_tokens']})"
+        + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
     )
     for k in (1, 2):
         a = doc[f"approach{k}"]
@@ -416,8 +420,9 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
                 f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{_ci(a['a_ci'])}, "
                 f"D_opt ∝ C^{a['b']:.3f}{_ci(a['b_ci'])}  (80% bootstrap intervals)"
             )
-            for note in a.get("notes", []):
-                p(f"  note: {note}")
+            for note in a.get("notes", []) + [a.get("bootstrap_withheld")]:
+                if note:
+                    p(f"  note: {note}")
     a3 = doc["approach3"]
     if a3:
         ci = a3["ci"]
@@ -427,8 +432,14 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
             f" β={a3['beta']:.4f}{_ci(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
             f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})"
         )
-    for w in (a3 or {}).get("warnings", []):
-        p(f"  warning: {w}")
+    if a3:
+        p(
+            "  starts: "
+            + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in a3["starts"].items() if v)
+        )
+    for w in (a3 or {}).get("warnings", []) + [(a3 or {}).get("bootstrap_withheld")]:
+        if w:
+            p(f"  warning: {w}")
     if doc.get("irreducible_loss") is not None:
         p(
             f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
@@ -436,30 +447,41 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
         )
     for k, why in doc["skipped"].items():
         p(f"{k} skipped: {why}")
+    if doc["predictions"]:
+        p(_predictions_table(doc["predictions"]))
+    if written:
+        p("wrote " + ", ".join(str(w) for w in written))
+
+
+def _predictions_table(rows: list[dict]):
     from rich.table import Table
 
-    t = Table(title="compute-optimal allocation (80% bootstrap intervals)", title_justify="left")
+    t = Table(
+        title="compute-optimal allocation, C = 6ND (80% bootstrap intervals; x data: C over "
+        "the largest C fitted, * N_opt beyond the largest sampled N)",
+        title_justify="left",
+    )
     for col in (
         "approach",
         "C [FLOPs]",
+        "x data",
         "N_opt [params]",
         "D_opt [tokens]",
         "D/N",
         "loss [nats/token]",
     ):
         t.add_column(col, justify="right")
-    for r in doc["predictions"]:
+    for r in rows:
         t.add_row(
             str(r["approach"]),
             f"{r['flops']:.3g}" + _ci(r.get("flops_ci")),
-            f"{r['n_opt']:.3g}" + _ci(r.get("n_opt_ci")),
+            f"{r['extrapolation']:.3g}",
+            f"{r['n_opt']:.3g}" + ("*" if r["warning"] else "") + _ci(r.get("n_opt_ci")),
             f"{r['d_opt']:.3g}" + _ci(r.get("d_opt_ci")),
             f"{r['tokens_per_param']:.1f}",
             "-" if r["loss"] is None else f"{r['loss']:.4f}" + _ci(r.get("loss_ci")),
         )
-    p(t)
-    if written:
-        p("wrote " + ", ".join(str(w) for w in written))
+    return t
 
 
 def main() -> None:

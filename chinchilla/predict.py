@@ -71,6 +71,7 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     fits = {1: rep.approach1, 2: rep.approach2, 3: rep.approach3}
     p3 = rep.approach3
+    c_max, n_max = float(np.max(rep.results.flops)), float(np.max(rep.results.n_params))
     for k, fit in fits.items():
         if fit is None:
             continue
@@ -91,7 +92,16 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
                 "d_opt": d_opt,
                 "tokens_per_param": d_opt / n_opt,
                 "loss": loss,
-                "loss_source": "approach 3 L(N, D) at this (N_opt, D_opt)" if loss else None,
+                "loss_source": (
+                    "approach 3 L(N, D) at this (N_opt, D_opt)" if loss is not None else None
+                ),
+                "extrapolation": c / c_max,  # C over the largest C in the data
+                "n_extrapolation": n_opt / n_max,  # N_opt over the largest sampled N
+                "warning": (
+                    f"N_opt is {n_opt / n_max:.3g}x the largest sampled N: extrapolated"
+                    if n_opt > n_max
+                    else None
+                ),
             }
             if reps:
                 kw_r = (

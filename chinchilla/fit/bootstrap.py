@@ -3,6 +3,10 @@
 Seeded and reproducible. Approach 3 refits every resample at once (one weight vector
 of resample counts per resample, warm-started from the full fit's local optima);
 Approaches 1 and 2 refit in a loop (each fit is a few small numpy operations).
+Approach 2 resamples runs within each budget (every IsoFLOP profile keeps its number of
+runs; resampling all runs together leaves budgets with too few sizes and most resamples
+fail). Intervals are withheld when more than `MAX_FAILED` of the resamples fail: the
+survivors are not a sample of the fit's sampling distribution.
 Percentiles: 10th-90th as in the paper's Table 2, and 2.5th-97.5th (95%).
 """
 
@@ -16,6 +20,7 @@ import numpy as np
 from chinchilla.fit.isoflop import NotEnoughData
 
 LEVELS = {"80": (10.0, 90.0), "95": (2.5, 97.5)}
+MAX_FAILED = 0.10
 
 
 def percentile_interval(values: np.ndarray, level: str = "80") -> list[float] | None:
@@ -36,9 +41,19 @@ class Samples:
     n_resamples: int
     n_failed: int
 
+    @property
+    def withheld(self) -> str | None:
+        """Why no interval is given, or None."""
+        if self.n_failed > MAX_FAILED * self.n_resamples:
+            return (
+                f"{self.n_failed} of {self.n_resamples} resamples could not be fitted "
+                f"(over {MAX_FAILED:.0%}): intervals withheld"
+            )
+        return None
+
     def interval(self, name: str, level: str = "80") -> list[float] | None:
         v = self.values.get(name)
-        return None if v is None else percentile_interval(v, level)
+        return None if v is None or self.withheld else percentile_interval(v, level)
 
     def intervals(self) -> dict[str, dict[str, list[float] | None]]:
         return {name: {lvl: self.interval(name, lvl) for lvl in LEVELS} for name in self.values}
@@ -54,15 +69,25 @@ def resample_counts(n_points: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def bootstrap_loop(
-    n_points: int, n_resamples: int, seed: int, fit_one: Callable[[np.ndarray], dict[str, float]]
+    n_points: int,
+    n_resamples: int,
+    seed: int,
+    fit_one: Callable[[np.ndarray], dict[str, float]],
+    groups: np.ndarray | None = None,
 ) -> Samples:
     """Call `fit_one(indices)` on each resample; failures (NotEnoughData, numerical
-    errors) count as failed and leave NaN."""
+    errors) count as failed and leave NaN. With `groups` (a label per point), points are
+    resampled within their group."""
     rng = np.random.default_rng(seed)
+    members = (
+        [np.arange(n_points)]
+        if groups is None
+        else [np.nonzero(groups == g)[0] for g in np.unique(groups)]
+    )
     values: dict[str, list[float]] = {}
     failed = 0
     for r in range(n_resamples):
-        idx = rng.integers(0, n_points, size=n_points)
+        idx = np.concatenate([m[rng.integers(0, len(m), size=len(m))] for m in members])
         try:
             out = fit_one(idx)
         except (NotEnoughData, np.linalg.LinAlgError, ValueError, FloatingPointError):

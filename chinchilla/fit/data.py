@@ -73,13 +73,14 @@ class Results:
 
     n_params: np.ndarray
     n_tokens: np.ndarray
-    flops: np.ndarray
+    flops: np.ndarray  # the fit's compute: C = 6 N D with N in `n_convention`, every approach
     loss: np.ndarray
     budget: np.ndarray | None  # planned budget per run, when known
     run_id: list[str]
     source: str
     n_convention: str  # "total" | "nonembedding" | "as given"
-    flops_convention: str  # "6nd" | "chinchilla" | "as given" | "6nd (derived)"
+    flops_convention: str  # how the input counted its compute column (for the record)
+    input_flops_ratio: float | None = None  # median of the input's C / (6 N D), when given
     tokens_derived: bool = False  # D = C / (6N)
     excluded: dict[str, int] = field(default_factory=dict)  # status -> runs left out
     curves: Curves | None = None
@@ -208,8 +209,8 @@ def load_results(
     derived = d is None
     if d is None:
         d = c / (6.0 * n)  # C = 6ND (Kaplan et al. 2020, eq. 2.1)
-    if c is None:
-        c = 6.0 * n * d
+    given_c = c
+    c = fit_compute(n, d)
 
     # 3. bad values: one line naming the column and row
     for name, arr in (
@@ -229,11 +230,12 @@ def load_results(
     run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
     budget = _floats(table, "budget", table_path) if "budget" in columns else None
     sel = np.nonzero(keep)[0]
-    flops_conv = "as given"
+    flops_conv = "none given" if given_c is None else "as given"
     if "flops_convention" in columns and len(sel):
         flops_conv = str(table["flops_convention"][sel[0]])
-    elif derived:
-        flops_conv = "6nd (D derived)"
+    ratio = None
+    if given_c is not None and not derived and len(sel):
+        ratio = float(np.median(given_c[sel] / c[sel]))
     n_conv = n_convention if cols["n"] in ("n_params", "n_params_nonembedding") else "as given"
     irreducible = None
     if "irreducible_loss" in columns and len(sel):
@@ -249,6 +251,7 @@ def load_results(
         source=str(p),
         n_convention=n_conv,
         flops_convention=flops_conv,
+        input_flops_ratio=ratio,
         tokens_derived=derived,
         excluded=excluded,
         irreducible_loss=irreducible,
@@ -257,6 +260,13 @@ def load_results(
     if sweep_dir is not None and (sweep_dir / "curves.parquet").exists():
         res.curves = _load_curves(sweep_dir / "curves.parquet", res, curve_loss)
     return res
+
+
+def fit_compute(n_params, n_tokens):
+    """The compute every approach of one fit uses: C = 6 N D (Kaplan et al. 2020, eq.
+    2.1), with N in the fit's convention. Approach 3's frontier is derived under this C,
+    so Approaches 1 and 2 regress on it too, and predictions and figures speak of it."""
+    return 6.0 * np.asarray(n_params, float) * np.asarray(n_tokens, float)
 
 
 def _load_curves(path: Path, res: Results, loss_column: str) -> Curves | None:
@@ -271,11 +281,10 @@ def _load_curves(path: Path, res: Results, loss_column: str) -> Curves | None:
     ok = (rows >= 0) & np.isfinite(loss) & (loss > 0)
     if not ok.any():
         return None
+    tokens = np.asarray(t["tokens"], float)[ok]
+    run = rows[ok]
     return Curves(
-        run=rows[ok],
-        flops=np.asarray(t["flops"], float)[ok],
-        tokens=np.asarray(t["tokens"], float)[ok],
-        loss=loss[ok],
+        run=run, flops=fit_compute(res.n_params[run], tokens), tokens=tokens, loss=loss[ok]
     )
 
 

@@ -79,6 +79,17 @@ class AllocationLaws:
         return self.d_law.exponent
 
 
+# The rule for which points enter a budget's parabola (stated in README and fit.json).
+NEAR_MINIMUM = 7  # the sizes nearest (in log N) to the budget's lowest-loss run
+MIN_SIZES = 4  # a parabola through 3 points has no residual degree of freedom
+RULE = (
+    f"per budget, a parabola of loss in log10 N through the {NEAR_MINIMUM} sizes nearest "
+    f"(in log N) to its lowest-loss run (at least {MIN_SIZES} sizes); budgets whose vertex "
+    "lies outside those sizes, or whose parabola opens downward, are dropped; power laws "
+    "through the remaining vertices at C = geometric mean of the budget's 6ND"
+)
+
+
 @dataclass
 class IsoFlopFit(AllocationLaws):
     parabolas: list[Parabola]
@@ -86,6 +97,17 @@ class IsoFlopFit(AllocationLaws):
     d_law: PowerLaw
     used: list[float]  # budgets whose minima entered the power laws
     notes: list[str] = field(default_factory=list)
+    rule: str = RULE
+
+
+def near_minimum(n: np.ndarray, loss: np.ndarray, k: int = NEAR_MINIMUM) -> np.ndarray:
+    """Indices of the k points nearest in log N to the lowest-loss point. Points far from
+    the minimum (several nats above it) bend a parabola fitted through every size and bias
+    its vertex; near the minimum the profile is close to a parabola."""
+    x = np.log(n)
+    best = int(np.argmin(loss))
+    order = np.argsort(np.abs(x - x[best]), kind="stable")
+    return np.sort(order[:k])
 
 
 def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> Parabola:
@@ -115,41 +137,47 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) 
 
 
 def fit_isoflop(
-    n: np.ndarray, d: np.ndarray, loss: np.ndarray, budgets: np.ndarray, min_budgets: int = 3
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    budgets: np.ndarray,
+    flops: np.ndarray | None = None,
+    min_budgets: int = 3,
 ) -> IsoFlopFit:
-    """Parabolas per budget, then power laws through their vertices.
-
-    Vertices outside the sampled N range are flagged; the power laws use the interior
-    ones when at least `min_budgets` exist, else every convex one (noted).
-    """
-    parabolas = []
+    """Parabolas near each budget's minimum (`RULE`), then power laws through their
+    vertices. `budgets` labels the IsoFLOP groups; `flops` is the fit's C per run (6ND
+    when not given), whose geometric mean per group is the C of its minimum. Every
+    dropped budget is noted; fewer than `min_budgets` usable ones raise NotEnoughData."""
+    flops = 6.0 * n * d if flops is None else flops
+    parabolas, notes, c_of = [], [], {}
     for c in np.unique(budgets):
-        sel = budgets == c
-        if len(np.unique(n[sel])) >= 3:
-            parabolas.append(fit_parabola(c, n[sel], d[sel], loss[sel]))
-    if len(parabolas) < min_budgets:
-        raise NotEnoughData(
-            f"{len(parabolas)} budget(s) with 3 or more model sizes; "
-            f"IsoFLOP profiles need {min_budgets}"
-        )
-    notes = []
+        sel = np.nonzero(budgets == c)[0]
+        sizes = len(np.unique(n[sel]))
+        if sizes < MIN_SIZES:
+            notes.append(f"budget {c:.3g}: {sizes} size(s), a parabola needs {MIN_SIZES}; dropped")
+            continue
+        near = sel[near_minimum(n[sel], loss[sel])]
+        p = fit_parabola(c, n[near], d[near], loss[near])
+        parabolas.append(p)
+        c_of[p.budget] = float(np.exp(np.log(flops[sel]).mean()))
+        if not p.convex:
+            notes.append(f"budget {c:.3g}: the profile opens downward near its minimum; dropped")
+        elif not p.inside:
+            notes.append(
+                f"budget {c:.3g}: minimum at N = {p.n_opt:.3g}, outside the sampled sizes "
+                f"{p.n_range[0]:.3g}-{p.n_range[1]:.3g}; dropped (extend the grid there)"
+            )
     use = [p for p in parabolas if p.inside]
     if len(use) < min_budgets:
-        use = [p for p in parabolas if p.convex]
-        outside = [f"{p.budget:.3g}" for p in use if not p.inside]
-        if outside:
-            notes.append(
-                "minimum outside the sampled sizes at budget(s) "
-                + ", ".join(outside)
-                + "; used anyway (extend the grid there)"
-            )
-    if len(use) < 2:
-        raise NotEnoughData(f"only {len(use)} budget(s) have a convex loss profile")
-    c = np.array([p.budget for p in use])
+        raise NotEnoughData(
+            f"{len(use)} budget(s) with a minimum inside their sampled sizes; IsoFLOP "
+            f"profiles need {min_budgets}" + (" (" + "; ".join(notes) + ")" if notes else "")
+        )
+    c = np.array([c_of[p.budget] for p in use])
     return IsoFlopFit(
         parabolas=parabolas,
         n_law=fit_power_law(c, np.array([p.n_opt for p in use])),
         d_law=fit_power_law(c, np.array([p.d_opt for p in use])),
-        used=[float(v) for v in c],
+        used=[p.budget for p in use],
         notes=notes,
     )

@@ -154,8 +154,6 @@ def optimal_allocation(C, A: float, B: float, alpha: float, beta: float):
     return G * C6**a, C6**b / G
 
 
-
-
 def design_rank(n_params, n_tokens, tol: float = 1e-6) -> int:
     """Numerical rank of [1, log N, log D] (columns standardised): below 3, the points lie
     on one line in (log N, log D) (e.g. a single IsoFLOP profile) and the data cannot

@@ -56,6 +56,7 @@ class FitReport:
             "b_ci": ci.get("b", {}).get("80"),
             "ci": {name: ci[name] for name in ("a", "b") if name in ci},
             "bootstrap_failed": s.n_failed if s else None,
+            "bootstrap_withheld": s.withheld if s else None,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -68,9 +69,11 @@ class FitReport:
                     "total": "total parameters",
                     "nonembedding": "non-embedding parameters",
                 }.get(r.n_convention, "as in the input"),
-                "flops": r.flops_convention,
+                "compute": "C = 6 N D with the N above, for every approach, the "
+                "predictions and the figures",
+                "input_compute": r.flops_convention,
+                "input_compute_over_6nd": r.input_flops_ratio,
                 "n_tokens": "C / (6 N)" if r.tokens_derived else "as in the input",
-                "approach3_frontier": "C = 6 N D",
                 "loss": "nats/token as in the input",
             },
             "excluded": r.excluded,
@@ -87,6 +90,7 @@ class FitReport:
             out["approach2"] = self._law_json(2, self.approach2) | {
                 "minima": [p.as_dict() for p in self.approach2.parabolas],
                 "budgets_used": self.approach2.used,
+                "rule": self.approach2.rule,
                 "notes": self.approach2.notes,
             }
         if self.approach3 is not None:
@@ -94,6 +98,7 @@ class FitReport:
             out["approach3"] = self.approach3.as_dict() | {
                 "ci": s.intervals() if s else {},
                 "bootstrap_failed": s.n_failed if s else None,
+                "bootstrap_withheld": s.withheld if s else None,
                 "warnings": self.approach3_warnings(),
             }
         out["skipped"] = self.skipped
@@ -147,7 +152,9 @@ def _approach1(res: Results, idx: np.ndarray | None = None) -> EnvelopeFit:
 
 def _approach2(res: Results, budgets: np.ndarray, idx: np.ndarray | None = None) -> IsoFlopFit:
     sel = slice(None) if idx is None else idx
-    return fit_isoflop(res.n_params[sel], res.n_tokens[sel], res.loss[sel], budgets[sel])
+    return fit_isoflop(
+        res.n_params[sel], res.n_tokens[sel], res.loss[sel], budgets[sel], res.flops[sel]
+    )
 
 
 def _bounds(res: Results, opts: FitOptions):
@@ -200,6 +207,7 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
                     opts.bootstrap,
                     opts.seed + 2,
                     lambda i: _law_params(_approach2(res, budgets, i)),
+                    groups=budgets,
                 )
         except NotEnoughData as exc:
             rep.skipped["approach2"] = str(exc)
@@ -262,7 +270,7 @@ def _parametric_samples(thetas: np.ndarray) -> Samples:
             "b": alpha / (alpha + beta),
             "G": G,
         }
-    bad = ~np.all(np.isfinite(thetas), axis=1)
+    bad = ~np.all(np.isfinite(thetas), axis=1) | (alpha <= 0) | (beta <= 0)
     return Samples(
         {k: np.where(bad, np.nan, v) for k, v in vals.items()}, len(thetas), int(bad.sum())
     )
