@@ -304,6 +304,15 @@ def fit(
         str, typer.Option("--n-convention", help="total or nonembedding, when both are present.")
     ] = "total",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures.")] = True,
+    backtest: Annotated[
+        int,
+        typer.Option(
+            "--backtest",
+            min=0,
+            help="Leave out the K largest budgets, fit on the rest, and score each "
+            "approach's N_opt and minimum loss there (0: off).",
+        ),
+    ] = 0,
 ) -> None:
     """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
     from chinchilla.fit.data import load_results
@@ -333,6 +342,11 @@ def fit(
         start_grid=starts,
         bound_e_by_min_loss=bound_e,
     )
+    if backtest:
+        _run_backtest(
+            res, opts, backtest, out if out is not None else res.sweep_dir, as_json, plots
+        )
+        return
     rep = fit_all(res, opts)
     if not budgets and not sizes:
         budgets = default_budgets(rep)
@@ -346,6 +360,68 @@ def fit(
         print(json.dumps(doc, indent=1, default=_json_default))
         return
     _print_fit(doc, written)
+
+
+def _run_backtest(res, opts, k: int, target: Path | None, as_json: bool, plots: bool) -> None:
+    from chinchilla.files import atomic_text
+    from chinchilla.fit.backtest import backtest
+    from chinchilla.fit.isoflop import NotEnoughData
+
+    try:
+        bt = backtest(res, opts, k)
+    except NotEnoughData as exc:
+        raise UserError(f"--backtest: {exc}") from None
+    rep = bt.pop("report")
+    written = []
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(bt, indent=1, default=_json_default)
+        written.append(atomic_text(target / "backtest.json", text))
+        if plots:
+            from chinchilla.plots import save_backtest
+
+            written.append(save_backtest(rep, bt, target / "fit_backtest.png"))
+    if as_json:
+        print(json.dumps(bt, indent=1, default=_json_default))
+        return
+    from rich.table import Table
+
+    t = Table(
+        title=f"backtest: fitted on {bt['fitted_on']} runs without the {k} largest budget(s); "
+        "C = 6ND",
+        title_justify="left",
+    )
+    for col in (
+        "approach",
+        "held-out C",
+        "x fitted C",
+        "N_opt obs.",
+        "N_opt pred.",
+        "ratio",
+        "min loss obs.",
+        "pred.",
+        "error",
+        "observed as",
+    ):
+        t.add_column(col, justify="right")
+    for r in bt["rows"]:
+        t.add_row(
+            str(r["approach"]),
+            f"{r['flops']:.3g}",
+            f"{r['extrapolation']:.3g}",
+            console.si(r["n_opt_observed"]),
+            console.si(r["n_opt_predicted"]),
+            f"{r['n_opt_ratio']:.3f}",
+            f"{r['loss_min_observed']:.4f}",
+            f"{r['loss_min_predicted']:.4f}",
+            f"{r['loss_error']:+.4f}",
+            r["truth"],
+        )
+    console.stdout.print(t)
+    for name, why in bt["skipped"].items():
+        console.stdout.print(f"{name} skipped: {why}")
+    if written:
+        console.stdout.print("wrote " + ", ".join(str(w) for w in written))
 
 
 def _json_default(obj):

@@ -16,9 +16,11 @@ def si(x: float | None, digits: int = 3) -> str:
     """1.23e9 -> '1.23G' (no unit; the column header carries it)."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
-    for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, "")):
         if abs(x) >= div:
-            return f"{x / div:.{digits}g}{suffix}"
+            # at least the integer digits: 123M, never 1.2e+02M
+            v = x / div
+            return f"{v:.{max(digits, len(str(int(abs(v)))))}g}{suffix}"
     return f"{x:.{digits}g}"
 
 

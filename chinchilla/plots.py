@@ -37,8 +37,9 @@ def _n_label(rep: FitReport) -> str:
 
 
 def _c_label(rep: FitReport) -> str:
-    conv = rep.results.flops_convention
-    return f"training FLOPs C ({'6ND' if conv.startswith('6nd') else conv})"
+    """The fit's one compute convention (`chinchilla.fit.data.fit_compute`)."""
+    n = {"total": "N total", "nonembedding": "N non-embedding"}.get(rep.results.n_convention, "N")
+    return f"training compute C = 6ND ({n}), FLOPs"
 
 
 def _log_x(ax: Axes) -> None:
@@ -61,32 +62,45 @@ def _norm_logn(values):
 
 
 def plot_envelope(rep: FitReport, ax: Axes | None = None) -> Axes:
+    from chinchilla.fit.envelope import FINISHED
+
     ax = _axes(ax)
     res, env, cv = rep.results, rep.approach1, rep.results.curves
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"]
     norm = _norm_logn(res.n_params)
-    for r in np.unique(cv.run):
-        sel = cv.run == r
-        order = np.argsort(cv.flops[sel])
+    if env.source == FINISHED:  # one line per size through its finished horizons
+        runs, flops, losses = np.arange(len(res)), res.flops, res.loss
+        groups = [np.nonzero(res.n_params == s)[0] for s in np.unique(res.n_params)]
+    else:
+        runs, flops, losses = cv.run, cv.flops, cv.loss
+        groups = [np.nonzero(cv.run == r)[0] for r in np.unique(cv.run)]
+    for sel in groups:
+        order = sel[np.argsort(flops[sel])]
         ax.plot(
-            cv.flops[sel][order],
-            cv.loss[sel][order],
+            flops[order],
+            losses[order],
             lw=0.8,
             alpha=0.7,
-            color=cmap(norm(res.n_params[r])),
+            marker="o" if env.source == FINISHED else None,
+            ms=3,
+            color=cmap(norm(res.n_params[runs[order[0]]])),
         )
-    ax.plot(env.flops, env.loss, color="k", lw=1.8, label="envelope (min over runs)")
+    ax.plot(env.flops, env.loss, color="k", lw=1.8, label="envelope (min over sizes)")
     ax.set_xscale("log")
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel("training loss (nats/token)")
-    lo = np.percentile(cv.loss, 1)
-    hi = np.percentile(cv.loss, 90)
+    lo = np.percentile(losses, 1)
+    hi = np.percentile(losses, 90)
     ax.set_ylim(lo - 0.05 * (hi - lo), hi)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     ax.figure.colorbar(sm, ax=ax, label=_n_label(rep))
-    ax.set_title("Training curves and envelope (cf. Fig. 2)")
+    ax.set_title(
+        "Envelope of "
+        + ("finished runs" if env.source == FINISHED else "training curves")
+        + " (cf. Fig. 2)"
+    )
     ax.legend(loc="upper right", fontsize=8)
     return ax
 
@@ -184,13 +198,13 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
                 lo, hi = np.percentile(ys[ok], [10, 90], axis=0)
                 ax.fill_between(cc, lo, hi, color=COLORS[k], alpha=0.15, lw=0)
     if rep.approach2 is not None and which == "n":
-        pts = [(p.budget, p.n_opt) for p in rep.approach2.parabolas if p.convex]
+        pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.inside]
         if pts:
             ax.scatter(
                 *zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3, label="IsoFLOP minima"
             )
     if rep.approach2 is not None and which == "d":
-        pts = [(p.budget, p.d_opt) for p in rep.approach2.parabolas if p.convex]
+        pts = [(p.flops, p.d_opt) for p in rep.approach2.parabolas if p.inside]
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3)
     ax.axvspan(res.flops.max(), cc[-1], color="0.9", zorder=0, label="extrapolation")
@@ -252,3 +266,38 @@ def _save(fig: Figure, path: Path) -> Path:
     from chinchilla.files import atomic_write
 
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+
+
+def plot_backtest(rep: FitReport, bt: dict, ax: Axes | None = None) -> Axes:
+    """N_opt against C of each approach fitted without the held-out budgets, and the
+    held-out budgets' observed optima."""
+    ax = _axes(ax)
+    res = rep.results
+    top = max(r["flops"] for r in bt["rows"])
+    cc = np.logspace(np.log10(res.flops.min()) - 0.3, np.log10(top) + 0.3, 60)
+    for k, fit in ((1, rep.approach1), (2, rep.approach2), (3, rep.approach3)):
+        if fit is None:
+            continue
+        point, _ = _params(rep, k)
+        with np.errstate(all="ignore"):
+            ax.plot(cc, _allocate(k, point, flops=cc)[1], color=COLORS[k], lw=1.6, label=NAMES[k])
+    if rep.approach2 is not None:
+        pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.inside]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), color="0.4", s=16, label="fitted budgets' minima")
+    seen = {(r["flops"], r["n_opt_observed"]) for r in bt["rows"]}
+    ax.scatter(*zip(*seen, strict=True), marker="*", s=120, color="k", label="held out (observed)")
+    ax.axvspan(float(np.max(res.flops)), cc[-1], color="0.92", zorder=0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_c_label(rep))
+    ax.set_ylabel("optimal " + _n_label(rep))
+    ax.set_title("Backtest: fitted without the largest budget(s)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax
+
+
+def save_backtest(rep: FitReport, bt: dict, path: Path) -> Path:
+    fig = Figure(figsize=(5.6, 4.2), layout="constrained")
+    plot_backtest(rep, bt, fig.add_subplot())
+    return _save(fig, path)

@@ -90,6 +90,29 @@ class Results:
     def __len__(self) -> int:
         return len(self.loss)
 
+    def subset(self, keep: np.ndarray) -> Results:
+        """The runs where `keep` is True (curves renumbered to match)."""
+        from dataclasses import replace
+
+        idx = np.nonzero(keep)[0]
+        curves = None
+        if self.curves is not None:
+            new = np.full(len(self), -1)
+            new[idx] = np.arange(len(idx))
+            sel = new[self.curves.run] >= 0
+            cv = self.curves
+            curves = Curves(new[cv.run[sel]], cv.flops[sel], cv.tokens[sel], cv.loss[sel])
+        return replace(
+            self,
+            n_params=self.n_params[idx],
+            n_tokens=self.n_tokens[idx],
+            flops=self.flops[idx],
+            loss=self.loss[idx],
+            budget=None if self.budget is None else self.budget[idx],
+            run_id=[self.run_id[i] for i in idx],
+            curves=curves,
+        )
+
 
 def _find(columns: list[str], key: str, override: str | None) -> str | None:
     if override:

@@ -1,18 +1,32 @@
 """Approach 1: the envelope of training curves (Hoffmann et al. 2022, section 3.1, Fig. 2).
 
-Every run's curve of loss against FLOPs is smoothed and interpolated in log FLOPs;
-at each of `n_grid` log-spaced FLOP values the envelope is the lowest loss any run
-reached there, and the run attaining it gives N_opt and D_opt. Power laws
+At each of `n_grid` log-spaced FLOP values the envelope is the lowest loss any model size
+reaches there, and the size attaining it gives N_opt and D_opt. Power laws
 N_opt = k_N C^a and D_opt = k_D C^b are fitted through those points.
+
+Which points may enter: a cosine run's loss part-way through its schedule is higher than
+that of a run whose schedule ends there (the paper's Figure A1), so the envelope is read
+from finished schedules: each model size trained to several horizons (`grid.kind:
+horizons`, the paper's 4 per size over 16x) gives a curve through its runs' final
+losses. Only when no size has two horizons are the logged curves themselves read, with a
+warning: most envelope points then come from runs part-way through their cycle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from chinchilla.fit.isoflop import AllocationLaws, NotEnoughData, PowerLaw, fit_power_law
+
+FINISHED = "finished runs: each size's final losses over its horizons"
+MID_SCHEDULE = "logged training curves (points part-way through cosine schedules)"
+MID_SCHEDULE_WARNING = (
+    "Approach 1 read mid-schedule points of cosine runs (no model size has two horizons): "
+    "they lie above what a run finishing there reaches, which biases N_opt; plan "
+    "grid.kind: horizons for Approach 1"
+)
 
 
 @dataclass
@@ -24,44 +38,28 @@ class EnvelopeFit(AllocationLaws):
     run: np.ndarray  # index of that run
     n_law: PowerLaw
     d_law: PowerLaw
+    source: str = FINISHED
+    warnings: list[str] = field(default_factory=list)
 
 
 def smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average; the ends use the points available."""
-    if window <= 1 or len(y) < 3:
-        return y.astype(float)
-    k = np.ones(window)
-    num = np.convolve(y, k, mode="same")
-    den = np.convolve(np.ones_like(y, dtype=float), k, mode="same")
-    return num / den
+    """Centred moving average whose window shrinks symmetrically at the ends (the first
+    and last points are their own values): a one-sided window at the end would average
+    the final, lowest points with earlier, higher ones and raise them."""
+    y = np.asarray(y, dtype=float)
+    half = window // 2
+    if half < 1 or len(y) < 3:
+        return y.copy()
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    i = np.arange(len(y))
+    h = np.minimum(half, np.minimum(i, len(y) - 1 - i))
+    return (c[i + h + 1] - c[i - h]) / (2 * h + 1)
 
 
-def fit_envelope(
-    run: np.ndarray,
-    flops: np.ndarray,
-    tokens: np.ndarray,
-    loss: np.ndarray,
-    n_params: np.ndarray,
-    n_grid: int = 1500,
-    smooth_frac: float = 0.05,
-) -> EnvelopeFit:
-    """`run`, `flops`, `tokens`, `loss` are the curve rows; `n_params` is per run index."""
-    runs = np.unique(run)
-    if len(runs) < 2 or len(np.unique(n_params[runs])) < 2:
-        raise NotEnoughData("training curves of at least 2 model sizes are needed")
-    curves = []
-    for r in runs:
-        sel = run == r
-        order = np.argsort(flops[sel])
-        f, t, l = flops[sel][order], tokens[sel][order], loss[sel][order]
-        if len(f) < 2:
-            continue
-        curves.append((r, np.log(f), t, smooth(l, max(1, int(round(smooth_frac * len(f)))))))
-    if len(curves) < 2:
-        raise NotEnoughData("curves need at least 2 logged points per run")
-    # grid from where the first run has finished to where the last has (each grid point
-    # is compared across every run that got that far)
-    lo = min(c[1][-1] for c in curves)
+def _envelope(curves, n_of_curve: np.ndarray, n_grid: int, source: str) -> EnvelopeFit:
+    """`curves`: (curve index, log C, tokens, loss) sorted by C. Envelope over the C range
+    where at least two curves compete."""
+    lo = min(c[1][0] for c in curves)
     hi = max(c[1][-1] for c in curves)
     if hi <= lo:
         hi = lo + 1e-9
@@ -78,13 +76,11 @@ def fit_envelope(
         better = li < best[idx]
         best[idx[better]] = li[better]
         who[idx[better]] = r
-        d_at[idx[better]] = np.interp(grid[idx[better]], lf, t)
-    # only where at least two runs compete: past the last run but one (budgets round to
-    # whole steps, so one run of the top budget ends a little later) the "envelope"
-    # would be a single curve
+        d_at[idx[better]] = np.exp(np.interp(grid[idx[better]], lf, np.log(t)))
+    # only where at least two curves compete: elsewhere the "envelope" is one curve
     ok = (who >= 0) & (cover >= 2)
     c = np.exp(grid[ok])
-    n_opt = n_params[who[ok]]
+    n_opt = n_of_curve[who[ok]]
     if len(np.unique(n_opt)) < 2:
         raise NotEnoughData("one model size attains the whole envelope; no trend in N")
     return EnvelopeFit(
@@ -95,4 +91,59 @@ def fit_envelope(
         run=who[ok],
         n_law=fit_power_law(c, n_opt),
         d_law=fit_power_law(c, d_at[ok]),
+        source=source,
+        warnings=[MID_SCHEDULE_WARNING] if source == MID_SCHEDULE else [],
     )
+
+
+def horizon_sizes(n_params: np.ndarray, n_tokens: np.ndarray) -> np.ndarray:
+    """Model sizes trained to at least two token counts (horizons)."""
+    sizes = np.unique(n_params)
+    return np.array([s for s in sizes if len(np.unique(n_tokens[n_params == s])) >= 2])
+
+
+def fit_envelope_finished(
+    n_params: np.ndarray,
+    flops: np.ndarray,
+    n_tokens: np.ndarray,
+    loss: np.ndarray,
+    n_grid: int = 1500,
+) -> EnvelopeFit:
+    """Approach 1 from finished runs: per model size, a curve of final loss against C
+    through its horizons (interpolated in log C), then the envelope over sizes."""
+    sizes = horizon_sizes(n_params, n_tokens)
+    if len(sizes) < 2:
+        raise NotEnoughData("fewer than 2 model sizes trained to 2 or more horizons")
+    curves = []
+    for k, s in enumerate(sizes):
+        sel = np.nonzero(n_params == s)[0]
+        order = sel[np.argsort(flops[sel])]
+        curves.append((k, np.log(flops[order]), n_tokens[order], loss[order]))
+    return _envelope(curves, sizes, n_grid, FINISHED)
+
+
+def fit_envelope(
+    run: np.ndarray,
+    flops: np.ndarray,
+    tokens: np.ndarray,
+    loss: np.ndarray,
+    n_params: np.ndarray,
+    n_grid: int = 1500,
+    smooth_frac: float = 0.05,
+) -> EnvelopeFit:
+    """Approach 1 from logged curves (mid-schedule points; see the module docstring).
+    `run`, `flops`, `tokens`, `loss` are the curve rows; `n_params` is per run index."""
+    runs = np.unique(run)
+    if len(runs) < 2 or len(np.unique(n_params[runs])) < 2:
+        raise NotEnoughData("training curves of at least 2 model sizes are needed")
+    curves = []
+    for r in runs:
+        sel = run == r
+        order = np.argsort(flops[sel])
+        f, t, l = flops[sel][order], tokens[sel][order], loss[sel][order]
+        if len(f) < 2:
+            continue
+        curves.append((r, np.log(f), t, smooth(l, max(1, int(round(smooth_frac * len(f)))))))
+    if len(curves) < 2:
+        raise NotEnoughData("curves need at least 2 logged points per run")
+    return _envelope(curves, n_params, n_grid, MID_SCHEDULE)

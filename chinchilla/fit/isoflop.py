@@ -48,6 +48,7 @@ class Parabola:
     loss_opt: float
     convex: bool
     inside: bool  # vertex within the sampled N range
+    flops: float = float("nan")  # the fit's C of this budget (geometric mean of its 6ND)
 
     def as_dict(self) -> dict:
         return {
@@ -61,6 +62,7 @@ class Parabola:
             "loss_opt": self.loss_opt,
             "convex": self.convex,
             "inside_range": self.inside,
+            "flops": self.flops,
         }
 
 
@@ -159,7 +161,7 @@ def fit_isoflop(
         near = sel[near_minimum(n[sel], loss[sel])]
         p = fit_parabola(c, n[near], d[near], loss[near])
         parabolas.append(p)
-        c_of[p.budget] = float(np.exp(np.log(flops[sel]).mean()))
+        p.flops = c_of[p.budget] = float(np.exp(np.log(flops[sel]).mean()))
         if not p.convex:
             notes.append(f"budget {c:.3g}: the profile opens downward near its minimum; dropped")
         elif not p.inside:

@@ -15,7 +15,13 @@ import numpy as np
 
 from chinchilla.fit.bootstrap import Samples, bootstrap_loop, resample_counts
 from chinchilla.fit.data import Results, group_budgets
-from chinchilla.fit.envelope import EnvelopeFit, fit_envelope
+from chinchilla.fit.envelope import (
+    FINISHED,
+    EnvelopeFit,
+    fit_envelope,
+    fit_envelope_finished,
+    horizon_sizes,
+)
 from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop
 from chinchilla.fit.parametric import ParametricFit, fit_parametric, paper_start_grid, refit_many
 
@@ -84,7 +90,9 @@ class FitReport:
         }
         if self.approach1 is not None:
             out["approach1"] = self._law_json(1, self.approach1) | {
-                "n_envelope_points": int(len(self.approach1.flops))
+                "n_envelope_points": int(len(self.approach1.flops)),
+                "points": self.approach1.source,
+                "notes": self.approach1.warnings,
             }
         if self.approach2 is not None:
             out["approach2"] = self._law_json(2, self.approach2) | {
@@ -136,6 +144,13 @@ class FitReport:
 
 
 def _approach1(res: Results, idx: np.ndarray | None = None) -> EnvelopeFit:
+    """From finished runs when sizes were trained to several horizons, else (warned) from
+    the logged curves."""
+    if len(horizon_sizes(res.n_params, res.n_tokens)) >= 2:
+        sel = slice(None) if idx is None else idx
+        return fit_envelope_finished(
+            res.n_params[sel], res.flops[sel], res.n_tokens[sel], res.loss[sel]
+        )
     cv = res.curves
     if cv is None:
         raise NotEnoughData("no training curves (a results table has only final losses)")
@@ -191,7 +206,12 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
             rep.approach1 = _approach1(res)
             if opts.bootstrap:
                 rep.samples[1] = bootstrap_loop(
-                    n, opts.bootstrap, opts.seed + 1, lambda i: _law_params(_approach1(res, i))
+                    n,
+                    opts.bootstrap,
+                    opts.seed + 1,
+                    lambda i: _law_params(_approach1(res, i)),
+                    # finished runs: every size keeps its number of horizons
+                    groups=res.n_params if rep.approach1.source == FINISHED else None,
                 )
         except NotEnoughData as exc:
             rep.skipped["approach1"] = str(exc)

@@ -1,0 +1,108 @@
+"""Backtest: leave out the largest budget(s), fit every approach on the rest, and score
+each approach's prediction of the held-out budget's optimal N and minimum loss.
+
+What counts as the truth at a held-out budget: its IsoFLOP minimum by the same
+near-minimum parabola as Approach 2 when that vertex lies inside its sampled sizes, else
+its lowest-loss run (said in `truth`). Every approach predicts N_opt at the budget's C
+(= 6ND, the fit's convention); the minimum loss is predicted by Approach 3's L(N, D) at its
+own allocation, and by a power law of the minimum loss against C for Approaches 1 (the
+envelope's losses) and 2 (the parabolas' minima).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from chinchilla.fit.data import Results, group_budgets
+from chinchilla.fit.isoflop import MIN_SIZES, NotEnoughData, fit_parabola, near_minimum
+from chinchilla.fit.results import FitOptions, FitReport, fit_all
+
+
+@dataclass
+class HeldOut:
+    budget: float
+    flops: float  # the fit's C of the budget
+    n_opt: float  # observed optimal N
+    loss_min: float  # observed minimum loss
+    truth: str  # how n_opt and loss_min were read
+
+
+def observed_optimum(budget: float, res: Results, sel: np.ndarray) -> HeldOut:
+    n, d, loss = res.n_params[sel], res.n_tokens[sel], res.loss[sel]
+    c = float(np.exp(np.log(res.flops[sel]).mean()))
+    if len(np.unique(n)) >= MIN_SIZES:
+        near = near_minimum(n, loss)
+        p = fit_parabola(budget, n[near], d[near], loss[near])
+        if p.inside:
+            return HeldOut(budget, c, p.n_opt, p.loss_opt, "IsoFLOP parabola vertex")
+    best = int(np.argmin(loss))
+    return HeldOut(budget, c, float(n[best]), float(loss[best]), "lowest-loss run")
+
+
+def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float:
+    """Minimum loss extrapolated by a power law in C through (flops, loss)."""
+    slope, icpt = np.polyfit(np.log(flops), np.log(loss), 1)
+    return float(np.exp(icpt + slope * np.log(at)))
+
+
+def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
+    """(N_opt, minimum loss) that approach k predicts at compute c."""
+    from chinchilla.predict import _allocate, _params
+
+    point, _ = _params(rep, k)
+    _, n_opt, d_opt = (float(v) for v in _allocate(k, point, flops=c))
+    if k == 3:
+        return n_opt, float(rep.approach3.loss(n_opt, d_opt))
+    if k == 1:
+        env = rep.approach1
+        return n_opt, _loss_law(env.flops, env.loss, c)
+    used = [p for p in rep.approach2.parabolas if p.inside]
+    return n_opt, _loss_law(
+        np.array([p.flops for p in used]), np.array([p.loss_opt for p in used]), c
+    )
+
+
+def backtest(res: Results, opts: FitOptions, k: int = 1) -> dict[str, Any]:
+    """Leave out the `k` largest budgets; fit on the rest; score each approach."""
+    budgets = group_budgets(res.flops, res.budget)
+    labels = np.unique(budgets)
+    if len(labels) < k + 2:
+        raise NotEnoughData(
+            f"{len(labels)} budget(s): leaving out {k} needs at least {k + 2} "
+            "(fits need several budgets)"
+        )
+    held = labels[-k:]
+    train = res.subset(~np.isin(budgets, held))
+    rep = fit_all(train, replace(opts, bootstrap=0))
+    rows = []
+    for h in held:
+        truth = observed_optimum(float(h), res, budgets == h)
+        for a, fit in ((1, rep.approach1), (2, rep.approach2), (3, rep.approach3)):
+            if fit is None:
+                continue
+            n_pred, loss_pred = _predict(rep, a, truth.flops)
+            rows.append(
+                {
+                    "approach": a,
+                    "budget": truth.budget,
+                    "flops": truth.flops,
+                    "extrapolation": truth.flops / float(np.max(train.flops)),
+                    "n_opt_observed": truth.n_opt,
+                    "n_opt_predicted": n_pred,
+                    "n_opt_ratio": n_pred / truth.n_opt,
+                    "loss_min_observed": truth.loss_min,
+                    "loss_min_predicted": loss_pred,
+                    "loss_error": loss_pred - truth.loss_min,
+                    "truth": truth.truth,
+                }
+            )
+    return {
+        "held_out_budgets": [float(h) for h in held],
+        "fitted_on": int(len(train)),
+        "rows": rows,
+        "skipped": rep.skipped,
+        "report": rep,
+    }
