@@ -413,8 +413,8 @@ def _run_backtest(res, opts, k: int, target: Path | None, as_json: bool, plots: 
             console.si(r["n_opt_predicted"]),
             f"{r['n_opt_ratio']:.3f}",
             f"{r['loss_min_observed']:.4f}",
-            f"{r['loss_min_predicted']:.4f}",
-            f"{r['loss_error']:+.4f}",
+            "-" if r["loss_min_predicted"] is None else f"{r['loss_min_predicted']:.4f}",
+            "-" if r["loss_error"] is None else f"{r['loss_error']:+.4f}",
             r["truth"],
         )
     console.stdout.print(t)

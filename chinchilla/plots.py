@@ -124,7 +124,7 @@ def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
             ax.scatter(
                 [p.n_opt],
                 [p.loss_opt],
-                marker="*" if p.inside else "X",
+                marker="*" if p.usable else "X",
                 s=70,
                 color=color,
                 edgecolor="k",
@@ -134,7 +134,9 @@ def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
     _log_x(ax)
     ax.set_xlabel(_n_label(rep))
     ax.set_ylabel("final loss (nats/token)")
-    ax.set_title("IsoFLOP profiles (cf. Fig. 3): ★ minimum, X outside the sampled N", fontsize=9)
+    ax.set_title(
+        "IsoFLOP profiles (cf. Fig. 3): ★ minimum used, X dropped (see fit.json)", fontsize=9
+    )
     ax.legend(title="budget C (FLOPs)", fontsize=7, title_fontsize=8, loc="upper right")
     return ax
 
@@ -198,13 +200,13 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
                 lo, hi = np.percentile(ys[ok], [10, 90], axis=0)
                 ax.fill_between(cc, lo, hi, color=COLORS[k], alpha=0.15, lw=0)
     if rep.approach2 is not None and which == "n":
-        pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.inside]
+        pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.usable]
         if pts:
             ax.scatter(
                 *zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3, label="IsoFLOP minima"
             )
     if rep.approach2 is not None and which == "d":
-        pts = [(p.flops, p.d_opt) for p in rep.approach2.parabolas if p.inside]
+        pts = [(p.flops, p.d_opt) for p in rep.approach2.parabolas if p.usable]
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3)
     ax.axvspan(res.flops.max(), cc[-1], color="0.9", zorder=0, label="extrapolation")
@@ -282,7 +284,7 @@ def plot_backtest(rep: FitReport, bt: dict, ax: Axes | None = None) -> Axes:
         with np.errstate(all="ignore"):
             ax.plot(cc, _allocate(k, point, flops=cc)[1], color=COLORS[k], lw=1.6, label=NAMES[k])
     if rep.approach2 is not None:
-        pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.inside]
+        pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.usable]
         if pts:
             ax.scatter(*zip(*pts, strict=True), color="0.4", s=16, label="fitted budgets' minima")
     seen = {(r["flops"], r["n_opt_observed"]) for r in bt["rows"]}

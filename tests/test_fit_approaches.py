@@ -163,3 +163,47 @@ def test_an_asymptote_below_the_irreducible_loss_is_flagged(tmp_path):
     assert warnings and "below the data's irreducible loss" in warnings[0]
     r = runner.invoke(app, ["fit", str(p), "--approach", "3", "--bootstrap", "0"])
     assert "warning: E =" in r.output
+
+
+def test_one_compute_convention_under_nonembedding_n(micro_sweep):
+    total = load_results(micro_sweep)
+    nonemb = load_results(micro_sweep, n_convention="nonembedding")
+    assert np.allclose(total.flops, 6 * total.n_params * total.n_tokens)
+    assert np.allclose(nonemb.flops, 6 * nonemb.n_params * nonemb.n_tokens)
+    assert (nonemb.flops < total.flops).all()
+    cv = nonemb.curves
+    assert np.allclose(cv.flops, 6 * nonemb.n_params[cv.run] * cv.tokens)
+
+
+def test_predictions_carry_their_extrapolation(tmp_path):
+    n, d, loss = synthetic_points()
+    p = _csv(tmp_path, "N,D,loss", zip(n, d, loss, strict=True))
+    r = runner.invoke(app, ["fit", str(p), "--json", "--bootstrap", "0", "--approach", "3"])
+    doc = json.loads(r.stdout)
+    top = (6 * n * d).max()
+    rows = doc["predictions"]
+    assert [round(x["extrapolation"]) for x in rows] == [1, 10, 100, 1000]
+    assert rows[0]["flops"] == pytest.approx(top)
+    assert rows[-1]["warning"] and "largest sampled N" in rows[-1]["warning"]
+    assert doc["conventions"]["compute"].startswith("C = 6 N D")
+
+
+def test_backtest_on_a_csv_scores_every_approach(tmp_path):
+    n, d, loss = synthetic_points(noise=0.002, outliers=0)
+    p = _csv(tmp_path, "N,D,loss", zip(n, d, loss, strict=True))
+    out = tmp_path / "bt"
+    r = runner.invoke(app, ["fit", str(p), "--backtest", "1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    rows = {x["approach"]: x for x in doc["rows"]}
+    assert set(rows) == {2, 3} and len(doc["held_out_budgets"]) == 1
+    for x in rows.values():  # a clean law extrapolated 2.7x in C
+        assert x["n_opt_ratio"] == pytest.approx(1.0, abs=0.15)
+        assert abs(x["loss_error"]) < 0.02
+        assert x["truth"] == "IsoFLOP parabola vertex"
+    assert (out / "backtest.json").exists() and (out / "fit_backtest.png").stat().st_size > 0
+
+
+def test_backtest_needs_budgets_to_spare(micro_sweep):
+    r = runner.invoke(app, ["fit", str(micro_sweep), "--backtest", "1", "--no-plots"])
+    assert r.exit_code == 2 and "--backtest" in r.output

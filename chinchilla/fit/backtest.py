@@ -5,8 +5,8 @@ What counts as the truth at a held-out budget: its IsoFLOP minimum by the same
 near-minimum parabola as Approach 2 when that vertex lies inside its sampled sizes, else
 its lowest-loss run (said in `truth`). Every approach predicts N_opt at the budget's C
 (= 6ND, the fit's convention); the minimum loss is predicted by Approach 3's L(N, D) at its
-own allocation, and by a power law of the minimum loss against C for Approaches 1 (the
-envelope's losses) and 2 (the parabolas' minima).
+own allocation, and by L(C) = E + k C^-gamma fitted to the minimum loss against C for
+Approaches 1 (the envelope's losses) and 2 (the parabolas' minima).
 """
 
 from __future__ import annotations
@@ -33,19 +33,36 @@ class HeldOut:
 def observed_optimum(budget: float, res: Results, sel: np.ndarray) -> HeldOut:
     n, d, loss = res.n_params[sel], res.n_tokens[sel], res.loss[sel]
     c = float(np.exp(np.log(res.flops[sel]).mean()))
-    if len(np.unique(n)) >= MIN_SIZES:
+    best = int(np.argmin(loss))
+    bracketed = n.min() < n[best] < n.max()
+    if len(np.unique(n)) >= MIN_SIZES and bracketed:
         near = near_minimum(n, loss)
         p = fit_parabola(budget, n[near], d[near], loss[near])
         if p.inside:
             return HeldOut(budget, c, p.n_opt, p.loss_opt, "IsoFLOP parabola vertex")
-    best = int(np.argmin(loss))
-    return HeldOut(budget, c, float(n[best]), float(loss[best]), "lowest-loss run")
+    how = "lowest-loss run" + ("" if bracketed else " (at the edge of its sizes)")
+    return HeldOut(budget, c, float(n[best]), float(loss[best]), how)
 
 
-def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float:
-    """Minimum loss extrapolated by a power law in C through (flops, loss)."""
-    slope, icpt = np.polyfit(np.log(flops), np.log(loss), 1)
-    return float(np.exp(icpt + slope * np.log(at)))
+def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
+    """Minimum loss extrapolated by L(C) = E + k C^-gamma (least squares on log L, E in
+    [0, min loss)): a pure power law has no floor and overshoots downward. None when the
+    fit does not converge."""
+    from scipy.optimize import least_squares
+
+    x, y = np.log(flops / flops.max()), np.log(loss)
+
+    def resid(p):
+        e, log_k, gamma = p
+        return np.log(e + np.exp(log_k - gamma * x)) - y
+
+    e0 = 0.5 * float(loss.min())
+    start = [e0, float(np.log(loss.max() - e0)), 0.1]
+    fit = least_squares(resid, start, bounds=([0, -50, 0], [float(loss.min()), 50, 5]))
+    if not fit.success:
+        return None
+    e, log_k, gamma = fit.x
+    return float(e + np.exp(log_k - gamma * np.log(at / flops.max())))
 
 
 def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
@@ -59,7 +76,7 @@ def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
     if k == 1:
         env = rep.approach1
         return n_opt, _loss_law(env.flops, env.loss, c)
-    used = [p for p in rep.approach2.parabolas if p.inside]
+    used = [p for p in rep.approach2.parabolas if p.usable]
     return n_opt, _loss_law(
         np.array([p.flops for p in used]), np.array([p.loss_opt for p in used]), c
     )
@@ -95,7 +112,7 @@ def backtest(res: Results, opts: FitOptions, k: int = 1) -> dict[str, Any]:
                     "n_opt_ratio": n_pred / truth.n_opt,
                     "loss_min_observed": truth.loss_min,
                     "loss_min_predicted": loss_pred,
-                    "loss_error": loss_pred - truth.loss_min,
+                    "loss_error": None if loss_pred is None else loss_pred - truth.loss_min,
                     "truth": truth.truth,
                 }
             )

@@ -247,7 +247,7 @@ def load_results(
             i = int(np.nonzero(bad)[0][0])
             raise UserError(
                 f"{table_path}: column {name!r} must be positive and finite; "
-                f"row {i + 2} holds {arr[i]!r} ({int(bad.sum())} such rows)"
+                f"row {i + 2} holds {float(arr[i])!r} ({int(bad.sum())} such rows)"
             )
 
     run_ids = [str(v) for v in table.get("run_id", range(len(n)))]

@@ -6,6 +6,7 @@ N. Power laws N_opt = k_N C^a and D_opt = k_D C^b are then fitted through the mi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,12 @@ class Parabola:
     convex: bool
     inside: bool  # vertex within the sampled N range
     flops: float = float("nan")  # the fit's C of this budget (geometric mean of its 6ND)
+    bracketed: bool = True  # the lowest-loss run is not the smallest or largest size
+    index: np.ndarray | None = field(default=None, repr=False)  # rows the parabola used
+
+    @property
+    def usable(self) -> bool:
+        return self.inside and self.bracketed
 
     def as_dict(self) -> dict:
         return {
@@ -63,6 +70,7 @@ class Parabola:
             "convex": self.convex,
             "inside_range": self.inside,
             "flops": self.flops,
+            "bracketed": self.bracketed,
         }
 
 
@@ -86,9 +94,10 @@ NEAR_MINIMUM = 7  # the sizes nearest (in log N) to the budget's lowest-loss run
 MIN_SIZES = 4  # a parabola through 3 points has no residual degree of freedom
 RULE = (
     f"per budget, a parabola of loss in log10 N through the {NEAR_MINIMUM} sizes nearest "
-    f"(in log N) to its lowest-loss run (at least {MIN_SIZES} sizes); budgets whose vertex "
-    "lies outside those sizes, or whose parabola opens downward, are dropped; power laws "
-    "through the remaining vertices at C = geometric mean of the budget's 6ND"
+    f"(in log N) to its lowest-loss run (at least {MIN_SIZES} sizes); budgets whose "
+    "lowest-loss run is its smallest or largest size (minimum not bracketed), whose vertex "
+    "lies outside the sizes used, or whose parabola opens downward, are dropped; power "
+    "laws through the remaining vertices at C = geometric mean of the budget's 6ND"
 )
 
 
@@ -114,7 +123,9 @@ def near_minimum(n: np.ndarray, loss: np.ndarray, k: int = NEAR_MINIMUM) -> np.n
 
 def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> Parabola:
     x = np.log10(n)
-    c2, c1, c0 = np.polyfit(x, loss, 2)
+    with warnings.catch_warnings():  # resamples repeat sizes; the rank is checked by callers
+        warnings.simplefilter("ignore", np.exceptions.RankWarning)
+        c2, c1, c0 = np.polyfit(x, loss, 2)
     convex = c2 > 0
     lo, hi = float(n.min()), float(n.max())
     if convex:
@@ -160,19 +171,28 @@ def fit_isoflop(
             continue
         near = sel[near_minimum(n[sel], loss[sel])]
         p = fit_parabola(c, n[near], d[near], loss[near])
+        p.index = near
         parabolas.append(p)
         p.flops = c_of[p.budget] = float(np.exp(np.log(flops[sel]).mean()))
-        if not p.convex:
+        lowest = n[sel][np.argmin(loss[sel])]
+        p.bracketed = bool(n[sel].min() < lowest < n[sel].max())
+        if not p.bracketed:
+            edge = "smallest" if lowest == n[sel].min() else "largest"
+            notes.append(
+                f"budget {c:.3g}: lowest loss at its {edge} size {lowest:.3g}: the minimum "
+                "is not bracketed; dropped (extend the grid there)"
+            )
+        elif not p.convex:
             notes.append(f"budget {c:.3g}: the profile opens downward near its minimum; dropped")
         elif not p.inside:
             notes.append(
                 f"budget {c:.3g}: minimum at N = {p.n_opt:.3g}, outside the sampled sizes "
                 f"{p.n_range[0]:.3g}-{p.n_range[1]:.3g}; dropped (extend the grid there)"
             )
-    use = [p for p in parabolas if p.inside]
+    use = [p for p in parabolas if p.usable]
     if len(use) < min_budgets:
         raise NotEnoughData(
-            f"{len(use)} budget(s) with a minimum inside their sampled sizes; IsoFLOP "
+            f"{len(use)} budget(s) with a bracketed minimum inside their sampled sizes; IsoFLOP "
             f"profiles need {min_budgets}" + (" (" + "; ".join(notes) + ")" if notes else "")
         )
     c = np.array([c_of[p.budget] for p in use])
@@ -183,3 +203,49 @@ def fit_isoflop(
         used=[p.budget for p in use],
         notes=notes,
     )
+
+
+def residual_bootstrap(
+    fit: IsoFlopFit,
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    flops: np.ndarray,
+    n_resamples: int,
+    seed: int,
+):
+    """Bootstrap of the allocation laws by resampling each parabola's residuals within
+    its budget (the design stays fixed: resampling runs would leave budgets with too few
+    distinct sizes). Residuals are inflated by sqrt(m / (m - 3)) for the 3 fitted
+    coefficients. A resample whose vertex leaves the sizes used counts as failed."""
+    from chinchilla.fit.bootstrap import Samples
+
+    rng = np.random.default_rng(seed)
+    used = [p for p in fit.parabolas if p.usable]
+    fitted, resid = [], []
+    for p in used:
+        x = np.log10(n[p.index])
+        f = np.polyval(p.coef, x)
+        m = len(x)
+        fitted.append(f)
+        resid.append((loss[p.index] - f) * np.sqrt(m / (m - 3)))
+    c = np.array([p.flops for p in used])
+    out = {k: np.full(n_resamples, np.nan) for k in ("a", "b", "log10_k_n", "log10_k_d")}
+    failed = 0
+    for r in range(n_resamples):
+        n_opt, d_opt = [], []
+        for p, f, e in zip(used, fitted, resid, strict=True):
+            y = f + e[rng.integers(0, len(e), len(e))]
+            q = fit_parabola(p.budget, n[p.index], d[p.index], y)
+            n_opt.append(q.n_opt)
+            d_opt.append(q.d_opt)
+            if not q.inside:
+                break
+        else:
+            nl, dl = fit_power_law(c, np.array(n_opt)), fit_power_law(c, np.array(d_opt))
+            out["a"][r], out["b"][r] = nl.exponent, dl.exponent
+            out["log10_k_n"][r] = np.log10(nl.coefficient)
+            out["log10_k_d"][r] = np.log10(dl.coefficient)
+            continue
+        failed += 1
+    return Samples(out, n_resamples, failed)

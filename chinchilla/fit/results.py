@@ -22,7 +22,7 @@ from chinchilla.fit.envelope import (
     fit_envelope_finished,
     horizon_sizes,
 )
-from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop
+from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop, residual_bootstrap
 from chinchilla.fit.parametric import ParametricFit, fit_parametric, paper_start_grid, refit_many
 
 
@@ -222,12 +222,14 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
         try:
             rep.approach2 = _approach2(res, budgets)
             if opts.bootstrap:
-                rep.samples[2] = bootstrap_loop(
-                    n,
+                rep.samples[2] = residual_bootstrap(
+                    rep.approach2,
+                    res.n_params,
+                    res.n_tokens,
+                    res.loss,
+                    res.flops,
                     opts.bootstrap,
                     opts.seed + 2,
-                    lambda i: _law_params(_approach2(res, budgets, i)),
-                    groups=budgets,
                 )
         except NotEnoughData as exc:
             rep.skipped["approach2"] = str(exc)
