@@ -1,8 +1,8 @@
 """`make bench`: speed and memory, as ratios measured in this one run.
 
 1. training step FLOP/s (Appendix F count) / torch.matmul FLOP/s of a similar size, CPU;
-2. Approach 3 fit: the per-start scipy L-BFGS-B loop vs the batched multistart, and
-   the whole `chinchilla fit --approach 3` process (default and --fast);
+2. Approach 3 fit: a per-start scipy L-BFGS-B loop vs the batched multistart at three
+   Huber deltas, and the whole `chinchilla fit --approach 3` process;
 3. 1,000 bootstrap refits;
 4. sweep overhead (time outside training steps and evaluations) and memory per run.
 Set BENCH_QUICK=1 to skip the slowest parts.
@@ -97,84 +97,81 @@ def epoch_points():
     return n, d, loss, "245 synthetic points"
 
 
+def _fit_process(path: Path, *flags: str) -> float:
+    """Median wall time of 3 whole `chinchilla fit --approach 3 --bootstrap 0` processes."""
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chinchilla",
+                "fit",
+                str(path),
+                "--approach",
+                "3",
+                "--json",
+                "--bootstrap",
+                "0",
+                *flags,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def bench_fit() -> None:
+    sys.path.insert(0, str(ROOT))
     from chinchilla.fit.bootstrap import resample_counts
-    from chinchilla.fit.parametric import (
-        fit_parametric,
-        paper_start_grid,
-        refit_many,
-        scipy_reference_fit,
-    )
+    from chinchilla.fit.parametric import fit_parametric, paper_start_grid, refit_many
+    from tests.scipy_loop import loop_fit
 
     n, d, loss, label = epoch_points()
-    print(f"\n2. Approach 3 on {label}, the paper's 4,500 starts")
+    print(f"\n2. Approach 3 on {label}, the paper's 4,500 starts, against a per-start loop")
+    print("   (loop: scipy L-BFGS-B per start on an independent scipy.special objective)")
     grid = paper_start_grid()
     stride = 10 if QUICK else 1
-    t = time.perf_counter()
-    _, f_loop = scipy_reference_fit(n, d, loss, starts=grid[::stride])
-    loop_s = (time.perf_counter() - t) * stride
-    t = time.perf_counter()
-    full = fit_parametric(n, d, loss, exhaustive=True)
-    full_s = time.perf_counter() - t
-    t = time.perf_counter()
-    fast = fit_parametric(n, d, loss, exhaustive=False)
-    fast_s = time.perf_counter() - t
-    note = f" (timed on every {stride}th start, x{stride})" if stride > 1 else ""
-    print(
-        f"   scipy L-BFGS-B loop, one start at a time: {loop_s:7.1f} s{note}, "
-        f"objective {f_loop:.10g}"
-    )
-    print(
-        f"   batched, every start to convergence:      {full_s:7.2f} s, objective "
-        f"{full.objective:.10g}  ({loop_s / full_s:.0f}x faster)"
-    )
-    print(
-        f"   batched, successive halving (--fast):      {fast_s:7.2f} s, objective "
-        f"{fast.objective:.10g}  ({loop_s / fast_s:.0f}x faster)"
-    )
-    print(
-        f"   relative objective gap to the loop: full {(full.objective - f_loop) / f_loop:+.1e},"
-        f" fast {(fast.objective - f_loop) / f_loop:+.1e}"
-    )
+    full = None
+    for delta in (1e-2, 1e-3, 1e-4):
+        t = time.perf_counter()
+        _, f_loop = loop_fit(n, d, loss, grid[::stride], delta=delta)
+        loop_s = (time.perf_counter() - t) * stride
+        t = time.perf_counter()
+        fit = fit_parametric(n, d, loss, delta=delta)
+        fit_s = time.perf_counter() - t
+        if delta == 1e-3:
+            full, loop_3 = fit, loop_s
+        note = f" (every {stride}th start, time x{stride})" if stride > 1 else ""
+        print(
+            f"   delta {delta:g}: loop {loop_s:6.1f} s{note}, objective {f_loop:.10g}; batched "
+            f"{fit_s:5.2f} s ({loop_s / fit_s:.0f}x), objective {fit.objective:.10g} "
+            f"(relative gap {(fit.objective - f_loop) / f_loop:+.1e})"
+        )
+        print(f"      starts: {fit.starts}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "points.csv"
         with path.open("w") as fh:
             fh.write("N,D,loss\n")
             for row in zip(n, d, loss, strict=True):
                 fh.write(",".join(repr(float(v)) for v in row) + "\n")
-        for flag in ([], ["--fast"]):
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "chinchilla",
-                        "fit",
-                        str(path),
-                        "--approach",
-                        "3",
-                        "--json",
-                        "--bootstrap",
-                        "0",
-                        *flag,
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
-                times.append(time.perf_counter() - t)
+        for flags in ((), ("--starts", "coarse")):
+            proc = _fit_process(path, *flags)
             print(
-                f"   whole `chinchilla fit --approach 3 --bootstrap 0 {' '.join(flag)}` process: "
-                f"median {np.median(times):.2f} s of 3"
+                f"   whole `chinchilla fit --approach 3 --bootstrap 0 {' '.join(flags)}` process: "
+                f"median {proc:.2f} s of 3; loop / process at delta 1e-3: {loop_3 / proc:.0f}x"
             )
-    print("\n3. bootstrap refits (warm-started from the full fit's local optima, all at once)")
+    print("\n3. bootstrap refits (from the full fit's best and distinct optima, all at once)")
     t = time.perf_counter()
     counts = resample_counts(len(n), 1000, seed=0)
     thetas = refit_many(full, n, d, loss, counts)
+    alpha = thetas[:, 3][np.isfinite(thetas[:, 3])]
     print(
-        f"   1,000 refits: {time.perf_counter() - t:.1f} s; alpha 80% interval "
-        f"[{np.percentile(thetas[:, 3], 10):.4f}, {np.percentile(thetas[:, 3], 90):.4f}]"
+        f"   1,000 refits: {time.perf_counter() - t:.1f} s, {len(thetas) - len(alpha)} failed; "
+        f"alpha 80% interval [{np.percentile(alpha, 10):.4f}, {np.percentile(alpha, 90):.4f}], "
+        f"95% [{np.percentile(alpha, 2.5):.4f}, {np.percentile(alpha, 97.5):.4f}]"
     )
 
 
