@@ -108,6 +108,8 @@ def _print_plan(p) -> None:
         "peak lr",
         "FLOPs [conv.]",
         "App.F / 6ND",
+        "micro-batch",
+        "est. memory",
         "est. time",
     ):
         t.add_column(col, justify="left" if col == "run_id" else "right")
@@ -127,6 +129,8 @@ def _print_plan(p) -> None:
             f"{r.lr:.2e}",
             f"{r.flops:.3g}",
             f"{r.flops_chinchilla / r.flops_6nd:.3f}",
+            f"{p.memory(r)[0]} of {r.batch_size}",
+            f"{p.memory(r)[1] / 2**30:.1f} GiB" + ("" if p.memory(r)[2] else " !"),
             console.duration(p.estimated_seconds(r)),
         )
     console.stdout.print(t)
@@ -136,7 +140,9 @@ def _print_plan(p) -> None:
         f"{sum(r.flops_chinchilla for r in p.runs):.3g} FLOPs (App. F); "
         f"estimated {p.estimated_hours:.2f} h at {dev.plan_peak_flops:.3g} FLOP/s peak and "
         f"{dev.plan_utilization:.0%} utilisation (N total = all parameters; "
-        f"N non-emb = without vocabulary and position embeddings)"
+        f"N non-emb = without vocabulary and position embeddings); micro-batches sized "
+        f"for {dev.memory_gb:g} GiB per device (device.memory_gb), memory estimated for "
+        + ("fp32" if dev.type == "cpu" else "bf16 autocast")
     )
     for w in p.warnings:
         console.stderr.print(f"warning: {w}")

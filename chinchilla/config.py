@@ -167,12 +167,21 @@ class GridConfig:
             _fail("grid.budget_tolerance", f"must be in (0, 1), got {self.budget_tolerance}")
 
 
+# Train settings that change speed, memory or logging but not a run's results.
+SPEED_ONLY = ("checkpoint_every_s", "compile", "log_every", "micro_batch_size")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How one run trains (every run of a sweep shares these)."""
 
     batch_size: int = 32
-    """Sequences per optimizer step."""
+    """Sequences per optimizer step (the global batch, whatever the micro-batch)."""
+    micro_batch_size: int | Literal["auto"] = "auto"
+    """Sequences per forward/backward pass; gradients of batch_size / micro_batch_size
+    passes are accumulated into one optimizer step. auto: the largest divisor of
+    batch_size whose estimated memory fits the device (CUDA: its real memory; CPU:
+    device.memory_gb), halved again if the first steps run out of memory."""
     lr: float | None = None
     """Peak learning rate; None = the size rule lr_base * (N / 1e6) ** -lr_exponent,
     clipped to [lr_min, lr_max] (N = total parameters)."""
@@ -215,6 +224,14 @@ class TrainConfig:
                 _fail(f"train.{name}", f"must be > 0, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             _fail("train.lr", f"must be > 0, got {self.lr}")
+        if self.micro_batch_size != "auto" and not (
+            self.micro_batch_size > 0 and self.batch_size % self.micro_batch_size == 0
+        ):
+            _fail(
+                "train.micro_batch_size",
+                f"must be auto or a divisor of batch_size {self.batch_size}, "
+                f"got {self.micro_batch_size}",
+            )
         if self.lr_min > self.lr_max:
             _fail("train.lr_min", f"{self.lr_min} exceeds lr_max {self.lr_max}")
         for name in ("warmup_frac", "final_lr_frac", "decay_frac", "beta1", "beta2"):
@@ -319,6 +336,9 @@ class DeviceConfig:
     """Model FLOPs utilisation the planner's time estimate assumes."""
     threads: int | None = None
     """CPU threads per run; None = torch's default."""
+    memory_gb: float = 80.0
+    """Memory of one device in GiB that `chinchilla plan` sizes micro-batches for
+    (default: an 80 GB H100); on CUDA a run uses the device's real memory."""
 
     def __post_init__(self) -> None:
         if self.peak_flops is not None and not self.peak_flops > 0:
@@ -329,6 +349,8 @@ class DeviceConfig:
             _fail("device.plan_utilization", f"must be in (0, 1], got {self.plan_utilization}")
         if self.threads is not None and self.threads < 1:
             _fail("device.threads", f"must be >= 1, got {self.threads}")
+        if not self.memory_gb > 0:
+            _fail("device.memory_gb", f"must be > 0, got {self.memory_gb}")
 
 
 @dataclass(frozen=True)
@@ -389,8 +411,12 @@ class Config:
         return d
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes results (the execution section does not)."""
-        blob = json.dumps(self.to_dict(with_execution=False), sort_keys=True)
+        """Hash of everything that changes results (the execution section and the
+        speed-only train settings do not)."""
+        d = self.to_dict(with_execution=False)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in SPEED_ONLY}
+        d["device"] = {k: v for k, v in d["device"].items() if k != "memory_gb"}
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -20,15 +20,14 @@ from typing import Any
 from chinchilla.accounting import (
     ModelShape,
     chinchilla_flops_per_token,
+    choose_micro_batch,
     count_params,
     flops_per_token,
     flops_per_token_6n,
+    training_memory_bytes,
 )
-from chinchilla.config import Config, ShapeSpec
+from chinchilla.config import SPEED_ONLY, Config, ShapeSpec
 from chinchilla.errors import UserError
-
-# Train settings that change speed or logging but not a run's results.
-_NOT_IN_RUN_ID = ("checkpoint_every_s", "compile", "log_every")
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,19 @@ class Plan:
         dev = self.config.device
         return run.flops_chinchilla / (dev.plan_peak_flops * dev.plan_utilization)
 
+    def memory(self, run: PlannedRun) -> tuple[int, float, bool]:
+        """(micro-batch, estimated peak bytes, fits) of a run on the configured device:
+        train.micro_batch_size when set, else the largest micro-batch whose estimate fits
+        device.memory_gb (`accounting.choose_micro_batch`). bf16 autocast is assumed
+        unless device.type is cpu."""
+        dev, t = self.config.device, self.config.train
+        mixed = dev.type != "cpu"
+        budget = dev.memory_gb * 2**30
+        if t.micro_batch_size != "auto":
+            need = training_memory_bytes(run.shape, t.micro_batch_size, mixed_precision=mixed)
+            return t.micro_batch_size, need, need <= 0.85 * budget
+        return choose_micro_batch(run.shape, run.batch_size, budget, mixed_precision=mixed)
+
     @property
     def estimated_hours(self) -> float:
         return sum(self.estimated_seconds(r) for r in self.runs) / 3600
@@ -109,7 +121,16 @@ class Plan:
                 "flops": "6*N*D" if g.flops_convention == "6nd" else "Chinchilla Appendix F",
                 "flops_units": "FLOPs (forward + backward), whole run",
             },
-            "runs": [r.row() | {"estimated_seconds": self.estimated_seconds(r)} for r in self.runs],
+            "runs": [
+                r.row()
+                | {
+                    "estimated_seconds": self.estimated_seconds(r),
+                    "micro_batch_size": self.memory(r)[0],
+                    "estimated_peak_memory_gib": self.memory(r)[1] / 2**30,
+                }
+                for r in self.runs
+            ],
+            "memory_assumes": {"device_memory_gib": dev.memory_gb, "headroom": 0.85},
             "n_runs": len(self.runs),
             "total_flops": self.total_flops,
             "total_flops_chinchilla": sum(r.flops_chinchilla for r in self.runs),
@@ -258,7 +279,7 @@ def learning_rate(n_params: int, cfg: Config) -> float:
 
 def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
     """Stable hash of everything that determines a run's result."""
-    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in _NOT_IN_RUN_ID}
+    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in SPEED_ONLY}
     payload = {
         "shape": shape.as_dict(),
         "n_tokens": n_tokens,
@@ -362,4 +383,13 @@ def plan(cfg: Config) -> Plan:
         raise UserError(
             "config: grid: no run fits the budgets (see warnings: " + "; ".join(warnings[:2]) + ")"
         )
-    return Plan(config=cfg, runs=list(seen.values()), warnings=warnings)
+    p = Plan(config=cfg, runs=list(seen.values()), warnings=warnings)
+    for r in p.runs:
+        micro, need, fits = p.memory(r)
+        if not fits:
+            warnings.append(
+                f"run {r.run_id} ({r.n_params / 1e6:.3g}M parameters): micro-batch {micro} "
+                f"needs an estimated {need / 2**30:.1f} GiB, over 85% of device.memory_gb "
+                f"{cfg.device.memory_gb:g}"
+            )
+    return p

@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from chinchilla.accounting import chinchilla_flops_per_token, flops_per_token
+from chinchilla.accounting import (
+    chinchilla_flops_per_token,
+    choose_micro_batch,
+    divisors_descending,
+    flops_per_token,
+)
 from chinchilla.config import Config
 from chinchilla.data import TokenData
 from chinchilla.files import atomic_write
@@ -48,8 +53,12 @@ class RunResult:
     train_loss: float = math.nan  # mean training loss over the last logging interval
     steps_done: int = 0
     seconds: float = 0.0  # wall time of the run, all resumed segments together
-    step_seconds: float = 0.0  # inside forward/backward/optimizer steps
+    step_seconds: float = 0.0  # synchronised wall time of training steps after the first
     eval_seconds: float = 0.0  # inside evaluations
+    warmup_seconds: float = 0.0  # first step of each segment (compilation, allocation)
+    micro_batch_size: int | None = None  # sequences per forward/backward at the end
+    oom_backoffs: list[int] = field(default_factory=list)  # micro-batches given up
+    compile: dict[str, int] | None = None  # graphs compiled, recompilations
     tokens_per_second: float = math.nan
     mfu: float = math.nan  # Appendix F FLOPs per second / device peak
     resumed_from: int | None = None  # step the last segment resumed from
@@ -152,24 +161,165 @@ def _autocast(device: str):
     return contextlib.nullcontext()  # fp32 on CPU
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TokenData, cfg: Config, device: str) -> float:
-    """Mean next-token loss (nats/token) on the sweep's fixed validation tokens."""
-    model.eval()
-    total, count = 0.0, 0
-    for block in data.val_batches(cfg.train.eval_tokens, cfg.train.batch_size):
-        batch = torch.from_numpy(block).to(device, non_blocking=True)
-        with _autocast(device):
-            loss = model.loss(batch)
-        n = batch.shape[0] * (batch.shape[1] - 1)
-        total += float(loss) * n
-        count += n
-    model.train()
-    return total / count
+# What an out-of-memory failure raises (torch.OutOfMemoryError on recent versions).
+OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
+
+
+def initial_micro_batch(run: PlannedRun, cfg: Config, device: str) -> int:
+    """train.micro_batch_size, or for auto the largest divisor of the batch whose
+    estimated step memory fits the device (CUDA: its memory not held by others; CPU:
+    device.memory_gb)."""
+    if cfg.train.micro_batch_size != "auto":
+        return int(cfg.train.micro_batch_size)
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        memory = min(total, free + torch.cuda.memory_reserved())
+    else:
+        memory = cfg.device.memory_gb * 2**30
+    micro, _, _ = choose_micro_batch(
+        run.shape, run.batch_size, memory, mixed_precision=device == "cuda"
+    )
+    return micro
+
+
+class Stepper:
+    """One run's optimizer step over micro-batches, with the loss (and its fp32 upcast)
+    inside the compiled region when compiling, and out-of-memory back-off: an OOM in a
+    forward or backward pass drops the step's partial gradients, halves the micro-batch
+    (to the largest divisor of the batch at most half of it) and redoes the same step
+    on the same data."""
+
+    def __init__(self, model: GPT, opt, cfg: Config, device: str, micro: int, batch_size: int):
+        self.model, self.opt, self.cfg, self.device = model, opt, cfg, device
+        self.micro, self.batch_size = micro, batch_size
+        self.backoffs: list[int] = []  # micro-batch sizes given up on OOM
+        self.loss_fn = model.loss
+        if cfg.train.compile:
+            import torch._dynamo
+
+            torch._dynamo.reset()  # a fresh cache per run: no recompile limit across runs
+            self.loss_fn = torch.compile(model.loss, dynamic=False)
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        """Accumulate gradients of the (B, T + 1) batch and take one optimizer step;
+        returns the batch's mean loss (a device scalar, not synchronised)."""
+        while True:
+            try:
+                return self._step(batch)
+            except OOM_ERRORS:
+                self.opt.zero_grad(set_to_none=True)
+                smaller = [k for k in divisors_descending(self.batch_size) if k <= self.micro // 2]
+                if not smaller:
+                    raise
+                self.backoffs.append(self.micro)
+                self.micro = smaller[0]
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _step(self, batch: torch.Tensor) -> torch.Tensor:
+        parts = batch.split(self.micro)
+        total = torch.zeros((), device=batch.device)
+        for part in parts:
+            with _autocast(self.device):
+                loss = self.loss_fn(part)
+            (loss / len(parts)).backward()
+            total += loss.detach()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total / len(parts)
+
+    @torch.no_grad()
+    def evaluate(self, data: TokenData) -> float:
+        """Mean next-token loss (nats/token) on the sweep's fixed validation tokens, in
+        micro-batches."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for block in data.val_batches(self.cfg.train.eval_tokens, self.micro):
+            batch = _to_device(block, self.device)
+            with _autocast(self.device):
+                loss = self.loss_fn(batch)
+            n = batch.shape[0] * (batch.shape[1] - 1)
+            total += float(loss) * n
+            count += n
+        self.model.train()
+        return total / count
+
+    def compile_stats(self) -> dict[str, int] | None:
+        """Graphs compiled and recompilations in this run (torch._dynamo's counters,
+        reset with the cache at the run's start)."""
+        if not self.cfg.train.compile:
+            return None
+        from torch._dynamo.utils import counters
+
+        return {
+            "graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "recompiles": int(sum(counters["recompiles"].values())),
+        }
+
+
+def _to_device(block: np.ndarray, device: str) -> torch.Tensor:
+    """Host array -> device tensor: pinned and asynchronous on CUDA, so the copy of the
+    next batch is queued behind the GPU's work instead of waiting for it."""
+    t = torch.from_numpy(block)
+    if device == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+class Clock:
+    """Wall time between synchronised points. On CUDA kernels are queued, so a timer read
+    without synchronising measures launches, not work (the wait then lands in a later
+    copy, outside the timer). `lap()` synchronises and returns the seconds since the last
+    mark; `restart()` begins a new interval after time that belongs to no step."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.mark = self._now()
+
+    def _now(self) -> float:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        seconds, self.mark = now - self.mark, now
+        return seconds
+
+    def restart(self) -> None:
+        self.mark = self._now()
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path | None, device: str) -> dict[str, Any] | None:
+    """A run's checkpoint, or None. One that cannot be read (truncated, corrupt, from an
+    incompatible version) is set aside as <name>.bad with a warning and the run starts
+    over: a bad checkpoint must not fail its run on every rerun."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        missing = {"model", "optimizer", "rng", "step", "curve", "timers"} - set(state)
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+        return state
+    except Exception as exc:  # torch raises many types for a bad file
+        import sys
+
+        bad = path.with_name(path.name + ".bad")
+        path.replace(bad)
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        print(
+            f"warning: checkpoint {path} could not be loaded ({type(exc).__name__}: {detail}); "
+            f"set aside as {bad.name}, the run starts over",
+            file=sys.stderr,
+        )
+        return None
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -189,7 +339,9 @@ def train_run(
 
     Returns a `RunResult` whose status is "ok", or "diverged" when the training loss
     became NaN/inf (the curve up to there is kept). Exceptions propagate; the sweep
-    records them as "failed".
+    records them as "failed". Step time is synchronised wall time between logging
+    points; the first step of each segment (compilation, allocator warm-up) is timed
+    apart as warm-up and left out of tokens/s and MFU.
     """
     t0 = time.perf_counter()
     t = cfg.train
@@ -202,22 +354,23 @@ def train_run(
     torch.manual_seed(t.seed)
     model = GPT(run.shape).to(device)
     opt = _optimizer(model, run.lr, cfg, device)
-    fwd = torch.compile(model) if t.compile else model
 
     # 2. resume: model, optimizer, step, curve so far, RNG and timers
     result = RunResult(run_id=run.run_id, status="ok")
     start = 0
-    prior = {"seconds": 0.0, "step_seconds": 0.0, "eval_seconds": 0.0}
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    prior = {"seconds": 0.0, "step_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0}
+    state = load_checkpoint(checkpoint, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = state["step"]
         result.curve = state["curve"]
-        prior = state["timers"]
+        prior |= state["timers"]
         result.resumed_from = start
     result.step_seconds, result.eval_seconds = prior["step_seconds"], prior["eval_seconds"]
+    result.warmup_seconds = prior["warmup_seconds"]
+    stepper = Stepper(model, opt, cfg, device, initial_micro_batch(run, cfg, device), batch_size)
 
     # 3. the loop; losses are summed on the device and read only when logged
     evals = eval_steps(steps, t.evals)
@@ -225,28 +378,26 @@ def train_run(
     n_summed = 0
     last_ckpt = time.perf_counter()
     model.train()
+    clock = Clock(device)
+    batch = _to_device(data.train_batch(start, batch_size, t.seed), device)
     for step in range(start, steps):
         lr = lr_at(step, steps, run.lr, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = torch.from_numpy(data.train_batch(step, batch_size, t.seed)).to(device)
-        ts = time.perf_counter()
-        with _autocast(device):
-            loss = fwd.loss(batch) if not t.compile else _compiled_loss(fwd, batch)
-        loss.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        n_summed += 1
+        loss = stepper.step(batch)
         done = step + 1
-        if device == "cuda" and (done % t.log_every == 0 or done in evals):
-            torch.cuda.synchronize()
-        result.step_seconds += time.perf_counter() - ts
+        if done < steps:  # queue the next batch's copy while the GPU works
+            batch = _to_device(data.train_batch(done, batch_size, t.seed), device)
+        loss_sum += loss
+        n_summed += 1
+        logging = done % t.log_every == 0 or done in evals or done == steps
+        if step == start:  # compilation and allocator warm-up, timed apart
+            result.warmup_seconds += clock.lap()
+        elif logging:
+            result.step_seconds += clock.lap()
 
         # 4. log, evaluate, detect divergence, checkpoint
-        if done % t.log_every == 0 or done in evals or done == steps:
+        if logging:
             train_loss = float(loss_sum) / n_summed
             loss_sum.zero_()
             n_summed = 0
@@ -266,7 +417,7 @@ def train_run(
                 break
             if done in evals:
                 te = time.perf_counter()
-                row["eval_loss"] = evaluate(fwd, data, cfg, device)
+                row["eval_loss"] = stepper.evaluate(data)
                 result.eval_seconds += time.perf_counter() - te
                 result.loss = row["eval_loss"]
                 if not math.isfinite(result.loss):
@@ -305,33 +456,27 @@ def train_run(
                             "seconds": elapsed,
                             "step_seconds": result.step_seconds,
                             "eval_seconds": result.eval_seconds,
+                            "warmup_seconds": result.warmup_seconds,
                         },
                     },
                 )
                 last_ckpt = time.perf_counter()
+            clock.restart()  # evaluation, logging and checkpoints are not step time
 
     # 5. summary
     result.seconds = prior["seconds"] + time.perf_counter() - t0
-    result.segment_seconds = (
-        result.step_seconds - prior["step_seconds"],
-        result.eval_seconds - prior["eval_seconds"],
-    )
-    if result.step_seconds > 0:
-        result.tokens_per_second = (
-            (result.steps_done - start)
-            * tokens_per_step
-            / max(result.step_seconds - prior["step_seconds"], 1e-9)
-        )
+    new_steps = result.step_seconds - prior["step_seconds"]
+    new_warmup = result.warmup_seconds - prior["warmup_seconds"]
+    result.segment_seconds = (new_steps + new_warmup, result.eval_seconds - prior["eval_seconds"])
+    result.micro_batch_size = stepper.micro
+    result.oom_backoffs = list(stepper.backoffs)
+    result.compile = stepper.compile_stats()
+    timed = result.steps_done - start - 1  # the warm-up step is not in step_seconds
+    if timed > 0 and new_steps > 0:
+        result.tokens_per_second = timed * tokens_per_step / new_steps
         if peak:
             result.mfu = result.tokens_per_second * fpt_hw / peak
     return result
-
-
-def _compiled_loss(compiled: Any, batch: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    logits = compiled(batch[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
 
 
 def reference_versions() -> dict[str, str]:

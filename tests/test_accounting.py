@@ -81,3 +81,48 @@ def test_model_forward_shapes_and_seeded_init():
     x = torch.randint(0, 50, (3, 17))
     assert a(x[:, :-1]).shape == (3, 16, 50)
     assert torch.equal(a.loss(x), b.loss(x))
+
+
+# Peak memory measured on one H100 (shared/measurements/h100-2026-11-25.md, sections 1
+# and 3): run_id of configs/gpu_h100.yaml, micro-batch, GiB.
+H100_PEAKS = [
+    ("49132063ce04", 256, 32.5),
+    ("bdd6329aa369", 256, 44.4),
+    ("762b60dae92c", 256, 48.4),
+    ("29650348ea0d", 256, 54.5),
+    ("652279bb0972", 256, 55.3),
+    ("c1941b9e5ea5", 256, 52.9),
+    ("29650348ea0d", 64, 14.3),
+    ("f37959819cf3", 32, 17.3),
+    ("d9eda72af0d1", 16, 26.4),
+]
+
+
+def test_memory_estimate_matches_peaks_measured_on_an_h100():
+    from chinchilla.accounting import training_memory_bytes
+    from chinchilla.config import load_config
+    from chinchilla.grid import plan
+
+    from .conftest import ROOT
+
+    runs = {r.run_id: r for r in plan(load_config(ROOT / "configs" / "gpu_h100.yaml")).runs}
+    for run_id, micro, gib in H100_PEAKS:
+        est = training_memory_bytes(runs[run_id].shape, micro) / 2**30
+        assert est == pytest.approx(gib, rel=0.1), run_id
+
+
+def test_gpu_plan_gives_every_run_a_micro_batch_that_fits():
+    import json
+
+    from typer.testing import CliRunner
+
+    from chinchilla.cli import app
+
+    from .conftest import ROOT
+
+    r = CliRunner().invoke(app, ["plan", str(ROOT / "configs" / "gpu_h100.yaml"), "--json"])
+    doc = json.loads(r.stdout)
+    for run in doc["runs"]:
+        assert run["batch_size"] % run["micro_batch_size"] == 0
+        assert run["estimated_peak_memory_gib"] < 0.85 * 80
+    assert not [w for w in doc["warnings"] if "micro-batch" in w]

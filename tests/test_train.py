@@ -88,3 +88,74 @@ def test_divergence_is_reported_with_the_partial_curve(micro):
     assert (
         res.curve and res.steps_done < run.steps or not math.isfinite(res.curve[-1]["train_loss"])
     )
+
+
+def _with_train(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
+
+
+def test_micro_batches_give_the_curve_of_one_full_batch(micro):
+    cfg, run, data = micro  # batch of 8 sequences
+    full = train_run(run, _with_train(cfg, micro_batch_size=8), data)
+    split = train_run(run, _with_train(cfg, micro_batch_size=2), data)
+    assert full.micro_batch_size == 8 and split.micro_batch_size == 2
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in split.curve], [r["train_loss"] for r in full.curve], rtol=2e-5
+    )
+    assert split.loss == pytest.approx(full.loss, rel=2e-5)
+
+
+def test_out_of_memory_backs_off_and_continues(micro, monkeypatch):
+    import torch
+
+    from chinchilla.model import GPT
+
+    cfg, run, data = micro
+    reference = train_run(run, _with_train(cfg, micro_batch_size=2), data)
+    real_loss = GPT.loss
+
+    def small_memory(self, batch):  # a device that holds 2 sequences at a time
+        if batch.shape[0] > 2 and torch.is_grad_enabled():
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(GPT, "loss", small_memory)
+    res = train_run(run, _with_train(cfg, micro_batch_size=8), data)
+    assert res.status == "ok" and res.micro_batch_size == 2 and res.oom_backoffs == [8, 4]
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in res.curve], [r["train_loss"] for r in reference.curve], rtol=1e-6
+    )
+
+
+def test_out_of_memory_at_one_sequence_fails_the_run(micro, monkeypatch):
+    import torch
+
+    from chinchilla.model import GPT
+
+    def no_memory(self, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(GPT, "loss", no_memory)
+    cfg, run, data = micro
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        train_run(run, cfg, data)
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_the_run_starts_over(micro, tmp_path, capsys):
+    cfg, run, data = micro
+    ckpt = tmp_path / "run.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    res = train_run(run, cfg, data, checkpoint=ckpt)
+    assert res.status == "ok" and res.resumed_from is None
+    assert (tmp_path / "run.pt.bad").exists() and not ckpt.exists()
+    assert "set aside" in capsys.readouterr().err
+
+
+def test_warm_up_is_timed_apart_from_steps(micro):
+    cfg, run, data = micro
+    res = train_run(run, cfg, data)
+    assert res.warmup_seconds > 0 and res.step_seconds > 0
+    tokens = (run.steps - 1) * run.batch_size * run.shape.seq_len
+    assert res.tokens_per_second == pytest.approx(tokens / res.step_seconds)
