@@ -4,7 +4,8 @@
 2. Approach 3 fit: a per-start scipy L-BFGS-B loop vs the batched multistart at three
    Huber deltas, and the whole `chinchilla fit --approach 3` process;
 3. 1,000 bootstrap refits;
-4. sweep overhead (time outside training steps and evaluations) and memory per run.
+4. sweep overhead (each worker's time outside training steps and evaluations, serially
+   and with 2 workers) and memory per run;
 Set BENCH_QUICK=1 to skip the slowest parts.
 """
 
@@ -182,27 +183,35 @@ def bench_sweep() -> None:
 
     budgets = "[3e10]" if QUICK else "[3e10, 1e11]"
     print(f"\n4. sweep of configs/tiny.yaml with grid.budgets={budgets}: overhead and memory")
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"grid.budgets={budgets}"])
-    rss = []
-    original = SweepProgress.run_finished
+    for workers in (1, 2):
+        cfg = load_config(
+            ROOT / "configs" / "tiny.yaml",
+            [f"grid.budgets={budgets}", f"execution.workers={workers}"],
+        )
+        rss = []
+        original = SweepProgress.run_finished
 
-    def record(self, run, row):
-        rss.append(rss_mb())
-        original(self, run, row)
+        def record(self, run, row, original=original, rss=rss):
+            rss.append(rss_mb())
+            original(self, run, row)
 
-    SweepProgress.run_finished = record
-    with tempfile.TemporaryDirectory() as tmp:
-        s = run_sweep(cfg, Path(tmp) / "sweep", live=False)
-    SweepProgress.run_finished = original
-    print(
-        f"   wall {s.wall_seconds:.1f} s, training steps {s.step_seconds:.1f} s, evaluations "
-        f"{s.eval_seconds:.1f} s: outside both {s.overhead_fraction:.1%}"
-    )
-    print("   resident memory after each run (MB): " + ", ".join(f"{v:.0f}" for v in rss))
-    print(
-        f"   growth from the first run to the last: {rss[-1] - rss[0]:+.0f} MB over "
-        f"{len(rss) - 1} runs"
-    )
+        SweepProgress.run_finished = record
+        with tempfile.TemporaryDirectory() as tmp:
+            s = run_sweep(cfg, Path(tmp) / "sweep", live=False)
+        SweepProgress.run_finished = original
+        print(
+            f"   {workers} worker(s): wall {s.wall_seconds:.1f} s, training steps "
+            f"{s.step_seconds:.1f} s, evaluations {s.eval_seconds:.1f} s; in steps and "
+            "evaluations / wall: "
+            + ", ".join(f"{k.split('/')[-1]} {v:.1%}" for k, v in s.utilisation.items())
+            + f"; outside both, per worker on average: {s.overhead_fraction:.1%}"
+        )
+        if workers == 1:  # the runs train in this process: its memory is theirs
+            print("   resident memory after each run (MB): " + ", ".join(f"{v:.0f}" for v in rss))
+            print(
+                f"   growth from the first run to the last: {rss[-1] - rss[0]:+.0f} MB over "
+                f"{len(rss) - 1} runs"
+            )
 
 
 _MEMORY_PROBE = """

@@ -198,16 +198,12 @@ def sweep(
         f"sweep {target}: {s.planned} planned, {s.trained} trained now; recorded: {counts}. "
         f"Wall {console.duration(s.wall_seconds)}, in training steps "
         f"{console.duration(s.step_seconds)}, evaluations {console.duration(s.eval_seconds)}"
-        + (
-            f", outside both {s.overhead_fraction:.1%}"
-            if s.trained and list(s.utilisation) == ["main"]
-            else ""
-        )
+        + (f", outside both {s.overhead_fraction:.1%} per worker" if s.trained else "")
         + f". Tables: {target / 'runs.parquet'}, {target / 'curves.parquet'}"
     )
     if s.utilisation and list(s.utilisation) != ["main"]:
         console.stdout.print(
-            "device utilisation (busy / wall): "
+            "worker utilisation (in steps and evaluations / sweep wall time): "
             + ", ".join(f"{k} {v:.0%}" for k, v in s.utilisation.items())
         )
 

@@ -365,17 +365,18 @@ class ExecutionConfig:
     gpus_per_run: float | None = None
     """Executor ray: GPUs each run requests (fractional packs runs onto a GPU); None =
     1 / runs_per_gpu when the cluster has GPUs, else 0."""
-    workers: int = 1
+    workers: int | Literal["auto"] = "auto"
     """Runs trained at once on this machine, one process each (CPU: cores are split
-    between them; CUDA: each is pinned to a GPU)."""
+    between them; CUDA: each is pinned to a GPU). auto: every visible GPU x
+    runs_per_gpu on CUDA, 1 on CPU."""
     runs_per_gpu: int = 1
     """Runs packed onto one GPU at once (small runs leave a GPU idle)."""
     retries: int = 0
     """Extra attempts for a run that failed (an exception, out of memory)."""
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            _fail("execution.workers", f"must be >= 1, got {self.workers}")
+        if self.workers != "auto" and self.workers < 1:
+            _fail("execution.workers", f"must be auto or >= 1, got {self.workers}")
         if self.runs_per_gpu < 1:
             _fail("execution.runs_per_gpu", f"must be >= 1, got {self.runs_per_gpu}")
         if self.retries < 0:

@@ -1,11 +1,18 @@
-"""Several runs at once on one machine: one process per run slot, each pinned to a GPU.
+"""Several runs at once on one machine, and on a Ray cluster.
 
-`run_local_parallel` keeps `workers` processes busy, largest runs first (shortest
-makespan). Each worker takes a slot when it starts: on CUDA the slot picks its GPU
-through CUDA_VISIBLE_DEVICES (`runs_per_gpu` slots share a device); on CPU the cores
-are split between workers. Workers write their own part files (`store.write_part`);
-the parent alone merges runs.parquet / curves.parquet and shows progress, so the
-tables stay consistent and the resume guarantees of a serial sweep hold.
+Local: `run_local_parallel` keeps `workers` processes busy, largest runs first (shortest
+makespan). Each worker owns a slot: on CUDA the slot picks its GPU through
+CUDA_VISIBLE_DEVICES, mapped through any mask already set (Slurm's GPU binding);
+`runs_per_gpu` slots share a device; on CPU the usable cores are split between workers.
+Workers write their own part files (`store.write_part`); the driver alone merges
+runs.parquet / curves.parquet and shows progress, so the tables stay consistent and
+the resume guarantees of a serial sweep hold.
+
+Fault isolation: the driver watches every worker process. A worker that dies (SIGKILL,
+segfault, the kernel's OOM killer) fails only the run it held, which is retried per
+`execution.retries` in a fresh process; a worker whose run failed with a CUDA error
+exits after reporting it (the error is sticky in that process) and is replaced. Workers
+watch the driver and exit within a second when it dies, whatever killed it.
 
 This module imports torch only inside worker functions: the environment of a worker
 is set before torch starts.
@@ -16,8 +23,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import socket
 import threading
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +36,90 @@ from chinchilla.files import atomic_text
 from chinchilla.grid import Plan, PlannedRun
 from chinchilla.store import Merger
 
-_WORKER: dict[str, Any] = {}  # per worker process: slot, label, events queue, data, env
+_WORKER: dict[str, Any] = {}  # per worker process: label, events queue, data, env
 
 
-def _init_worker(slots, events, n_gpus: int, runs_per_gpu: int, threads: int) -> None:
-    slot = slots.get()
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask (taskset, Slurm, containers) and a
+    cgroup v2 quota, not the machine's count."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def visible_gpus(n_gpus: int) -> list[str]:
+    """Physical ids (or UUIDs) of the GPUs this process sees, in order: the existing
+    CUDA_VISIBLE_DEVICES mask when set, else 0 .. n_gpus - 1."""
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None and mask.strip():
+        ids = [d.strip() for d in mask.split(",") if d.strip()]
+        return ids[:n_gpus] if n_gpus else ids
+    return [str(i) for i in range(n_gpus)]
+
+
+def _watch_parent(parent: int, every: float = 0.5) -> None:
+    """Exit this process when its parent (the driver) is gone: a worker then notices
+    within `every` seconds, even after a SIGKILL that gave the driver no chance to
+    clean up."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(70)
+            time.sleep(every)
+
+    threading.Thread(target=watch, daemon=True, name="watch-driver").start()
+
+
+def sticky_device_error(error: str | None) -> bool:
+    """Errors after which a CUDA context is unusable in that process."""
+    return bool(error) and any(
+        s in error for s in ("CUDA error", "AcceleratorError", "device-side assert", "NCCL")
+    )
+
+
+def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irreducible):
+    """A worker process: train the runs it is handed until told to stop."""
+    _watch_parent(parent)
     label = f"{socket.gethostname()}/w{slot}"
-    if n_gpus:
-        gpu = (slot // runs_per_gpu) % n_gpus
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         label += f"/cuda:{gpu}"
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update(slot=slot, label=label, events=events)
+    _WORKER.update(label=label, events=events)
+    while True:
+        run = tasks.get()
+        if run is None:
+            return
+        row, seconds, label = _work(run, cfg, out, need, irreducible)
+        events.put(
+            {
+                "event": "finished",
+                "run_id": run.run_id,
+                "row": row,
+                "seconds": seconds,
+                "worker": label,
+            }
+        )
+        if row["status"] == "failed" and sticky_device_error(row.get("error")):
+            return  # the driver starts a fresh process in this slot
 
 
 def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) -> dict:
     """Device, mapped data, provenance and peak FLOP/s of this worker process, built once
     per sweep (a process, local or Ray, trains many runs; the parent built the cache)."""
     from chinchilla.data import load_data
-    from chinchilla.sweep import sweep_environment
+    from chinchilla.runs import sweep_environment
     from chinchilla.train import peak_flops, resolve_device
 
     key = (out, cfg.fingerprint())
@@ -64,7 +137,7 @@ def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) 
 
 def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float | None):
     """Train one run in a worker process; returns (row, segment seconds, label)."""
-    from chinchilla.sweep import record
+    from chinchilla.runs import record
 
     w = _process_state(cfg, out, need, irreducible)
     row, curve, seconds = _train_here(run, cfg, out, w, w["label"], w["events"].put)
@@ -75,7 +148,7 @@ def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float 
 def _train_here(run: PlannedRun, cfg: Config, out: str, w: dict, label: str, put):
     """Announce, train (with retries) and return (row, curve, seconds) in this process;
     `put` sends start and progress events to the driver."""
-    from chinchilla.sweep import attempt_run
+    from chinchilla.runs import attempt_run
 
     put({"event": "start", "run_id": run.run_id, "worker": label})
     return attempt_run(
@@ -91,46 +164,83 @@ def _train_here(run: PlannedRun, cfg: Config, out: str, w: dict, label: str, put
     )
 
 
+def death_message(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"worker process died ({name})"
+    return f"worker process exited with code {exitcode}"
+
+
+class _Slot:
+    """One worker process and the run it holds."""
+
+    def __init__(self, index: int, gpu: str | None):
+        self.index, self.gpu = index, gpu
+        self.proc = None
+        self.tasks = None
+        self.run: PlannedRun | None = None
+        self.idle_deaths = 0  # deaths holding no run: a worker that cannot start
+        self.label = f"{socket.gethostname()}/w{index}" + (f"/cuda:{gpu}" if gpu else "")
+
+
 def run_local_parallel(
     cfg: Config, out: Path, p: Plan, pending: list[PlannedRun], *, workers: int, live: bool | None
 ) -> tuple[float, float, dict]:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
 
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
+    from chinchilla.runs import Tally, load_sweep_data, run_record, sweep_environment, tokens_needed
     from chinchilla.store import write_part
-    from chinchilla.sweep import (
-        Tally,
-        load_sweep_data,
-        run_record,
-        sweep_environment,
-        tokens_needed,
-    )
     from chinchilla.train import RunResult, resolve_device
 
-    # 1. the parent builds the data cache once; workers only memory-map it
+    # 1. the driver builds the data cache once; workers only memory-map it
     data = load_sweep_data(cfg, out, p.runs)
     need = tokens_needed(p.runs)
     irreducible = irreducible_loss(data, cfg.train.eval_tokens)
     device = resolve_device(cfg)
-    n_gpus = torch.cuda.device_count() if device == "cuda" else 0
-    threads = cfg.device.threads or max(1, (os.cpu_count() or 1) // workers)
+    gpus = visible_gpus(torch.cuda.device_count()) if device == "cuda" else []
+    threads = cfg.device.threads or max(1, available_cpus() // workers)
+    k = cfg.execution.runs_per_gpu
+    slots = [_Slot(i, gpus[(i // k) % len(gpus)] if gpus else None) for i in range(workers)]
 
-    # 2. slots and an event queue shared with the workers
+    # 2. worker processes, each with its own task queue; one event queue back
     ctx = mp.get_context("spawn")
-    slots, events = ctx.Queue(), ctx.Queue()
-    for i in range(workers):
-        slots.put(i)
-    order = sorted(pending, key=lambda r: -r.flops_chinchilla)  # largest first
+    events = ctx.Queue()
+
+    def spawn(slot: _Slot) -> None:
+        slot.tasks = ctx.Queue()
+        slot.proc = ctx.Process(
+            target=_worker_main,
+            args=(
+                slot.index,
+                slot.gpu,
+                threads,
+                os.getpid(),
+                slot.tasks,
+                events,
+                cfg,
+                str(out),
+                need,
+                irreducible,
+            ),
+            daemon=True,
+            name=f"chinchilla-w{slot.index}",
+        )
+        slot.proc.start()
+        slot.run = None
+
+    todo = deque(sorted(pending, key=lambda r: -r.flops_chinchilla))  # largest first
+    deaths: dict[str, int] = {}
     inflight: dict[str, str] = {}
-    finished: set[str] = set()
-    lock = threading.Lock()
     tally = Tally()
     merge_soon = Merger(out)
-    stop = threading.Event()
+    by_id = {r.run_id: r for r in pending}
 
     def write_claims() -> None:
         atomic_text(out / "inflight.json", json.dumps(inflight))
@@ -138,55 +248,87 @@ def run_local_parallel(
     with SweepProgress(
         len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
     ) as prog:
-        by_id = {r.run_id: r for r in pending}
 
-        def pump() -> None:  # worker events -> progress display and claims
-            while not stop.is_set():
-                try:
-                    ev = events.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                with lock:
-                    if ev["run_id"] in finished:
+        def finish(slot: _Slot, run: PlannedRun, row: dict, seconds, label: str) -> None:
+            tally.add(label, seconds)
+            inflight.pop(run.run_id, None)
+            write_claims()
+            merge_soon()
+            prog.run_finished(run, row)
+            slot.run = None
+
+        def handle(ev: dict) -> None:
+            slot = next((s for s in slots if s.run and s.run.run_id == ev["run_id"]), None)
+            if slot is None:
+                return
+            if ev["event"] == "start":
+                inflight[ev["run_id"]] = ev["worker"]
+                write_claims()
+                prog.run_started(by_id[ev["run_id"]], label=ev["worker"])
+            elif ev["event"] == "finished":
+                finish(slot, slot.run, ev["row"], ev["seconds"], ev["worker"])
+            else:
+                prog.update(ev)
+
+        def drain(timeout: float) -> None:
+            try:
+                handle(events.get(timeout=timeout))
+                while True:
+                    handle(events.get_nowait())
+            except queue.Empty:
+                pass
+
+        try:
+            for slot in slots:
+                spawn(slot)
+            while todo or any(s.run for s in slots):
+                for slot in slots:  # hand out work; a slot without a process gets one
+                    if slot.run is None and todo:
+                        if slot.proc is not None and not slot.proc.is_alive():
+                            continue  # died idle: handled below, then replaced
+                        if slot.proc is None:
+                            spawn(slot)
+                        slot.run = todo.popleft()
+                        slot.tasks.put(slot.run)
+                drain(0.2)
+                for slot in slots:  # a dead worker fails (or retries) only its own run
+                    if slot.proc is None or slot.proc.is_alive():
                         continue
-                    if ev["event"] == "start":
-                        inflight[ev["run_id"]] = ev["worker"]
-                        write_claims()
-                        prog.run_started(by_id[ev["run_id"]], label=ev["worker"])
-                    else:
-                        prog.update(ev)
-
-        pumper = threading.Thread(target=pump, daemon=True)
-        pumper.start()
-        with ProcessPoolExecutor(
-            workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(slots, events, n_gpus, cfg.execution.runs_per_gpu, threads),
-        ) as pool:
-            futures = {pool.submit(_work, r, cfg, str(out), need, irreducible): r for r in order}
-            for fut in as_completed(futures):
-                run = futures[fut]
-                try:
-                    row, seconds, label = fut.result()
-                except Exception as exc:  # the worker process itself died (killed, OOM)
-                    message = f"worker died: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+                    slot.proc.join()
+                    drain(0.0)  # it may have reported before it exited
+                    run, exitcode = slot.run, slot.proc.exitcode
+                    slot.proc = None
+                    if run is None:
+                        slot.idle_deaths += 1
+                        if slot.idle_deaths >= 3:
+                            raise RuntimeError(
+                                f"worker {slot.label} died 3 times before training anything "
+                                f"(last: {death_message(exitcode)})"
+                            )
+                        continue
+                    deaths[run.run_id] = deaths.get(run.run_id, 0) + 1
+                    slot.run = None
+                    if deaths[run.run_id] <= cfg.execution.retries:
+                        todo.appendleft(run)  # resumes from its checkpoint
+                        continue
+                    message = death_message(exitcode) + f" while training {run.run_id}"
                     row = run_record(
                         run,
                         RunResult(run.run_id, "failed", error=message),
                         sweep_environment(cfg, device, irreducible),
-                    )
+                    ) | {"attempts": deaths[run.run_id], "worker": slot.label}
                     write_part(out, row, [])
-                    seconds, label = (0.0, 0.0), inflight.get(run.run_id, "?")
-                tally.add(label, seconds)
-                with lock:
-                    finished.add(run.run_id)
-                    inflight.pop(run.run_id, None)
-                    write_claims()
-                    merge_soon()
-                    prog.run_finished(run, row)
-        stop.set()
-        pumper.join()
+                    finish(slot, run, row, (0.0, 0.0), slot.label)
+        finally:
+            for slot in slots:
+                if slot.proc is not None and slot.proc.is_alive():
+                    slot.tasks.put(None)
+            for slot in slots:
+                if slot.proc is not None:
+                    slot.proc.join(timeout=10)
+                    if slot.proc.is_alive():
+                        slot.proc.kill()
+                        slot.proc.join()
     (out / "inflight.json").unlink(missing_ok=True)
     return tally.result()
 
@@ -209,6 +351,17 @@ def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, th
     w = _process_state(cfg, out, need, irreducible)  # Ray reuses worker processes
     row, curve, seconds = _train_here(run, cfg, out, w, label, lambda ev: _put(events, ev))
     return row, curve, seconds, label
+
+
+def _lost_row(run: PlannedRun, cfg: Config, exc: Exception, attempts: int):
+    """The failed row of a Ray task that never returned (its worker or node died)."""
+    from chinchilla.runs import run_record
+    from chinchilla.train import RunResult
+
+    message = f"Ray task lost: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+    env = {"device": None, "host": None}
+    row = run_record(run, RunResult(run.run_id, "failed", error=message), env)
+    return row | {"attempts": attempts}, [], (0.0, 0.0)
 
 
 def _put(events, item) -> None:
@@ -241,7 +394,7 @@ def run_ray(
         ) from None
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
-    from chinchilla.sweep import Tally, load_sweep_data, record, tokens_needed
+    from chinchilla.runs import Tally, load_sweep_data, record, tokens_needed
 
     data = load_sweep_data(cfg, out, p.runs)  # builds the cache before any task starts
     need = tokens_needed(p.runs)
@@ -249,7 +402,7 @@ def run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
-            address=address, include_dashboard=False, log_to_driver=False, configure_logging=False
+            address=address, include_dashboard=False, log_to_driver=True, configure_logging=False
         )
     gpus = cfg.execution.gpus_per_run
     if gpus is None:
@@ -257,7 +410,12 @@ def run_ray(
     events = Queue(maxsize=10_000)
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_work)
     order = sorted(pending, key=lambda r: -r.flops_chinchilla)
-    refs = {task.remote(r, cfg, str(out), need, irreducible, 1, events): r for r in order}
+
+    def submit(r: PlannedRun):
+        return task.remote(r, cfg, str(out), need, irreducible, 1, events)
+
+    refs = {submit(r): r for r in order}
+    lost: dict[str, int] = {}
     by_id = {r.run_id: r for r in pending}
     inflight: dict[str, str] = {}
     tally = Tally()
@@ -282,7 +440,15 @@ def run_ray(
                         prog.update(ev)
                 for ref in done:
                     run = refs.pop(ref)
-                    row, curve, seconds, label = ray.get(ref)
+                    try:
+                        row, curve, seconds, label = ray.get(ref)
+                    except Exception as exc:  # the task was lost: worker or node died
+                        lost[run.run_id] = lost.get(run.run_id, 0) + 1
+                        if lost[run.run_id] <= cfg.execution.retries:
+                            refs[submit(run)] = run  # resumes from its checkpoint
+                            continue
+                        row, curve, seconds = _lost_row(run, cfg, exc, lost[run.run_id])
+                        label = inflight.get(run.run_id, "?")
                     record(out, row, curve)
                     tally.add(label, seconds)
                     by_id.pop(run.run_id, None)

@@ -12,31 +12,32 @@ Guarantees, whatever kills the process (SIGKILL included):
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
-import platform
-import socket
-import subprocess
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from chinchilla import __version__
 from chinchilla.config import Config, dump_yaml, from_dict
 from chinchilla.errors import UserError
-from chinchilla.files import atomic_text
+from chinchilla.files import atomic_text, remove_stale_temps
 from chinchilla.grid import Plan, PlannedRun, plan
-from chinchilla.store import FINISHED, Merger, finished_ids, merge, write_part
+from chinchilla.lock import SweepLock
+from chinchilla.runs import (
+    CHECKPOINTS,
+    Tally,
+    load_sweep_data,
+    sweep_environment,
+    train_and_record,
+)
+from chinchilla.store import FINISHED, Merger, finished_ids, merge
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "sweep.json"
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -48,42 +49,26 @@ class SweepSummary:
     wall_seconds: float = 0.0
     step_seconds: float = 0.0
     eval_seconds: float = 0.0
-    utilisation: dict[str, float] = field(default_factory=dict)  # busy / wall per worker
+    busy: dict[str, float] = field(default_factory=dict)  # busy seconds per worker
+
+    @property
+    def utilisation(self) -> dict[str, float]:
+        """Per worker: seconds in training steps and evaluations over the sweep's wall
+        time (start-up, data building and merging included)."""
+        wall = max(self.wall_seconds, 1e-9)
+        return {k: v / wall for k, v in self.busy.items()}
 
     @property
     def overhead_fraction(self) -> float:
-        """Share of wall time outside training steps and evaluations."""
-        if self.wall_seconds <= 0:
+        """Share of wall time the average worker spent outside training steps and
+        evaluations (serial: the one process)."""
+        if self.wall_seconds <= 0 or not self.busy:
             return math.nan
-        return 1 - (self.step_seconds + self.eval_seconds) / self.wall_seconds
+        return 1 - sum(self.utilisation.values()) / len(self.busy)
 
 
 def default_out(cfg: Config) -> Path:
     return Path("runs") / cfg.name
-
-
-def code_version() -> str:
-    """git commit of the package (with '-dirty' for local changes), else its version."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "."],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return f"{__version__}+g{sha}" + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return __version__
 
 
 def check_directory(cfg: Config, out: Path, force: bool) -> None:
@@ -96,7 +81,7 @@ def check_directory(cfg: Config, out: Path, force: bool) -> None:
             raise UserError(
                 f"{path} is not a readable sweep config ({exc}); pass --force to overwrite it"
             ) from None
-        if old.fingerprint() != cfg.fingerprint():
+        if old.fingerprint() != cfg.fingerprint() and _has_trained(out):
             changed = _changed_keys(
                 old.to_dict(with_execution=False), cfg.to_dict(with_execution=False)
             )
@@ -108,6 +93,12 @@ def check_directory(cfg: Config, out: Path, force: bool) -> None:
     atomic_text(path, dump_yaml(cfg))
 
 
+def _has_trained(out: Path) -> bool:
+    """Whether any run of the directory's sweep finished, failed or left a checkpoint: a
+    start that stopped before training (bad data, a typo) does not bind the directory."""
+    return any((out / "parts").glob("*.parquet")) or any((out / CHECKPOINTS).glob("*.pt"))
+
+
 def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -115,51 +106,6 @@ def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _changed_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
     return [] if a == b else [prefix]
-
-
-def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
-    """The runs.parquet row of one run: planned columns, outcome, provenance."""
-    return (
-        run.row()
-        | {
-            "status": result.status,
-            "loss": result.loss,
-            "train_loss": result.train_loss,
-            "steps_done": result.steps_done,
-            "seconds": result.seconds,
-            "step_seconds": result.step_seconds,
-            "eval_seconds": result.eval_seconds,
-            "warmup_seconds": result.warmup_seconds,
-            "micro_batch_size": result.micro_batch_size,
-            "oom_backoffs": ",".join(map(str, result.oom_backoffs)),
-            "compile_graphs": (result.compile or {}).get("graphs"),
-            "recompiles": (result.compile or {}).get("recompiles"),
-            "tokens_per_second": result.tokens_per_second,
-            "mfu": result.mfu,
-            "error": result.error,
-            "resumed_from": result.resumed_from,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        | env
-    )
-
-
-def sweep_environment(cfg: Config, device: str, irreducible: float | None) -> dict[str, Any]:
-    import torch
-
-    from chinchilla.train import device_name
-
-    return {
-        "device": device_name(device),
-        "host": socket.gethostname(),
-        "seed": cfg.train.seed,
-        "code_version": code_version(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "n_convention": cfg.grid.n_convention,
-        "flops_convention": cfg.grid.flops_convention,
-        "irreducible_loss": irreducible,
-    }
 
 
 def prepare(cfg: Config, out: Path, force: bool = False) -> tuple[Plan, list[PlannedRun]]:
@@ -172,115 +118,6 @@ def prepare(cfg: Config, out: Path, force: bool = False) -> tuple[Plan, list[Pla
     return p, pending
 
 
-class Tally:
-    """Seconds in training steps and evaluations, and busy time per worker, of the runs
-    one sweep invocation trains (resumed runs count only their new segment)."""
-
-    def __init__(self) -> None:
-        self.step_seconds = self.eval_seconds = 0.0
-        self.busy: dict[str, float] = {}
-        self._wall0 = time.perf_counter()
-
-    def add(self, worker: str, seconds: tuple[float, float]) -> None:
-        step, evals = seconds
-        self.step_seconds += step
-        self.eval_seconds += evals
-        self.busy[worker] = self.busy.get(worker, 0.0) + step + evals
-
-    def result(self) -> tuple[float, float, dict[str, float]]:
-        """(step seconds, eval seconds, busy / wall per worker)."""
-        wall = max(time.perf_counter() - self._wall0, 1e-9)
-        return (
-            self.step_seconds,
-            self.eval_seconds,
-            {k: v / wall for k, v in sorted(self.busy.items())},
-        )
-
-
-def tokens_needed(runs: list[PlannedRun]) -> int:
-    """Training tokens of the longest run: what a generated source must provide."""
-    return max((r.n_tokens for r in runs), default=0)
-
-
-def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
-    from chinchilla.data import load_data
-
-    need = tokens_needed(runs)
-    data = load_data(cfg, out / "data", min_train_tokens=need)
-    data.check_eval(cfg.train.eval_tokens)
-    import sys
-
-    print(
-        f"data ({cfg.data.kind}): {data.train_tokens:,} training and "
-        f"{data.n_val_chunks * data.seq_len:,} validation tokens in chunks of "
-        f"{data.chunk}, vocabulary {data.vocab_size:,}",
-        file=sys.stderr,
-    )
-    if need > data.train_tokens:
-        print(
-            f"warning: the largest run trains on {need:,} tokens, "
-            f"{need / data.train_tokens:.1f} epochs of the training split; repeated data "
-            "bends scaling laws (Muennighoff et al. 2023)",
-            file=sys.stderr,
-        )
-    return data
-
-
-def attempt_run(
-    run: PlannedRun,
-    cfg: Config,
-    out: Path,
-    data,
-    *,
-    device: str,
-    peak: float | None,
-    env: dict[str, Any],
-    on_progress=None,
-    extra: dict[str, Any] | None = None,
-):
-    """Train one run (resuming its checkpoint, retrying failures as configured).
-
-    Returns the run's row, its curve and the (step, eval) seconds this call spent;
-    an exception becomes a failed row with its message (the traceback beside it)."""
-    from chinchilla.train import RunResult, train_run
-
-    ckpt_dir = out / CHECKPOINTS
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / f"{run.run_id}.pt"
-    attempts = 1 + cfg.execution.retries
-    for attempt in range(attempts):  # noqa: B007 (the count is recorded)
-        try:
-            result = train_run(
-                run, cfg, data, device=device, checkpoint=ckpt, peak=peak, on_progress=on_progress
-            )
-            break
-        except Exception as exc:  # recorded as failed, the sweep goes on
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            result = RunResult(run_id=run.run_id, status="failed", error=message)
-            (out / "parts").mkdir(parents=True, exist_ok=True)
-            atomic_text(out / "parts" / f"{run.run_id}.traceback.txt", traceback.format_exc())
-            if device == "cuda":
-                import torch
-
-                torch.cuda.empty_cache()
-    row = run_record(run, result, env) | {"attempts": attempt + 1} | (extra or {})
-    return row, result.curve, result.segment_seconds
-
-
-def record(out: Path, row: dict[str, Any], curve: list[dict[str, Any]]) -> None:
-    """Write a run's part; a run that did not fail no longer needs its checkpoint."""
-    write_part(out, row, curve)
-    if row["status"] != "failed":
-        (out / CHECKPOINTS / f"{row['run_id']}.pt").unlink(missing_ok=True)
-
-
-def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, **kwargs):
-    """`attempt_run`, then `record`; returns the row and this call's (step, eval) seconds."""
-    row, curve, seconds = attempt_run(run, cfg, out, data, **kwargs)
-    record(out, row, curve)
-    return row, seconds
-
-
 def run_sweep(
     cfg: Config,
     out: Path,
@@ -291,12 +128,39 @@ def run_sweep(
     executor: str | None = None,
     address: str | None = None,
 ) -> SweepSummary:
-    """Train every planned run of `cfg` not finished in `out`; return what happened."""
+    """Train every planned run of `cfg` not finished in `out`; return what happened.
+    The directory is locked for the whole sweep: a second sweep on it stops with exit
+    code 2 naming the holder."""
+    plan(cfg)  # a config error stops here, before the directory is touched
+    with SweepLock(out):
+        remove_stale_temps(out)  # no writer of this directory is alive now
+        return _run_locked(cfg, out, force, live, workers, executor, address)
+
+
+def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
+    """Worker processes of a local sweep, and why: --workers, else execution.workers,
+    else (auto) every visible GPU x runs_per_gpu on CUDA, one on CPU."""
+    if requested:
+        return requested, "--workers"
+    if cfg.execution.workers != "auto":
+        return int(cfg.execution.workers), "execution.workers"
+    import torch
+
+    from chinchilla.train import resolve_device
+
+    if resolve_device(cfg) == "cuda":
+        n = torch.cuda.device_count()
+        k = cfg.execution.runs_per_gpu
+        return max(1, n * k), f"{n} visible GPU(s) x {k} run(s) per GPU"
+    return 1, "CPU"
+
+
+def _run_locked(cfg, out, force, live, workers, executor, address) -> SweepSummary:
     wall0 = time.perf_counter()
     p, pending = prepare(cfg, out, force)
     summary = SweepSummary(out=out, planned=len(p.runs))
-    workers = workers or cfg.execution.workers
     executor = executor or cfg.execution.executor
+    workers, why = resolve_workers(cfg, workers) if executor == "local" else (0, "ray")
     if pending:
         if executor == "ray":
             from chinchilla.executors import run_ray
@@ -311,7 +175,7 @@ def run_sweep(
         else:
             stats = _run_serial(cfg, out, p, pending, live=live)
         summary.trained = len(pending)
-        summary.step_seconds, summary.eval_seconds, summary.utilisation = stats
+        summary.step_seconds, summary.eval_seconds, summary.busy = stats
     runs = merge(out)
     if len(runs):
         summary.statuses = runs["status"].value_counts().to_dict()
@@ -328,6 +192,7 @@ def run_sweep(
                 "eval_seconds": summary.eval_seconds,
                 "overhead_fraction": summary.overhead_fraction,
                 "workers": workers,
+                "workers_from": why,
                 "executor": executor,
                 "device_utilisation": summary.utilisation,
                 "pid": os.getpid(),

@@ -29,7 +29,7 @@ def test_two_workers_train_the_same_runs_to_the_same_losses(micro_sweep, micro_c
     out = tmp_path / "parallel"
     r = runner.invoke(app, ["sweep", str(micro_config), "--out", str(out), "--workers", "2"])
     assert r.exit_code == 0, r.output
-    assert "device utilisation" in r.output
+    assert "worker utilisation" in r.output
     serial = pd.read_parquet(micro_sweep / "runs.parquet").set_index("run_id")
     parallel = pd.read_parquet(out / "runs.parquet").set_index("run_id")
     assert sorted(serial.index) == sorted(parallel.index)
@@ -117,3 +117,144 @@ def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     _assert_every_run_once(out, micro_config, over)
+
+
+def _children(pid: int) -> list[int]:
+    """Live worker processes of `pid` (multiprocessing's spawned children, not its
+    resource tracker; zombies count as dead)."""
+    out = []
+    for stat in os.listdir("/proc"):
+        if not stat.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            try:
+                cmdline = open(f"/proc/{stat}/cmdline").read()
+            except OSError:
+                continue
+            if "spawn_main" in cmdline:
+                out.append(int(stat))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_sweep(micro_config, out, over):
+    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out)]
+    for o in over:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    return cmd, proc
+
+
+def _wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _two_runs_in_flight(out):
+    try:
+        return len(json.loads((out / "inflight.json").read_text())) == 2
+    except (OSError, ValueError):
+        return False
+
+
+SLOW = ["grid.budgets=[1.5e9]", "train.checkpoint_every_s=0.2", "execution.workers=2"]
+
+
+def test_a_killed_worker_fails_only_its_own_run(micro_config, tmp_path):
+    out = tmp_path / "sweep"
+    cmd, proc = _start_sweep(micro_config, out, SLOW)
+    try:
+        assert _wait_for(lambda: _two_runs_in_flight(out) and len(_children(proc.pid)) >= 2)
+        victim = json.loads((out / "inflight.json").read_text())
+        workers = _children(proc.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    runs = pd.read_parquet(out / "runs.parquet").set_index("run_id")
+    failed = runs[runs["status"] == "failed"]
+    assert len(failed) == 1 and failed.index[0] in victim
+    assert "SIGKILL" in failed["error"].iloc[0]
+    assert (runs.drop(failed.index)["status"] == "ok").all()
+    # the next invocation trains the failed run again (from its checkpoint)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    _assert_every_run_once(out, micro_config, SLOW)
+
+
+def test_a_killed_worker_is_retried_in_a_fresh_process(micro_config, tmp_path):
+    out = tmp_path / "sweep"
+    over = SLOW + ["execution.retries=1"]
+    _, proc = _start_sweep(micro_config, out, over)
+    try:
+        assert _wait_for(lambda: _two_runs_in_flight(out) and len(_children(proc.pid)) >= 2)
+        first = set(_children(proc.pid))
+        os.kill(sorted(first)[0], signal.SIGKILL)
+        assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    _assert_every_run_once(out, micro_config, over)
+
+
+def test_workers_exit_when_the_driver_is_killed(micro_config, tmp_path):
+    out = tmp_path / "sweep"
+    cmd, proc = _start_sweep(micro_config, out, SLOW)
+    try:
+        assert _wait_for(lambda: _two_runs_in_flight(out) and len(_children(proc.pid)) >= 2)
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone
+        proc.wait()
+        assert _wait_for(lambda: not any(_alive(w) for w in workers), timeout=15)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if any(_alive(w) for w in workers) else None
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    _assert_every_run_once(out, micro_config, SLOW)
+
+
+def test_a_second_sweep_on_a_busy_directory_is_refused(micro_config, tmp_path):
+    out = tmp_path / "sweep"
+    cmd, proc = _start_sweep(micro_config, out, SLOW)
+    try:
+        assert _wait_for(lambda: (out / "inflight.json").exists())
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2
+        assert "in use by a running sweep" in r.stderr and f"pid {proc.pid}" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_gpu_mapping_goes_through_an_existing_mask(monkeypatch):
+    from chinchilla.executors import available_cpus, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert visible_gpus(4) == ["4", "5", "6", "7"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_gpus(2) == ["0", "1"]
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)

@@ -1,0 +1,196 @@
+"""One run inside a sweep: train it (with retries), record it, and tally its time.
+
+Below both `sweep` (the driver) and `executors` (worker processes, Ray tasks): the
+arrows point sweep -> executors -> runs -> train.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from chinchilla import __version__
+from chinchilla.config import Config
+from chinchilla.files import atomic_text
+from chinchilla.grid import PlannedRun
+from chinchilla.store import write_part
+
+CHECKPOINTS = "checkpoints"
+
+
+def code_version() -> str:
+    """git commit of the package (with '-dirty' for local changes), else its version."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "."],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return f"{__version__}+g{sha}" + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
+    """The runs.parquet row of one run: planned columns, outcome, provenance."""
+    return (
+        run.row()
+        | {
+            "status": result.status,
+            "loss": result.loss,
+            "train_loss": result.train_loss,
+            "steps_done": result.steps_done,
+            "seconds": result.seconds,
+            "step_seconds": result.step_seconds,
+            "eval_seconds": result.eval_seconds,
+            "warmup_seconds": result.warmup_seconds,
+            "micro_batch_size": result.micro_batch_size,
+            "oom_backoffs": ",".join(map(str, result.oom_backoffs)),
+            "compile_graphs": (result.compile or {}).get("graphs"),
+            "recompiles": (result.compile or {}).get("recompiles"),
+            "tokens_per_second": result.tokens_per_second,
+            "mfu": result.mfu,
+            "error": result.error,
+            "resumed_from": result.resumed_from,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        | env
+    )
+
+
+def sweep_environment(cfg: Config, device: str, irreducible: float | None) -> dict[str, Any]:
+    import torch
+
+    from chinchilla.train import device_name
+
+    return {
+        "device": device_name(device),
+        "host": socket.gethostname(),
+        "seed": cfg.train.seed,
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "n_convention": cfg.grid.n_convention,
+        "flops_convention": cfg.grid.flops_convention,
+        "irreducible_loss": irreducible,
+    }
+
+
+class Tally:
+    """Seconds in training steps (warm-up included) and evaluations, and busy seconds per
+    worker, of the runs one sweep invocation trains (resumed runs count only their new
+    segment)."""
+
+    def __init__(self) -> None:
+        self.step_seconds = self.eval_seconds = 0.0
+        self.busy: dict[str, float] = {}
+
+    def add(self, worker: str, seconds: tuple[float, float]) -> None:
+        step, evals = seconds
+        self.step_seconds += step
+        self.eval_seconds += evals
+        self.busy[worker] = self.busy.get(worker, 0.0) + step + evals
+
+    def result(self) -> tuple[float, float, dict[str, float]]:
+        """(step seconds, eval seconds, busy seconds per worker)."""
+        return self.step_seconds, self.eval_seconds, dict(sorted(self.busy.items()))
+
+
+def tokens_needed(runs: list[PlannedRun]) -> int:
+    """Training tokens of the longest run: what a generated source must provide."""
+    return max((r.n_tokens for r in runs), default=0)
+
+
+def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
+    from chinchilla.data import load_data
+
+    need = tokens_needed(runs)
+    data = load_data(cfg, out / "data", min_train_tokens=need)
+    data.check_eval(cfg.train.eval_tokens)
+    print(
+        f"data ({cfg.data.kind}): {data.train_tokens:,} training and "
+        f"{data.n_val_chunks * data.seq_len:,} validation tokens in chunks of "
+        f"{data.chunk}, vocabulary {data.vocab_size:,}",
+        file=sys.stderr,
+    )
+    if need > data.train_tokens:
+        print(
+            f"warning: the largest run trains on {need:,} tokens, "
+            f"{need / data.train_tokens:.1f} epochs of the training split; repeated data "
+            "bends scaling laws (Muennighoff et al. 2023)",
+            file=sys.stderr,
+        )
+    return data
+
+
+def attempt_run(
+    run: PlannedRun,
+    cfg: Config,
+    out: Path,
+    data,
+    *,
+    device: str,
+    peak: float | None,
+    env: dict[str, Any],
+    on_progress=None,
+    extra: dict[str, Any] | None = None,
+):
+    """Train one run (resuming its checkpoint, retrying failures as configured).
+
+    Returns the run's row, its curve and the (step, eval) seconds this call spent;
+    an exception becomes a failed row with its message (the traceback beside it)."""
+    from chinchilla.train import RunResult, train_run
+
+    ckpt_dir = out / CHECKPOINTS
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_dir / f"{run.run_id}.pt"
+    attempts = 1 + cfg.execution.retries
+    for attempt in range(attempts):  # noqa: B007 (the count is recorded)
+        try:
+            result = train_run(
+                run, cfg, data, device=device, checkpoint=ckpt, peak=peak, on_progress=on_progress
+            )
+            break
+        except Exception as exc:  # recorded as failed, the sweep goes on
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            result = RunResult(run_id=run.run_id, status="failed", error=message)
+            (out / "parts").mkdir(parents=True, exist_ok=True)
+            atomic_text(out / "parts" / f"{run.run_id}.traceback.txt", traceback.format_exc())
+            if device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+    row = run_record(run, result, env) | {"attempts": attempt + 1} | (extra or {})
+    return row, result.curve, result.segment_seconds
+
+
+def record(out: Path, row: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+    """Write a run's part; a run that did not fail no longer needs its checkpoint."""
+    write_part(out, row, curve)
+    if row["status"] != "failed":
+        (out / CHECKPOINTS / f"{row['run_id']}.pt").unlink(missing_ok=True)
+
+
+def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, **kwargs):
+    """`attempt_run`, then `record`; returns the row and this call's (step, eval) seconds."""
+    row, curve, seconds = attempt_run(run, cfg, out, data, **kwargs)
+    record(out, row, curve)
+    return row, seconds
