@@ -11,7 +11,6 @@ import platform
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
