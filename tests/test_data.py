@@ -139,3 +139,34 @@ def test_bpe_tokenizer_is_trained_on_the_corpus_and_cached(tmp_path):
     assert data.train_tokens < 40 * 200 * 6  # fewer tokens than bytes: merges were learnt
     again = load_data(cfg, tmp_path / "cache")
     assert again.meta["cache"] == data.meta["cache"]
+
+
+def test_synthetic_training_data_is_the_same_on_any_number_of_processes(tmp_path, monkeypatch):
+    from chinchilla.config import load_config as load
+    from chinchilla.data import synthetic
+
+    from .conftest import ROOT
+
+    cfg = load(ROOT / "configs" / "tiny.yaml")
+    files = []
+    for workers in (1, 2):
+        monkeypatch.setattr(synthetic, "generation_workers", lambda w=workers: w)
+        d = synthetic.load_synthetic(cfg, tmp_path / f"w{workers}", 5 * 4096 * cfg.model.seq_len)
+        files.append(np.asarray(d.train).copy())
+    assert len(files[0]) > 4 * 4096 and np.array_equal(files[0], files[1])
+
+
+def test_large_rule_tables_are_drawn_in_blocks_without_replacement(monkeypatch):
+    from chinchilla.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_GUMBEL_LIMIT", 0)  # force the blocked path
+    monkeypatch.setattr(synthetic, "_BLOCK_RULES", 1000)
+    rng = np.random.default_rng(0)
+    zipf = np.arange(1, 64) ** -1.1
+    zipf /= zipf.sum()
+    sup = synthetic._draw_supports(rng, zipf, 5000, 6)
+    assert sup.shape == (5000, 6) and sup.min() >= 1 and sup.max() <= 63
+    assert all(len(set(row)) == 6 for row in sup)  # without replacement
+    # the first draw of a row follows the Zipf weights
+    first = np.bincount(sup[:, 0] - 1, minlength=63) / 5000
+    assert np.abs(first - zipf).max() < 0.02

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from chinchilla.data import TokenData, open_tokens, token_dtype, write_json, write_tokens
 from chinchilla.errors import UserError
+from chinchilla.files import atomic_write
 
 BOS = 0
 _HASH_MULTIPLIERS = np.array(
@@ -75,9 +77,7 @@ class SyntheticSource:
         self.prob: list[np.ndarray] = []  # per order: (R, support) probabilities
         for k in self.orders:
             n = vocab_size if k == 1 else n_rules
-            # `support` draws without replacement from the Zipf weights (Gumbel top-k)
-            keys = np.log(self.zipf) + rng.gumbel(size=(n, vocab_size - 1))
-            sup = np.argpartition(-keys, support - 1, axis=1)[:, :support] + 1
+            sup = _draw_supports(rng, self.zipf, n, support)
             p = rng.dirichlet(np.ones(support), size=n)
             self.support.append(sup)
             self.prob.append(p)
@@ -121,6 +121,41 @@ class SyntheticSource:
         return toks, nll
 
 
+# Up to this many Gumbel keys (rules x vocabulary) per order, supports are drawn by
+# Gumbel top-k in one array; beyond it (the GPU config: 1M rules x 4k tokens would be a
+# 34 GB array) by successive sampling in blocks. Both draw `support` tokens without
+# replacement with probabilities proportional to the Zipf weights (the first distinct
+# values of draws with replacement follow that law), so the language is the same; the
+# random streams differ, and small configs keep their data bit for bit.
+_GUMBEL_LIMIT = 2**26
+_BLOCK_RULES = 65536
+
+
+def _draw_supports(rng, zipf: np.ndarray, n: int, support: int) -> np.ndarray:
+    """(n, support) token ids (1..V-1), each row drawn without replacement from `zipf`."""
+    if n * len(zipf) <= _GUMBEL_LIMIT:
+        keys = np.log(zipf) + rng.gumbel(size=(n, len(zipf)))
+        return np.argpartition(-keys, support - 1, axis=1)[:, :support] + 1
+    cdf = np.cumsum(zipf)
+    cdf /= cdf[-1]
+    out = np.empty((n, support), dtype=np.int64)
+    for start in range(0, n, _BLOCK_RULES):
+        stop = min(n, start + _BLOCK_RULES)
+        rows = np.arange(start, stop)
+        while len(rows):  # rows whose draws held fewer than `support` distinct tokens
+            width = 4 * support
+            draws = np.searchsorted(cdf, rng.random((len(rows), width)), side="right")
+            draws = np.minimum(draws, len(zipf) - 1)
+            earlier = np.tril(np.ones((width, width), dtype=bool), -1)
+            dup = ((draws[:, :, None] == draws[:, None, :]) & earlier).any(axis=2)
+            rank = np.cumsum(~dup, axis=1)
+            ok = rank[:, -1] >= support
+            pick = ~dup & (rank <= support)
+            out[rows[ok]] = draws[ok][pick[ok]].reshape(-1, support) + 1
+            rows = rows[~ok]
+    return out
+
+
 def _source(cfg) -> SyntheticSource:
     d = cfg.data
     return SyntheticSource(
@@ -157,9 +192,64 @@ def _generate_in_blocks(
         yield toks[:keep], nll[:keep]
 
 
+_SOURCE: SyntheticSource | None = None  # shared with forked generator processes
+
+
+def _fill_block(args) -> int:
+    """Generate one block of documents into its place in the token file (a forked
+    process; the source's tables are shared with the parent, not copied)."""
+    path, start, n_docs, doc_len, seed, block, dtype = args
+    toks, _ = _SOURCE.generate(block, doc_len, seed=seed * 1_000_003 + start)
+    keep = min(block, n_docs - start)
+    data = np.ascontiguousarray(toks[:keep].astype(dtype))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data.tobytes(), start * doc_len * np.dtype(dtype).itemsize)
+    finally:
+        os.close(fd)
+    return keep
+
+
+def _write_split(
+    src: SyntheticSource, path: Path, n_docs: int, doc_len: int, seed: int, dtype, workers: int
+) -> None:
+    """Generate `n_docs` documents straight into `path`, block by block, on `workers`
+    processes. Block i has its own seed, so the file is the same for any number of
+    workers and memory holds a few blocks, not the split."""
+    global _SOURCE
+    block = 4096
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.truncate(n_docs * doc_len * np.dtype(dtype).itemsize)
+    jobs = [(str(tmp), s, n_docs, doc_len, seed, block, dtype) for s in range(0, n_docs, block)]
+    _SOURCE = src
+    try:
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+                for _ in pool.imap_unordered(_fill_block, jobs):
+                    pass
+        else:
+            for job in jobs:
+                _fill_block(job)
+        os.replace(tmp, path)
+    finally:
+        _SOURCE = None
+        tmp.unlink(missing_ok=True)
+
+
+def generation_workers() -> int:
+    from chinchilla.executors import available_cpus
+
+    return available_cpus()
+
+
 def load_synthetic(cfg, cache_root: Path, min_train_tokens: int) -> TokenData:
     """Generate (once) and memory-map enough documents for `min_train_tokens` training
-    tokens plus `data.val_tokens` validation tokens."""
+    tokens plus `data.val_tokens` validation tokens. Training documents are generated in
+    parallel on every usable core and streamed to disk; validation documents (few) keep
+    their exact -log p for the irreducible loss."""
     T = cfg.model.seq_len
     n_train_docs = max(1, -(-max(min_train_tokens, T) // T))
     n_val_docs = max(1, -(-cfg.data.val_tokens // T))
@@ -169,15 +259,19 @@ def load_synthetic(cfg, cache_root: Path, min_train_tokens: int) -> TokenData:
     if not meta_path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         src = _source(cfg)
-        val_nll = []
-        for split, n_docs, seed in (("train", n_train_docs, 1), ("val", n_val_docs, 2)):
-            parts = []
-            for toks, nll in _generate_in_blocks(src, n_docs, T + 1, seed):
-                parts.append(toks.astype(dtype).ravel())
-                if split == "val":
-                    val_nll.append(nll)
-            write_tokens(folder / f"{split}.bin", np.concatenate(parts))
-        np.save(folder / "val_nll.npy", np.concatenate(val_nll).astype(np.float64))
+        _write_split(src, folder / "train.bin", n_train_docs, T + 1, 1, dtype, generation_workers())
+        toks, val_nll = [], []
+        for t, nll in _generate_in_blocks(src, n_val_docs, T + 1, 2):
+            toks.append(t.astype(dtype).ravel())
+            val_nll.append(nll)
+        write_tokens(folder / "val.bin", np.concatenate(toks))
+        nll = np.concatenate(val_nll).astype(np.float64)
+
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.save(fh, nll)
+
+        atomic_write(folder / "val_nll.npy", save)
         write_json(
             meta_path,
             {
