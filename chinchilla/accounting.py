@@ -161,6 +161,11 @@ def divisors_descending(n: int) -> list[int]:
     return [k for k in range(n, 0, -1) if n % k == 0]
 
 
+def largest_divisor_at_most(n: int, k: int) -> int:
+    """The largest divisor of n that is at most k (micro-batches must split the batch)."""
+    return next(d for d in divisors_descending(n) if d <= max(1, k))
+
+
 def choose_micro_batch(
     shape: ModelShape,
     batch_size: int,

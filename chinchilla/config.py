@@ -70,6 +70,9 @@ class ModelConfig:
     d_model / n_layers ratio; table: the nearest rows of `shapes_file`."""
     sizes: tuple[ShapeSpec, ...] = ()
     """The shapes of family `explicit`, used for every budget."""
+    aspect_tolerance: float = 2.0
+    """Family `aspect`: widths within this factor of aspect_ratio * n_layers are
+    candidates (finer size matching, wider spread of ratios)."""
     aspect_ratio: float = 32.0
     """Family `aspect`: d_model / n_layers (Kaplan et al. found a broad optimum near 50-100
     at large scale; small models do well nearer 16-32)."""
@@ -97,6 +100,8 @@ class ModelConfig:
             _fail("model.sizes", "family 'explicit' needs at least one size")
         if self.family == "table" and not self.shapes_file:
             _fail("model.shapes_file", "family 'table' needs a shapes_file")
+        if not self.aspect_tolerance >= 1:
+            _fail("model.aspect_tolerance", f"must be >= 1, got {self.aspect_tolerance}")
         if self.aspect_ratio <= 0:
             _fail("model.aspect_ratio", f"must be > 0, got {self.aspect_ratio}")
         if self.head_dim < 1:
@@ -176,10 +181,22 @@ class TrainConfig:
     """How one run trains (every run of a sweep shares these)."""
 
     batch_size: int = 32
-    """Sequences per optimizer step (the global batch, whatever the micro-batch)."""
+    """Sequences per optimizer step (the global batch, whatever the micro-batch); with
+    batch_rule deepseek, the largest batch the rule may choose."""
+    batch_rule: Literal["fixed", "deepseek"] = "fixed"
+    """fixed: batch_size for every run; deepseek: a batch that grows with the run's
+    budget C, B_opt = 0.292 C^0.3271 tokens (DeepSeek-AI 2024, "DeepSeek LLM", sec. 3.1,
+    eq. 1), rounded to a power of two in sequences, at most batch_size."""
+    min_steps: int = 0
+    """Halve a run's batch (down to one sequence) until it takes at least this many
+    optimizer steps: a run of a few dozen steps is mostly warm-up and schedule ends."""
+    warmup_min_steps: int = 0
+    """Warm-up lasts at least this many steps (at most half the run), whatever
+    warmup_frac gives."""
     micro_batch_size: int | Literal["auto"] = "auto"
     """Sequences per forward/backward pass; gradients of batch_size / micro_batch_size
-    passes are accumulated into one optimizer step. auto: the largest divisor of
+    passes are accumulated into one optimizer step (a run whose batch it does not divide
+    uses its largest divisor below it). auto: the largest divisor of
     batch_size whose estimated memory fits the device (CUDA: its real memory; CPU:
     device.memory_gb), halved again if the first steps run out of memory."""
     lr: float | None = None
@@ -232,6 +249,8 @@ class TrainConfig:
                 f"must be auto or a divisor of batch_size {self.batch_size}, "
                 f"got {self.micro_batch_size}",
             )
+        if self.min_steps < 0 or self.warmup_min_steps < 0:
+            _fail("train.min_steps", "min_steps and warmup_min_steps must be >= 0")
         if self.lr_min > self.lr_max:
             _fail("train.lr_min", f"{self.lr_min} exceeds lr_max {self.lr_max}")
         for name in ("warmup_frac", "final_lr_frac", "decay_frac", "beta1", "beta2"):

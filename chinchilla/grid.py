@@ -24,6 +24,7 @@ from chinchilla.accounting import (
     count_params,
     flops_per_token,
     flops_per_token_6n,
+    largest_divisor_at_most,
     training_memory_bytes,
 )
 from chinchilla.config import SPEED_ONLY, Config, ShapeSpec
@@ -101,8 +102,9 @@ class Plan:
         mixed = dev.type != "cpu"
         budget = dev.memory_gb * 2**30
         if t.micro_batch_size != "auto":
-            need = training_memory_bytes(run.shape, t.micro_batch_size, mixed_precision=mixed)
-            return t.micro_batch_size, need, need <= 0.85 * budget
+            micro = largest_divisor_at_most(run.batch_size, t.micro_batch_size)
+            need = training_memory_bytes(run.shape, micro, mixed_precision=mixed)
+            return micro, need, need <= 0.85 * budget
         return choose_micro_batch(run.shape, run.batch_size, budget, mixed_precision=mixed)
 
     @property
@@ -163,15 +165,16 @@ def _shape(spec: ShapeSpec, cfg: Config) -> ModelShape:
 def _aspect_candidates(cfg: Config, n_cap: float = float("inf")) -> list[ShapeSpec]:
     """Shapes with d_model a multiple of head_dim and d_model / n_layers near the ratio.
 
-    Widths within a factor 2 of aspect_ratio * n_layers are all candidates, so that
-    sizes can be matched finely; `_pick` prefers the ratio closest to the target.
+    Widths within a factor `aspect_tolerance` of aspect_ratio * n_layers are all
+    candidates, so that sizes can be matched finely; `_pick` prefers the ratio closest
+    to the target.
     """
     m = cfg.model
     out = []
     for n_layers in range(1, 257):
         centre = m.aspect_ratio * n_layers
-        lo = max(1, math.ceil(centre / 2 / m.head_dim))
-        hi = max(lo, math.floor(centre * 2 / m.head_dim))
+        lo = max(1, math.ceil(centre / m.aspect_tolerance / m.head_dim))
+        hi = max(lo, math.floor(centre * m.aspect_tolerance / m.head_dim))
         specs = [
             ShapeSpec(d_model=k * m.head_dim, n_layers=n_layers, n_heads=k, head_dim=m.head_dim)
             for k in range(lo, hi + 1)
@@ -277,6 +280,27 @@ def learning_rate(n_params: int, cfg: Config) -> float:
     return float(min(t.lr_max, max(t.lr_min, lr)))
 
 
+def deepseek_batch_tokens(compute: float) -> float:
+    """Compute-optimal batch in tokens, B_opt = 0.2920 C^0.3271 (DeepSeek-AI 2024,
+    "DeepSeek LLM: Scaling Open-Source Language Models with Longtermism", sec. 3.1,
+    eq. 1; C in FLOPs)."""
+    return 0.2920 * compute**0.3271
+
+
+def batch_size_for(compute: float, n_tokens: float, seq_len: int, cfg: Config) -> int:
+    """Sequences per step of a run: train.batch_size, or under batch_rule deepseek the
+    power of two nearest B_opt(C) / seq_len (at most batch_size); then halved until the
+    run takes train.min_steps steps."""
+    t = cfg.train
+    batch = t.batch_size
+    if t.batch_rule == "deepseek":
+        seqs = max(1.0, deepseek_batch_tokens(compute) / seq_len)
+        batch = min(t.batch_size, 2 ** round(math.log2(seqs)))
+    while batch > 1 and n_tokens / (batch * seq_len) < t.min_steps:
+        batch //= 2
+    return batch
+
+
 def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
     """Stable hash of everything that determines a run's result."""
     train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in SPEED_ONLY}
@@ -298,8 +322,10 @@ def _make_run(
     cfg: Config,
     horizon: int | None = None,
 ) -> PlannedRun:
-    g, t = cfg.grid, cfg.train
-    tokens_per_step = t.batch_size * shape.seq_len
+    g = cfg.grid
+    compute = budget if budget is not None else 6.0 * count_params(shape).total * n_tokens_wanted
+    batch = batch_size_for(compute, n_tokens_wanted, shape.seq_len, cfg)
+    tokens_per_step = batch * shape.seq_len
     steps = max(1, round(n_tokens_wanted / tokens_per_step))
     n_tokens = steps * tokens_per_step
     counts = count_params(shape)
@@ -313,7 +339,7 @@ def _make_run(
         n_params_nonembedding=counts.nonembedding,
         n_tokens=n_tokens,
         steps=steps,
-        batch_size=t.batch_size,
+        batch_size=batch,
         lr=lr,
         flops=flops,
         flops_6nd=flops_per_token_6n(counts.total) * n_tokens,
@@ -384,6 +410,12 @@ def plan(cfg: Config) -> Plan:
             "config: grid: no run fits the budgets (see warnings: " + "; ".join(warnings[:2]) + ")"
         )
     p = Plan(config=cfg, runs=list(seen.values()), warnings=warnings)
+    short = [r for r in p.runs if r.steps < cfg.train.min_steps]
+    if short:
+        warnings.append(
+            f"{len(short)} run(s) take fewer than train.min_steps = {cfg.train.min_steps} "
+            f"steps even at one sequence per step (fewest: {min(r.steps for r in short)})"
+        )
     for r in p.runs:
         micro, need, fits = p.memory(r)
         if not fits:

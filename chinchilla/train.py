@@ -24,6 +24,7 @@ from chinchilla.accounting import (
     choose_micro_batch,
     divisors_descending,
     flops_per_token,
+    largest_divisor_at_most,
 )
 from chinchilla.config import Config
 from chinchilla.data import TokenData
@@ -73,13 +74,15 @@ class RunResult:
 def lr_at(step: int, steps: int, peak: float, cfg: Config) -> float:
     """Learning rate of optimizer step `step` (0-based) of `steps`.
 
-    1. linear warmup over warmup_frac of the steps;
+    1. linear warmup over warmup_frac of the steps, at least warmup_min_steps (at most
+       half the run);
     2. cosine: decay to final_lr_frac * peak over the remaining steps, so the cosine
        cycle matches the run's tokens (Hoffmann et al. 2022, sec. 3.1 and Fig. A1);
        wsd: hold the peak, then decay linearly over the last decay_frac of the steps.
     """
     t = cfg.train
     warmup = max(1, round(t.warmup_frac * steps)) if t.warmup_frac > 0 else 0
+    warmup = max(warmup, min(t.warmup_min_steps, steps // 2))
     if step < warmup:
         return peak * (step + 1) / warmup
     floor = t.final_lr_frac * peak
@@ -170,7 +173,7 @@ def initial_micro_batch(run: PlannedRun, cfg: Config, device: str) -> int:
     estimated step memory fits the device (CUDA: its memory not held by others; CPU:
     device.memory_gb)."""
     if cfg.train.micro_batch_size != "auto":
-        return int(cfg.train.micro_batch_size)
+        return largest_divisor_at_most(run.batch_size, int(cfg.train.micro_batch_size))
     if device == "cuda":
         free, total = torch.cuda.mem_get_info()
         memory = min(total, free + torch.cuda.memory_reserved())

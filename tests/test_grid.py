@@ -96,3 +96,32 @@ def test_table_family_reads_chinchilla_shapes(tmp_path):
         5120,
     }
     assert len(p.runs) >= 8
+
+
+def test_batch_grows_with_compute_under_the_deepseek_rule(micro_config):
+    from chinchilla.grid import batch_size_for, deepseek_batch_tokens
+
+    cfg = load_config(micro_config, ["train.batch_rule=deepseek", "train.batch_size=4096"])
+    assert deepseek_batch_tokens(1e17) == pytest.approx(0.292 * 1e17**0.3271)
+    small, large = (batch_size_for(c, 1e12, 1024, cfg) for c in (1e17, 3e18))
+    assert (small, large) == (128, 256)  # powers of two nearest B_opt / seq_len
+    capped = load_config(micro_config, ["train.batch_rule=deepseek", "train.batch_size=64"])
+    assert batch_size_for(3e18, 1e12, 1024, capped) == 64
+
+
+def test_min_steps_halves_the_batch(micro_config):
+    from chinchilla.grid import batch_size_for
+
+    cfg = load_config(micro_config, ["train.batch_size=64", "train.min_steps=100"])
+    # 100k tokens at 16 tokens per sequence: 64 sequences give 97 steps, 32 give 195
+    assert batch_size_for(1e12, 100_000, 16, cfg) == 32
+    p = plan(load_config(micro_config, ["train.min_steps=100000"]))
+    assert any("min_steps" in w for w in p.warnings)
+
+
+def test_warmup_has_a_floor(micro_config):
+    from chinchilla.train import lr_at
+
+    cfg = load_config(micro_config, ["train.warmup_frac=0.01", "train.warmup_min_steps=20"])
+    lrs = [lr_at(s, 1000, 1.0, cfg) for s in range(30)]
+    assert lrs[18] < 1.0 and lrs[19] == pytest.approx(1.0)
