@@ -197,10 +197,12 @@ class Stepper:
         self.micro, self.batch_size = micro, batch_size
         self.backoffs: list[int] = []  # micro-batch sizes given up on OOM
         self.loss_fn = model.loss
+        self._counted = {"graphs": 0, "recompiles": 0}
         if cfg.train.compile:
             import torch._dynamo
 
             torch._dynamo.reset()  # a fresh cache per run: no recompile limit across runs
+            self._counted = self._counters()
             self.loss_fn = torch.compile(model.loss, dynamic=False)
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
@@ -249,17 +251,22 @@ class Stepper:
         self.model.train()
         return total / count
 
-    def compile_stats(self) -> dict[str, int] | None:
-        """Graphs compiled and recompilations in this run (torch._dynamo's counters,
-        reset with the cache at the run's start)."""
-        if not self.cfg.train.compile:
-            return None
+    @staticmethod
+    def _counters() -> dict[str, int]:
         from torch._dynamo.utils import counters
 
         return {
             "graphs": int(counters["stats"].get("unique_graphs", 0)),
             "recompiles": int(sum(counters["recompiles"].values())),
         }
+
+    def compile_stats(self) -> dict[str, int] | None:
+        """Graphs compiled and recompilations during this run (torch._dynamo's process-wide
+        counters, less their values when the run started)."""
+        if not self.cfg.train.compile:
+            return None
+        now = self._counters()
+        return {k: now[k] - self._counted[k] for k in now}
 
 
 def _to_device(block: np.ndarray, device: str) -> torch.Tensor:

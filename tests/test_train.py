@@ -159,3 +159,15 @@ def test_warm_up_is_timed_apart_from_steps(micro):
     assert res.warmup_seconds > 0 and res.step_seconds > 0
     tokens = (run.steps - 1) * run.batch_size * run.shape.seq_len
     assert res.tokens_per_second == pytest.approx(tokens / res.step_seconds)
+
+
+def test_compiled_runs_in_one_process_compile_afresh_and_match_eager(micro):
+    cfg, run, data = micro
+    eager = train_run(run, cfg, data)
+    compiled_cfg = _with_train(cfg, compile=True)
+    first = train_run(run, compiled_cfg, data)
+    second = train_run(run, compiled_cfg, data)
+    for res in (first, second):  # one graph for training, one for evaluation, per run
+        assert res.compile == {"graphs": 2, "recompiles": 0}
+        assert res.loss == pytest.approx(eager.loss, rel=1e-3)
+    assert eager.compile is None
