@@ -111,6 +111,7 @@ def _print_plan(p) -> None:
         "micro-batch",
         "est. memory",
         "est. time",
+        "planned by",
     ):
         t.add_column(col, justify="left" if col == "run_id" else "right")
     for r in p.runs:
@@ -132,6 +133,7 @@ def _print_plan(p) -> None:
             f"{p.memory(r)[0]} of {r.batch_size}",
             f"{p.memory(r)[1] / 2**30:.1f} GiB" + ("" if p.memory(r)[2] else " !"),
             console.duration(p.estimated_seconds(r)),
+            r.planned_by,
         )
     console.stdout.print(t)
     dev = p.config.device
@@ -144,6 +146,12 @@ def _print_plan(p) -> None:
         f"for {dev.memory_gb:g} GiB per device (device.memory_gb), memory estimated for "
         + ("fp32" if dev.type == "cpu" else "bf16 autocast")
     )
+    if p.config.grid.adaptive:
+        console.stdout.print(
+            "adaptive grid: runs marked provisional are re-placed around the optimum that "
+            "the budgets before them predict, and any budget may gain up to "
+            f"{p.config.grid.adaptive_extra} extra sizes to bracket its minimum"
+        )
     for w in p.warnings:
         console.stderr.print(f"warning: {w}")
 
@@ -184,11 +192,19 @@ def sweep(
         str | None,
         typer.Option("--address", help="Ray cluster to join, e.g. auto (default: a local one)."),
     ] = None,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive",
+            help="Place each budget's sizes around the optimum the trained budgets predict, "
+            "and extend budgets whose minimum is not bracketed (grid.adaptive).",
+        ),
+    ] = False,
 ) -> None:
     """Train every planned run not yet finished in the directory; rerun to resume."""
     from chinchilla.sweep import default_out, run_sweep
 
-    cfg = _load(config, set_)
+    cfg = _load(config, (set_ or []) + (["grid.adaptive=true"] if adaptive else []))
     if executor not in (None, "local", "ray"):
         raise UserError(f"--executor: expected local or ray, got {executor!r}")
     target = out or default_out(cfg)
@@ -228,7 +244,15 @@ def status(
         + ", ".join(f"{v} {k}" for k, v in sorted(st["counts"].items())),
         title_justify="left",
     )
-    for col in ("run_id", "status", "budget [FLOPs]", "N total", "D [tokens]", "worker"):
+    for col in (
+        "run_id",
+        "status",
+        "budget [FLOPs]",
+        "N total",
+        "D [tokens]",
+        "planned by",
+        "worker",
+    ):
         t.add_column(col)
     for r in st["runs"]:
         t.add_row(
@@ -237,6 +261,7 @@ def status(
             f"{r['budget']:.3g}",
             console.si(r["n_params"]),
             console.si(r["n_tokens"]),
+            r["planned_by"],
             r["worker"] or "",
         )
     console.stdout.print(t)

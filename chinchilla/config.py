@@ -146,6 +146,13 @@ class GridConfig:
     budget_tolerance: float = 0.02
     """A planned run's FLOPs may differ from its budget by at most this fraction
     (tokens round to whole optimizer steps)."""
+    adaptive: bool = False
+    """Kind isoflop, generated family: train budgets in ascending order and place each
+    budget's sizes around the optimum predicted by the budgets already trained; extend a
+    budget whose minimum is not bracketed (see chinchilla/adaptive.py)."""
+    adaptive_extra: int = 4
+    """Adaptive: at most this many extra sizes per budget to bracket its minimum (the
+    first budget, centred on a guess, may need them all; later ones rarely do)."""
 
     def __post_init__(self) -> None:
         if self.kind == "isoflop" and not self.budgets:
@@ -168,6 +175,10 @@ class GridConfig:
             _fail("grid.horizons", f"must be >= 1, got {self.horizons}")
         if self.horizon_span < 1:
             _fail("grid.horizon_span", f"must be >= 1, got {self.horizon_span}")
+        if self.adaptive_extra < 0:
+            _fail("grid.adaptive_extra", f"must be >= 0, got {self.adaptive_extra}")
+        if self.adaptive and self.kind != "isoflop":
+            _fail("grid.adaptive", "adaptive grids are IsoFLOP grids (grid.kind: isoflop)")
         if not 0 < self.budget_tolerance < 1:
             _fail("grid.budget_tolerance", f"must be in (0, 1), got {self.budget_tolerance}")
 

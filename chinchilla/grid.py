@@ -11,6 +11,7 @@ Tokens are rounded to whole optimizer steps (batch_size * seq_len tokens each).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,6 +48,10 @@ class PlannedRun:
     flops_6nd_nonembedding: float  # 6 * N_nonembedding * D
     flops_chinchilla: float  # Appendix F count, attention and embeddings included
     horizon: int | None = None  # kind horizons: index of the cycle length
+    # why the run exists: initial (the configured centre), provisional (an adaptive
+    # budget not yet re-planned), recentred (around the optimum the trained budgets
+    # predict) or extended (added to bracket a budget's minimum)
+    planned_by: str = "initial"
 
     def row(self) -> dict[str, Any]:
         """Flat record: JSON output and the planned columns of runs.parquet."""
@@ -73,6 +78,7 @@ class PlannedRun:
             "steps": self.steps,
             "lr": self.lr,
             "horizon": self.horizon,
+            "planned_by": self.planned_by,
             "tokens_per_param": self.n_tokens / self.n_params,
         }
 
@@ -351,29 +357,41 @@ def _make_run(
 
 def _isoflop_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
     g = cfg.grid
-    for budget in sorted(g.budgets):
+    for i, budget in enumerate(sorted(g.budgets)):
         if cfg.model.family == "explicit":
             shapes = candidates
         else:
-            targets = _log_spread(_expected_optimal_n(budget, cfg), g.size_span, g.sizes_per_budget)
-            shapes = _sizes_for_target(targets, cfg, candidates)
+            centre = _expected_optimal_n(budget, cfg)
+            shapes = _sizes_for_target(
+                _log_spread(centre, g.size_span, g.sizes_per_budget), cfg, candidates
+            )
             if len(shapes) < g.sizes_per_budget:
                 warnings.append(
                     f"budget {budget:.3g}: only {len(shapes)} distinct shapes of the "
                     f"{g.sizes_per_budget} asked (candidate shapes are too coarse here)"
                 )
-        for shape in sorted(shapes, key=lambda s: count_params(s).total):
-            fpt = flops_per_token(shape, g.n_convention, g.flops_convention)
-            run = _make_run(shape, budget / fpt, budget, cfg)
-            miss = abs(run.flops - budget) / budget
-            if miss > g.budget_tolerance:
-                warnings.append(
-                    f"budget {budget:.3g}: dropped d_model={shape.d_model} "
-                    f"n_layers={shape.n_layers} (N={run.n_params:,}): {run.steps} whole steps "
-                    f"miss the budget by {miss:.1%} (> {g.budget_tolerance:.0%})"
-                )
-                continue
-            yield run
+        why = "provisional" if g.adaptive and i > 0 else "initial"
+        yield from budget_runs(cfg, shapes, budget, warnings, planned_by=why)
+
+
+def budget_runs(
+    cfg: Config, shapes: list[ModelShape], budget: float, warnings: list[str], planned_by: str
+):
+    """The runs of one IsoFLOP budget for these shapes (D = budget / FLOPs per token),
+    smallest first; a run whose whole steps miss the budget is dropped with a warning."""
+    g = cfg.grid
+    for shape in sorted(shapes, key=lambda s: count_params(s).total):
+        fpt = flops_per_token(shape, g.n_convention, g.flops_convention)
+        run = _make_run(shape, budget / fpt, budget, cfg)
+        miss = abs(run.flops - budget) / budget
+        if miss > g.budget_tolerance:
+            warnings.append(
+                f"budget {budget:.3g}: dropped d_model={shape.d_model} "
+                f"n_layers={shape.n_layers} (N={run.n_params:,}): {run.steps} whole steps "
+                f"miss the budget by {miss:.1%} (> {g.budget_tolerance:.0%})"
+            )
+            continue
+        yield dataclasses.replace(run, planned_by=planned_by)
 
 
 def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):

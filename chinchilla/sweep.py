@@ -161,21 +161,45 @@ def _run_locked(cfg, out, force, live, workers, executor, address) -> SweepSumma
     summary = SweepSummary(out=out, planned=len(p.runs))
     executor = executor or cfg.execution.executor
     workers, why = resolve_workers(cfg, workers) if executor == "local" else (0, "ray")
-    if pending:
+
+    def execute(q: Plan, todo: list[PlannedRun]) -> None:
+        """Train `todo` (runs of `q`) with the chosen executor; add up the time."""
+        if not todo:
+            return
         if executor == "ray":
             from chinchilla.executors import run_ray
 
-            stats = run_ray(
-                cfg, out, p, pending, address=address or cfg.execution.address, live=live
-            )
+            stats = run_ray(cfg, out, q, todo, address=address or cfg.execution.address, live=live)
         elif workers > 1:
             from chinchilla.executors import run_local_parallel
 
-            stats = run_local_parallel(cfg, out, p, pending, workers=workers, live=live)
+            stats = run_local_parallel(cfg, out, q, todo, workers=workers, live=live)
         else:
-            stats = _run_serial(cfg, out, p, pending, live=live)
-        summary.trained = len(pending)
-        summary.step_seconds, summary.eval_seconds, summary.busy = stats
+            stats = _run_serial(cfg, out, q, todo, live=live)
+        summary.trained += len(todo)
+        summary.step_seconds += stats[0]
+        summary.eval_seconds += stats[1]
+        for k, v in stats[2].items():
+            summary.busy[k] = summary.busy.get(k, 0.0) + v
+
+    if cfg.grid.adaptive:
+        from chinchilla.adaptive import run_adaptive
+
+        def train(runs: list[PlannedRun]) -> None:
+            done = {i for i, s in finished_ids(out).items() if s in FINISHED}
+            execute(Plan(config=cfg, runs=runs), [r for r in runs if r.run_id not in done])
+
+        def losses(runs: list[PlannedRun]) -> dict[str, float]:
+            table = merge(out)
+            if not len(table):
+                return {}
+            ids = {r.run_id for r in runs}
+            ok = table[(table["status"] == "ok") & table["run_id"].isin(ids)]
+            return dict(zip(ok["run_id"], ok["loss"].astype(float), strict=True))
+
+        summary.planned = len(run_adaptive(cfg, train, losses))
+    else:
+        execute(p, pending)
     runs = merge(out)
     if len(runs):
         summary.statuses = runs["status"].value_counts().to_dict()
@@ -259,6 +283,7 @@ def status(out: Path) -> dict[str, Any]:
         else set()
     )
     claims = _claims(out)
+    recorded = _recorded(out)
     rows = []
     for r in p.runs:
         s = statuses.get(r.run_id)
@@ -276,12 +301,38 @@ def status(out: Path) -> dict[str, Any]:
                 "n_params": r.n_params,
                 "n_tokens": r.n_tokens,
                 "worker": claims.get(r.run_id),
+                "planned_by": recorded.get(r.run_id, {}).get("planned_by") or r.planned_by,
             }
         )
+    planned = {r.run_id for r in p.runs}
+    rows += [row for i, row in recorded.items() if i not in planned]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     return {"out": str(out), "name": cfg.name, "planned": len(rows), "counts": counts, "runs": rows}
+
+
+def _recorded(out: Path) -> dict[str, dict[str, Any]]:
+    """Recorded runs by id, from runs.parquet: their planned_by, and for runs the static
+    plan does not list (an adaptive sweep's recentred and extended runs) the rest."""
+    path = out / "runs.parquet"
+    if not path.exists():
+        return {}
+    import pandas as pd
+
+    table = pd.read_parquet(path)
+    return {
+        r.run_id: {
+            "run_id": r.run_id,
+            "status": r.status,
+            "budget": float(r.budget),
+            "n_params": int(r.n_params),
+            "n_tokens": int(r.n_tokens),
+            "worker": getattr(r, "worker", None),
+            "planned_by": getattr(r, "planned_by", None) or "initial",
+        }
+        for r in table.itertuples()
+    }
 
 
 def _claims(out: Path) -> dict[str, str]:

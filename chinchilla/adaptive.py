@@ -1,0 +1,143 @@
+"""Adaptive IsoFLOP grids: each budget's sizes placed where the budgets already trained
+put the optimum, and extended until its minimum is bracketed.
+
+`grid.tokens_per_param` only guesses where a budget's optimum lies (Chinchilla's 20 is
+one data set's value at one scale). With `grid.adaptive`, budgets train in ascending
+order and
+
+1. the first budget is centred on that guess (`planned_by = initial`); every later one
+   on the optimum predicted by those before it (`recentred`): with one trained budget,
+   N_opt scaled by (C / C_0)^0.5 (the Chinchilla exponent); with two or more, the power
+   law through their minima (Approach 2's law, its exponent clipped to [0.2, 0.8]);
+2. once a budget's runs finish, its minimum is read the way Approach 2 reads it (the
+   near-minimum parabola, `chinchilla.fit.isoflop`). When its lowest loss sits at its
+   smallest or largest size, or fewer than two sizes lie on one side of the vertex,
+   sizes are added on that side at the grid's own log spacing (`extended`), at most
+   `grid.adaptive_extra` per budget, and the check is repeated.
+
+Every decision is a function of the config and the recorded losses of finished runs, so
+a sweep killed at any point and rerun makes the same decisions and ends with the same
+runs (runs already recorded are not trained again).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from chinchilla.config import Config
+from chinchilla.fit.isoflop import fit_parabola, near_minimum
+from chinchilla.grid import (
+    PlannedRun,
+    _expected_optimal_n,
+    _log_spread,
+    _n_of,
+    _sizes_for_target,
+    budget_runs,
+    candidate_shapes,
+)
+
+CHINCHILLA_EXPONENT = 0.5  # N_opt ~ C^0.5 (Hoffmann et al. 2022, Table 2)
+
+# train(runs) trains the runs not yet recorded; losses(runs) -> {run_id: final loss} of
+# the recorded ok runs among them
+Train = Callable[[list[PlannedRun]], None]
+Losses = Callable[[list[PlannedRun]], dict[str, float]]
+
+
+def predicted_centre(budget: float, minima: list[tuple[float, float]], cfg: Config):
+    """(N at the centre of this budget's sizes, planned_by)."""
+    if not minima:
+        return _expected_optimal_n(budget, cfg), "initial"
+    if len(minima) == 1:
+        c0, n0 = minima[0]
+        return n0 * (budget / c0) ** CHINCHILLA_EXPONENT, "recentred"
+    c, n = np.log(np.array(minima)).T
+    slope, icpt = np.polyfit(c, n, 1)
+    slope = float(np.clip(slope, 0.2, 0.8))
+    icpt = float(np.mean(n - slope * c))
+    return math.exp(icpt + slope * math.log(budget)), "recentred"
+
+
+def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | None]:
+    """Which side of a budget's profile needs more sizes: (side, how many, vertex N).
+    side is "smaller", "larger" or None (bracketed: the lowest loss is at an interior
+    size and at least two sizes lie on each side of the near-minimum parabola's vertex)."""
+    order = np.argsort(n)
+    n, loss = n[order], loss[order]
+    best = int(np.argmin(loss))
+    if best == 0:
+        return "smaller", 2, None
+    if best == len(n) - 1:
+        return "larger", 2, None
+    near = near_minimum(n, loss)
+    p = fit_parabola(0.0, n[near], n[near], loss[near]) if len(near) >= 3 else None
+    if p is None or not p.inside:
+        side = "smaller" if best < len(n) / 2 else "larger"
+        return side, 1, None
+    below, above = int((n < p.n_opt).sum()), int((n > p.n_opt).sum())
+    if below < 2:
+        return "smaller", 2 - below, p.n_opt
+    if above < 2:
+        return "larger", 2 - above, p.n_opt
+    return None, 0, p.n_opt
+
+
+def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
+    """Plan, train and extend every budget in ascending order; returns every run."""
+    g = cfg.grid
+    top = max(g.budgets)
+    # the largest model any budget could want: D = N at the top budget, times the span
+    cap = 4 * math.sqrt(top / 6.0) * math.sqrt(g.size_span)
+    candidates = candidate_shapes(cfg, n_cap=cap)
+    step = g.size_span ** (1 / max(1, g.sizes_per_budget - 1))  # the grid's log spacing
+    minima: list[tuple[float, float]] = []
+    every: list[PlannedRun] = []
+    for budget in sorted(g.budgets):
+        warnings: list[str] = []
+        centre, why = predicted_centre(budget, minima, cfg)
+        shapes = _sizes_for_target(
+            _log_spread(centre, g.size_span, g.sizes_per_budget), cfg, candidates
+        )
+        runs = list(budget_runs(cfg, shapes, budget, warnings, planned_by=why))
+        train(runs)
+        extra = 0
+        while True:
+            got = losses(runs)
+            done = [r for r in runs if r.run_id in got]
+            if len(done) < 3:
+                break
+            n = np.array([_n_of(r.shape, g.n_convention) for r in done], dtype=float)
+            loss = np.array([got[r.run_id] for r in done])
+            side, k, vertex = bracket(n, loss)
+            if side is None or extra >= g.adaptive_extra:
+                break
+            k = min(k, g.adaptive_extra - extra)
+            edge = n.min() if side == "smaller" else n.max()
+            factor = 1 / step if side == "smaller" else step
+            known = {r.shape for r in runs}
+            new_shapes = []
+            for j in range(1, 4 * k + 1):  # skip targets that land on a known shape
+                (s,) = _sizes_for_target([edge * factor**j], cfg, candidates)
+                if s not in known and s not in new_shapes:
+                    new_shapes.append(s)
+                if len(new_shapes) == k:
+                    break
+            new = list(budget_runs(cfg, new_shapes, budget, warnings, planned_by="extended"))
+            if not new:
+                break
+            extra += len(new)
+            runs += new
+            train(new)
+        got = losses(runs)
+        done = [r for r in runs if r.run_id in got]
+        if len(done) >= 3:
+            n = np.array([_n_of(r.shape, g.n_convention) for r in done], dtype=float)
+            loss = np.array([got[r.run_id] for r in done])
+            side, _, vertex = bracket(n, loss)
+            # centre the next budget on this one's vertex, else its lowest-loss size
+            minima.append((budget, vertex if vertex else float(n[np.argmin(loss)])))
+        every += runs
+    return every
