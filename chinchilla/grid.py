@@ -286,6 +286,19 @@ def learning_rate(n_params: int, cfg: Config) -> float:
     return float(min(t.lr_max, max(t.lr_min, lr)))
 
 
+# The plan warns below these (stated in the warning): a run shorter than FEW_STEPS is
+# mostly warm-up and schedule ends; a warm-up of fewer than FEW_WARMUP steps is a jump.
+FEW_STEPS = 100
+FEW_WARMUP = 10
+
+
+def warmup_steps(steps: int, cfg: Config) -> int:
+    """Linear warm-up steps of a run (the schedule of `chinchilla.train.lr_at`)."""
+    t = cfg.train
+    warmup = max(1, round(t.warmup_frac * steps)) if t.warmup_frac > 0 else 0
+    return max(warmup, min(t.warmup_min_steps, steps // 2))
+
+
 def deepseek_batch_tokens(compute: float) -> float:
     """Compute-optimal batch in tokens, B_opt = 0.2920 C^0.3271 (DeepSeek-AI 2024,
     "DeepSeek LLM: Scaling Open-Source Language Models with Longtermism", sec. 3.1,
@@ -433,6 +446,20 @@ def plan(cfg: Config) -> Plan:
         warnings.append(
             f"{len(short)} run(s) take fewer than train.min_steps = {cfg.train.min_steps} "
             f"steps even at one sequence per step (fewest: {min(r.steps for r in short)})"
+        )
+    few = [r for r in p.runs if r.steps < FEW_STEPS]
+    if few:
+        warnings.append(
+            f"{len(few)} run(s) take fewer than {FEW_STEPS} optimizer steps (fewest: "
+            f"{min(r.steps for r in few)}): such a run is mostly warm-up and schedule ends, "
+            "and its loss says little about its size; set train.min_steps or a smaller "
+            "train.batch_size"
+        )
+    cold = [r for r in p.runs if warmup_steps(r.steps, cfg) < FEW_WARMUP]
+    if cold:
+        warnings.append(
+            f"{len(cold)} run(s) warm up for fewer than {FEW_WARMUP} steps (fewest: "
+            f"{min(warmup_steps(r.steps, cfg) for r in cold)}); set train.warmup_min_steps"
         )
     for r in p.runs:
         micro, need, fits = p.memory(r)

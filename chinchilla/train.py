@@ -29,7 +29,7 @@ from chinchilla.accounting import (
 from chinchilla.config import Config
 from chinchilla.data import TokenData
 from chinchilla.files import atomic_write
-from chinchilla.grid import PlannedRun
+from chinchilla.grid import PlannedRun, warmup_steps
 from chinchilla.model import GPT
 
 # bf16 dense peak FLOP/s per device (vendor datasheets, without sparsity).
@@ -81,8 +81,7 @@ def lr_at(step: int, steps: int, peak: float, cfg: Config) -> float:
        wsd: hold the peak, then decay linearly over the last decay_frac of the steps.
     """
     t = cfg.train
-    warmup = max(1, round(t.warmup_frac * steps)) if t.warmup_frac > 0 else 0
-    warmup = max(warmup, min(t.warmup_min_steps, steps // 2))
+    warmup = warmup_steps(steps, cfg)
     if step < warmup:
         return peak * (step + 1) / warmup
     floor = t.final_lr_frac * peak

@@ -125,3 +125,12 @@ def test_warmup_has_a_floor(micro_config):
     cfg = load_config(micro_config, ["train.warmup_frac=0.01", "train.warmup_min_steps=20"])
     lrs = [lr_at(s, 1000, 1.0, cfg) for s in range(30)]
     assert lrs[18] < 1.0 and lrs[19] == pytest.approx(1.0)
+
+
+def test_plan_warns_about_runs_a_fit_cannot_use(micro_config):
+    p = plan(load_config(micro_config))  # micro runs: 68-228 steps, warm-up of 5%
+    text = " ".join(p.warnings)
+    assert "fewer than 100 optimizer steps" in text and "train.min_steps" in text
+    assert "warm up for fewer than 10 steps" in text
+    fixed = plan(load_config(micro_config, ["train.min_steps=100", "train.warmup_min_steps=10"]))
+    assert not [w for w in fixed.warnings if "optimizer steps" in w or "warm up" in w]
