@@ -150,9 +150,10 @@ class GridConfig:
     """Kind isoflop, generated family: train budgets in ascending order and place each
     budget's sizes around the optimum predicted by the budgets already trained; extend a
     budget whose minimum is not bracketed (see chinchilla/adaptive.py)."""
-    adaptive_extra: int = 4
+    adaptive_extra: int = 6
     """Adaptive: at most this many extra sizes per budget to bracket its minimum (the
-    first budget, centred on a guess, may need them all; later ones rarely do)."""
+    first budget, centred on a guess, may need them all, and is the cheapest; later ones,
+    centred on a prediction, rarely need any)."""
 
     def __post_init__(self) -> None:
         if self.kind == "isoflop" and not self.budgets:

@@ -207,3 +207,18 @@ def test_backtest_on_a_csv_scores_every_approach(tmp_path):
 def test_backtest_needs_budgets_to_spare(micro_sweep):
     r = runner.invoke(app, ["fit", str(micro_sweep), "--backtest", "1", "--no-plots"])
     assert r.exit_code == 2 and "--backtest" in r.output
+
+
+def test_minima_at_the_grid_edge_give_no_approach_2_law(tmp_path):
+    # every budget sampled only below its optimum: the lowest loss is each largest size
+    rows = []
+    for c in np.logspace(18, 20, 3):
+        n_opt = 0.1 * (c / 6) ** 0.5
+        for n in n_opt * np.logspace(-1.6, -0.4, 5):
+            rows.append((n, c / (6 * n), float(parametric_loss(n, c / (6 * n), **TRUE))))
+    p = _csv(tmp_path, "N,D,loss", rows)
+    r = runner.invoke(app, ["fit", str(p), "--json", "--bootstrap", "0"])
+    doc = json.loads(r.stdout)
+    assert doc["approach2"] is None
+    assert "not bracketed" in doc["skipped"]["approach2"]
+    assert not [x for x in doc["predictions"] if x["approach"] == 2]
