@@ -302,7 +302,13 @@ class DataConfig:
     """Text kinds: fraction of documents held out for validation (chosen by a hash of each
     document, so the split never depends on file order)."""
     cache_dir: str | None = None
-    """Where tokenized corpora are cached; default: <corpus folder>/.chinchilla_cache."""
+    """Where tokenized corpora are cached; default: $CHINCHILLA_CACHE, else
+    $XDG_CACHE_HOME/chinchilla or ~/.cache/chinchilla (never inside the corpus)."""
+    encoding_errors: Literal["strict", "replace", "skip"] = "replace"
+    """Text tokenizers (BPE, tokenizer.json) and jsonl: what to do with bytes that are not
+    UTF-8: strict stops naming the file and byte; replace makes each invalid byte U+FFFD;
+    skip leaves the document out. Counted and summarised in one line. Byte tokens read
+    files of kind text as raw bytes and need no decoding."""
     # synthetic source (see chinchilla/data/synthetic.py)
     orders: tuple[int, ...] = (1, 2, 3)
     """Synthetic: context lengths of the mixture's Markov components."""

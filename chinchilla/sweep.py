@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +133,35 @@ def run_sweep(
     The directory is locked for the whole sweep: a second sweep on it stops with exit
     code 2 naming the holder."""
     plan(cfg)  # a config error stops here, before the directory is touched
-    with SweepLock(out):
+    existed = out.exists()
+    before = set(out.rglob("*")) if existed else set()
+    with SweepLock(out) as lock:
         remove_stale_temps(out)  # no writer of this directory is alive now
-        return _run_locked(cfg, out, force, live, workers, executor, address)
+        try:
+            return _run_locked(cfg, out, force, live, workers, executor, address)
+        except UserError:
+            if not _trained_since(out, before):  # a failed start leaves nothing behind
+                _remove_new(out, before, keep=lock.path)
+                lock.path.unlink(missing_ok=True)
+                if not existed:
+                    shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _trained_since(out: Path, before: set[Path]) -> bool:
+    """Whether this invocation recorded a run or wrote a checkpoint."""
+    made = list((out / "parts").glob("*.parquet")) + list((out / CHECKPOINTS).glob("*.pt"))
+    return any(p not in before for p in made)
+
+
+def _remove_new(out: Path, before: set[Path], keep: Path) -> None:
+    """Remove what this invocation created under `out` (files, then empty folders)."""
+    new = [p for p in out.rglob("*") if p not in before and p != keep]
+    for p in sorted(new, key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:

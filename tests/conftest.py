@@ -13,6 +13,17 @@ REFERENCE = ROOT.parent / "shared" / "reference"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_token_cache(tmp_path_factory):
+    """Tokenized corpora go to a cache of this test session, not the user's."""
+    if "CHINCHILLA_CACHE" not in os.environ:
+        os.environ["CHINCHILLA_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
+        yield
+        del os.environ["CHINCHILLA_CACHE"]
+    else:
+        yield
+
+
 def reference_file(name: str) -> Path:
     path = REFERENCE / name
     if not path.exists():

@@ -105,9 +105,10 @@ def test_bad_corpora_exit_2_before_training(tmp_path, case, fragment):
         corpus = tmp_path / "nowhere"
     elif case == "empty":
         (corpus / "a.txt").write_text("")
-    elif case == "undecodable":
-        (corpus / "a.txt").write_text("fine text\n")
+    elif case == "undecodable":  # a text tokenizer under encoding_errors: strict
+        (corpus / "a.txt").write_text("fine text\n" * 50)
         (corpus / "b.txt").write_bytes(b"ok \xff\xfe broken")
+        extra = ", tokenizer: bpe, vocab_size: 300, encoding_errors: strict"
     else:
         (corpus / "a.txt").write_text("x" * 5000)
         extra = ", val_fraction: 0.000001"
@@ -116,8 +117,8 @@ def test_bad_corpora_exit_2_before_training(tmp_path, case, fragment):
     assert r.exit_code == 2, r.output
     assert fragment in r.output
     if case == "undecodable":
-        assert "b.txt" in r.output
-    assert not (tmp_path / "out" / "parts").exists()
+        assert "b.txt" in r.output and "byte 3" in r.output
+    assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind
 
 
 def test_a_runs_synthetic_data_does_not_depend_on_the_rest_of_the_sweep(micro_config, tmp_path):
@@ -170,3 +171,105 @@ def test_large_rule_tables_are_drawn_in_blocks_without_replacement(monkeypatch):
     # the first draw of a row follows the Zipf weights
     first = np.bincount(sup[:, 0] - 1, minlength=63) / 5000
     assert np.abs(first - zipf).max() < 0.02
+
+
+def _messy_corpus(tmp_path):
+    """Good documents, one file that is not UTF-8, one binary file."""
+    corpus = _corpus(tmp_path, n_docs=30)
+    (corpus / "legacy.h").write_bytes(b"/* caf\xe9 */ int x;\n" * 20)  # Latin-1
+    (corpus / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    return corpus
+
+
+def _load(tmp_path, corpus, extra=""):
+    return load_data(load_config(_text_config(tmp_path, corpus, extra)), tmp_path / "unused")
+
+
+def test_byte_tokens_read_raw_bytes_and_binary_files_are_skipped(tmp_path):
+    corpus = _messy_corpus(tmp_path)
+    data = _load(tmp_path, corpus)
+    tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    assert 0xE9 in tokens  # the Latin-1 byte, as it is
+    assert data.meta["files_not_utf8"] == [] and data.meta["invalid_bytes"] == 0
+    assert [p.endswith("logo.png") for p in data.meta["binary_files_skipped"]] == [True]
+    assert "skipped 1 binary file(s) (logo.png)" in data.meta["notes"]
+    assert data.meta["train_documents"] + data.meta["val_documents"] == 31
+
+
+@pytest.mark.parametrize("policy", ["replace", "skip", "strict"])
+def test_text_tokenizers_decode_under_the_encoding_policy(tmp_path, policy):
+    corpus = _messy_corpus(tmp_path)
+    extra = f", tokenizer: bpe, vocab_size: 300, encoding_errors: {policy}"
+    if policy == "strict":
+        with pytest.raises(UserError, match=r"legacy.h is not UTF-8 text \(byte 6"):
+            _load(tmp_path, corpus, extra)
+        return
+    data = _load(tmp_path, corpus, extra)
+    assert [p.endswith("legacy.h") for p in data.meta["files_not_utf8"]] == [True]
+    assert data.meta["invalid_bytes"] == 20  # one invalid byte per line
+    docs = data.meta["train_documents"] + data.meta["val_documents"]
+    assert docs == (31 if policy == "replace" else 30)
+    assert f"data.encoding_errors: {policy}" in data.meta["notes"]
+
+
+def test_the_token_cache_stays_out_of_the_corpus(tmp_path, monkeypatch):
+    corpus = _corpus(tmp_path)
+    listing = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    monkeypatch.setenv("CHINCHILLA_CACHE", str(tmp_path / "user-cache"))
+    for p in [corpus, *corpus.rglob("*")]:  # read-only (root may still write: checked below)
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        data = _load(tmp_path, corpus)
+    finally:
+        for p in [corpus, *corpus.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == listing
+    assert data.meta["cache"].startswith(str(tmp_path / "user-cache"))
+
+
+_TOKENIZE = """
+import sys
+from chinchilla.config import load_config
+from chinchilla.data import load_data
+d = load_data(load_config(sys.argv[1]), sys.argv[2])
+print(d.meta["cache"])
+"""
+
+
+def test_two_processes_tokenizing_one_corpus_publish_one_entry(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    corpus = _corpus(tmp_path, n_docs=400)
+    cfg = _text_config(tmp_path, corpus)
+    env = os.environ | {"CHINCHILLA_CACHE": str(tmp_path / "shared-cache")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TOKENIZE, str(cfg), str(tmp_path / "x")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    folders = {o.strip().splitlines()[-1] for o, _ in outs}
+    assert len(folders) == 1  # one entry, used by both
+    entries = sorted(p.name for p in (tmp_path / "shared-cache").iterdir())
+    assert not [e for e in entries if ".tmp" in e]  # no half-built leftovers
+
+
+def test_the_corrected_command_runs_after_a_failed_start(tmp_path):
+    corpus = _corpus(tmp_path)
+    cfg = _text_config(tmp_path, corpus)
+    out = tmp_path / "out"
+    bad = runner.invoke(app, ["sweep", str(cfg), "--out", str(out), "--set", "data.vocab_size=99"])
+    assert bad.exit_code == 2 and not out.exists()
+    out.mkdir()  # an existing, empty directory stays, and stays empty
+    bad = runner.invoke(app, ["sweep", str(cfg), "--out", str(out), "--set", "data.vocab_size=99"])
+    assert bad.exit_code == 2 and list(out.iterdir()) == []
+    good = runner.invoke(app, ["sweep", str(cfg), "--out", str(out)])
+    assert good.exit_code == 0, good.output

@@ -2,13 +2,24 @@
 
 - `tokens`: flat token files as nanoGPT writes them (`train.bin`, `val.bin`; uint16 or
   uint32), memory-mapped as they are.
-- `text` (a file, a folder searched recursively, or a glob of UTF-8 files; one document
+- `text` (a file, a folder searched recursively, or a glob of text files; one document
   per file), `jsonl` / `parquet` / `dataset` (a column of documents; `dataset` is a
   folder written by `datasets.save_to_disk`, read as Arrow files).
 
+Real corpora as they come: byte tokens read a file's raw bytes (no decoding, so a file
+that is not UTF-8 is still text to them); text tokenizers decode UTF-8 under
+`data.encoding_errors` (strict: stop naming the file and byte; replace: each invalid
+byte becomes U+FFFD; skip: leave the document out), counting the files and bytes
+affected. Binary files (a NUL byte or a known binary signature in their first 8 KB) are
+skipped and counted. One summary line says what was replaced or skipped.
+
 Text is tokenized once, streaming document by document (memory does not grow with the
 corpus), into `train.bin` / `val.bin` in a cache folder keyed by the corpus contents and
-the tokenizer; every run and every worker of a sweep then memory-maps the same files.
+the tokenizer, in the user's cache (`data.cache_dir`, else `$CHINCHILLA_CACHE`, else
+`$XDG_CACHE_HOME/chinchilla` or `~/.cache/chinchilla`), never inside the corpus, so a
+read-only or shared corpus works. A cache entry is built in a temporary folder and
+published by one rename: two sweeps tokenizing the same corpus at once both finish and
+one entry remains. Every run and every worker of a sweep then memory-maps the same files.
 Documents go to validation by a hash of their contents (`val_fraction`), so the split
 never depends on file order. Tokens are UTF-8 bytes (0-255) with 256 ending each
 document, or a BPE tokenizer (`tokenizers` library) trained on the corpus, or a local
@@ -21,6 +32,8 @@ import glob
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +46,72 @@ from chinchilla.errors import UserError
 from chinchilla.files import atomic_write
 
 EOD_BYTES = 256  # end-of-document token of the byte tokenizer
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: raw bytes for byte tokens, binary files skipped, encoding policy
+# Signatures of common binary formats (PNG, GIF, PDF, zip, gzip, ELF, JPEG, bzip2, xz).
+_BINARY_MAGIC = (
+    b"\x89PNG",
+    b"GIF8",
+    b"%PDF",
+    b"PK\x03\x04",
+    b"\x1f\x8b",
+    b"\x7fELF",
+    b"\xff\xd8\xff",
+    b"BZh",
+    b"\xfd7zXZ",
+)
+_ESCAPED = re.compile("[\udc80-\udcff]")  # undecodable bytes under surrogateescape
+
+
+class Decoding:
+    """UTF-8 decoding under `data.encoding_errors`, with counts of what it changed."""
+
+    def __init__(self, policy: str):
+        self.policy = policy
+        self.files: set[str] = set()  # files with invalid UTF-8
+        self.bad_bytes = 0
+        self.skipped_documents = 0
+        self.binary: list[str] = []  # binary files left out
+
+    def text(self, data: bytes, name: str, offset: int = 0) -> str | None:
+        """The document as text, or None when the policy leaves it out."""
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if self.policy == "strict":
+                raise UserError(
+                    f"data: {name} is not UTF-8 text (byte {offset + exc.start}: {exc.reason}); "
+                    "set data.encoding_errors: replace or skip, or use byte tokens"
+                ) from None
+        escaped = data.decode("utf-8", "surrogateescape")
+        self.files.add(name)
+        self.bad_bytes += len(_ESCAPED.findall(escaped))
+        if self.policy == "skip":
+            self.skipped_documents += 1
+            return None
+        return _ESCAPED.sub("\ufffd", escaped)
+
+    def summary(self) -> str | None:
+        parts = []
+        if self.binary:
+            shown = ", ".join(Path(b).name for b in self.binary[:3])
+            more = f" and {len(self.binary) - 3} more" if len(self.binary) > 3 else ""
+            parts.append(f"skipped {len(self.binary)} binary file(s) ({shown}{more})")
+        if self.files:
+            what = (
+                f"{self.skipped_documents} document(s) left out"
+                if self.policy == "skip"
+                else "each invalid byte replaced by U+FFFD"
+            )
+            parts.append(
+                f"{len(self.files)} file(s) not valid UTF-8, {self.bad_bytes:,} invalid "
+                f"byte(s): {what} (data.encoding_errors: {self.policy})"
+            )
+        return "; ".join(parts) or None
+
+
+def is_binary(head: bytes) -> bool:
+    """A NUL byte or a known binary signature in a file's first bytes."""
+    return b"\0" in head or head.startswith(_BINARY_MAGIC)
 
 
 # ----------------------------------------------------------------------------- token files
@@ -105,24 +183,26 @@ def _text_files(cfg) -> list[Path]:
     return files
 
 
-def _documents(cfg) -> Iterator[tuple[str, str]]:
-    """(where, text) for every document of the corpus, streamed."""
+def _documents(cfg, dec: Decoding, raw: bool = False) -> Iterator[tuple[str, str | bytes]]:
+    """(where, document) for every document of the corpus, streamed: raw bytes for files
+    of kind text when `raw` (byte tokens), else text decoded under `dec`'s policy."""
     kind, column = cfg.data.kind, cfg.data.text_column
     if kind == "text":
         for f in _text_files(cfg):
-            yield from _file_documents(f)
+            yield from _file_documents(f, dec, raw)
     elif kind == "jsonl":
         for f in _text_files(cfg):
             with f.open("rb") as fh:
                 for i, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
+                    text = dec.text(line, f"{f} line {i}")
+                    if text is None:
+                        continue
                     try:
-                        obj = json.loads(line.decode("utf-8"))
-                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        raise UserError(
-                            f"data: {f} line {i}: not a UTF-8 JSON object ({exc})"
-                        ) from None
+                        obj = json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"data: {f} line {i}: not a JSON object ({exc})") from None
                     if not isinstance(obj, dict) or not isinstance(obj.get(column), str):
                         raise UserError(f"data: {f} line {i}: no text column {column!r}")
                     yield f"{f}:{i}", obj[column]
@@ -166,12 +246,17 @@ def _documents(cfg) -> Iterator[tuple[str, str]]:
 _BLOCK = 16 << 20  # files above this are read in blocks, one document per blank-line run
 
 
-def _file_documents(f: Path) -> Iterator[tuple[str, str]]:
+def _file_documents(f: Path, dec: Decoding, raw: bool) -> Iterator[tuple[str, str | bytes]]:
     """One document per file; a large file is split at blank lines into documents of
-    about `_BLOCK` bytes, so memory stays bounded whatever the file size."""
+    about `_BLOCK` bytes, so memory stays bounded whatever the file size. A binary file
+    yields nothing (and is counted)."""
     offset = 0
     rest = b""
     with f.open("rb") as fh:
+        if is_binary(fh.read(8192)):
+            dec.binary.append(str(f))
+            return
+        fh.seek(0)
         while True:
             block = fh.read(_BLOCK)
             data = rest + block
@@ -185,21 +270,19 @@ def _file_documents(f: Path) -> Iterator[tuple[str, str]]:
                     continue
             piece, rest = data[:cut], data[cut:]
             if piece:
-                try:
-                    yield f"{f}@{offset}", piece.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise UserError(
-                        f"data: {f} is not UTF-8 text (byte {offset + exc.start}: {exc.reason})"
-                    ) from None
+                doc = piece if raw else dec.text(piece, str(f), offset)
+                if doc is not None:
+                    yield f"{f}@{offset}", doc
             offset += len(piece)
             if not block:
                 return
 
 
-def _is_validation(text: str, fraction: float) -> bool:
-    h = int.from_bytes(
-        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
-    )
+def _is_validation(doc: str | bytes, fraction: float) -> bool:
+    """By a hash of the document's bytes (UTF-8 for text: a clean file lands in the same
+    split whether read as bytes or as text)."""
+    data = doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogatepass")
+    h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
     return h / 2**64 < fraction
 
 
@@ -209,8 +292,9 @@ def _is_validation(text: str, fraction: float) -> bool:
 class _Bytes:
     vocab_size = 257
 
-    def encode(self, text: str) -> np.ndarray:
-        out = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
+    def encode(self, doc: str | bytes) -> np.ndarray:
+        data = doc if isinstance(doc, bytes) else doc.encode("utf-8")
+        out = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
         return np.append(out, EOD_BYTES)
 
     def identity(self) -> str:
@@ -262,7 +346,8 @@ def _tokenizer(cfg, corpus_key: str, cache: Path):
                 initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
                 show_progress=False,
             )
-            tok.train_from_iterator((text for _, text in _documents(cfg)), trainer=trainer)
+            docs = _documents(cfg, Decoding(d.encoding_errors))
+            tok.train_from_iterator((text for _, text in docs), trainer=trainer)
             atomic_write(path, lambda tmp: tok.save(str(tmp)))
         tok = tk.Tokenizer.from_file(str(path))
         return _HF(tok, tok.token_to_id("<|endoftext|>"), path.name)
@@ -298,6 +383,7 @@ def _corpus_key(cfg) -> str:
                 "kind": cfg.data.kind,
                 "column": cfg.data.text_column,
                 "val_fraction": cfg.data.val_fraction,
+                "encoding_errors": cfg.data.encoding_errors,
                 "v": _CACHE_VERSION,
             }
         ).encode()
@@ -309,10 +395,14 @@ def _corpus_key(cfg) -> str:
 
 
 def _cache_root(cfg) -> Path:
+    """data.cache_dir, else $CHINCHILLA_CACHE, else the user's cache folder (never the
+    corpus: it may be read-only or shared)."""
     if cfg.data.cache_dir:
         return cfg.resolve_path(cfg.data.cache_dir)
-    path = cfg.resolve_path(cfg.data.path.split("*")[0] or ".")
-    return (path if path.is_dir() else path.parent) / ".chinchilla_cache"
+    if os.environ.get("CHINCHILLA_CACHE"):
+        return Path(os.environ["CHINCHILLA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "chinchilla"
 
 
 def load_text_corpus(cfg) -> TokenData:
@@ -330,9 +420,10 @@ def load_text_corpus(cfg) -> TokenData:
     folder = root / f"{key}-{tok.identity()}"
     meta_path = folder / "meta.json"
     if not meta_path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        _tokenize(cfg, tok, folder, token_dtype(vocab))
+        _publish(folder, lambda tmp: _tokenize(cfg, tok, tmp, token_dtype(vocab)))
     meta = json.loads(meta_path.read_text())
+    if meta.get("notes"):
+        print(f"data: {meta['notes']}", file=sys.stderr)
     dtype = meta["dtype"]
     return TokenData(
         train=open_tokens(folder / "train.bin", dtype),
@@ -343,7 +434,26 @@ def load_text_corpus(cfg) -> TokenData:
     )
 
 
+def _publish(folder: Path, build) -> None:
+    """Build a cache entry in a private temporary folder, then publish it with one
+    rename. When another process published the same entry first, ours is discarded."""
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _tokenize(cfg, tok, folder: Path, dtype: np.dtype) -> None:
+    dec = Decoding(cfg.data.encoding_errors)
+    raw = isinstance(tok, _Bytes) and cfg.data.kind == "text"
     tmp = {s: folder / f"{s}.bin.tmp{os.getpid()}" for s in ("train", "val")}
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
@@ -351,7 +461,7 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype) -> None:
     live = sys.stderr.isatty()
     with tmp["train"].open("wb") as ft, tmp["val"].open("wb") as fv:
         out = {"train": ft, "val": fv}
-        for where, text in _documents(cfg):
+        for where, text in _documents(cfg, dec, raw):
             split = "val" if _is_validation(text, cfg.data.val_fraction) else "train"
             ids = tok.encode(text)
             out[split].write(ids.astype(dtype).tobytes())
@@ -378,6 +488,7 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype) -> None:
         raise UserError(f"data: the corpus at {cfg.data.path} is empty (no training tokens)")
     for split, f in tmp.items():
         os.replace(f, folder / f"{split}.bin")
+    notes = dec.summary()
     write_json(
         folder / "meta.json",
         {
@@ -389,5 +500,9 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype) -> None:
             "val_tokens": counts["val"],
             "train_documents": docs["train"],
             "val_documents": docs["val"],
+            "notes": notes,
+            "binary_files_skipped": dec.binary,
+            "files_not_utf8": sorted(dec.files),
+            "invalid_bytes": dec.bad_bytes,
         },
     )
