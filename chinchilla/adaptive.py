@@ -73,6 +73,7 @@ def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | N
     if best == len(n) - 1:
         return "larger", 2, None
     near = near_minimum(n, loss)
+    # the vertex in N is all that matters here: N stands in for D (unused) in the fit
     p = fit_parabola(0.0, n[near], n[near], loss[near]) if len(near) >= 3 else None
     if p is None or not p.inside:
         side = "smaller" if best < len(n) / 2 else "larger"
@@ -83,6 +84,13 @@ def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | N
     if above < 2:
         return "larger", 2 - above, p.n_opt
     return None, 0, p.n_opt
+
+
+def _profile(runs: list[PlannedRun], got: dict[str, float], n_convention: str):
+    """(N, final loss) of the recorded runs among `runs`."""
+    done = [r for r in runs if r.run_id in got]
+    n = np.array([_n_of(r.shape, n_convention) for r in done], dtype=float)
+    return n, np.array([got[r.run_id] for r in done])
 
 
 def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
@@ -105,12 +113,9 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
         train(runs)
         extra = 0
         while True:
-            got = losses(runs)
-            done = [r for r in runs if r.run_id in got]
-            if len(done) < 3:
+            n, loss = _profile(runs, losses(runs), g.n_convention)
+            if len(n) < 3:
                 break
-            n = np.array([_n_of(r.shape, g.n_convention) for r in done], dtype=float)
-            loss = np.array([got[r.run_id] for r in done])
             side, k, vertex = bracket(n, loss)
             if side is None or extra >= g.adaptive_extra:
                 break
@@ -131,12 +136,9 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
             extra += len(new)
             runs += new
             train(new)
-        got = losses(runs)
-        done = [r for r in runs if r.run_id in got]
-        if len(done) >= 3:
-            n = np.array([_n_of(r.shape, g.n_convention) for r in done], dtype=float)
-            loss = np.array([got[r.run_id] for r in done])
-            side, _, vertex = bracket(n, loss)
+        n, loss = _profile(runs, losses(runs), g.n_convention)
+        if len(n) >= 3:
+            _, _, vertex = bracket(n, loss)
             # centre the next budget on this one's vertex, else its lowest-loss size
             minima.append((budget, vertex if vertex else float(n[np.argmin(loss)])))
         every += runs
