@@ -6,6 +6,8 @@
 3. 1,000 bootstrap refits;
 4. sweep overhead (each worker's time outside training steps and evaluations, serially
    and with 2 workers) and memory per run;
+5. peak memory over a 10 MB and a 1 GB corpus; 6. `chinchilla prepare` tokenizing MB/s
+   on one process and on every usable one.
 Set BENCH_QUICK=1 to skip the slowest parts.
 """
 
@@ -282,6 +284,75 @@ def bench_corpus_memory() -> None:
     print(f"   difference: {peaks['1 GB'] - peaks['10 MB']:+.0f} MB")
 
 
+def bench_tokenize() -> None:
+    """`chinchilla prepare` on a ~40 MB text corpus with a fixed tokenizer file, on one
+    process and on every usable one; the token files must be the same bytes."""
+    import tokenizers as tk
+
+    from chinchilla.executors import available_cpus
+
+    size = 8 << 20 if QUICK else 40 << 20
+    print(f"\n6. tokenizing a {size >> 20} MB text corpus (BPE tokenizer file, 4,096 tokens)")
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        _write_corpus(corpus, size)
+        tok = tk.Tokenizer(tk.models.BPE(unk_token=None))
+        tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = tk.trainers.BpeTrainer(
+            vocab_size=4096,
+            special_tokens=["<|endoftext|>"],
+            show_progress=False,
+            initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
+        )
+        tok.train([str(next(corpus.iterdir()))], trainer=trainer)
+        tok.save(str(Path(tmp) / "tokenizer.json"))
+        seconds, files = {}, {}
+        for workers in sorted({1, available_cpus()}):
+            cache = Path(tmp) / f"cache{workers}"
+            t = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "chinchilla",
+                    "prepare",
+                    str(ROOT / "configs" / "tiny.yaml"),
+                    "--out",
+                    str(Path(tmp) / f"out{workers}"),
+                    "--set",
+                    "data.kind=text",
+                    "--set",
+                    f"data.path={corpus}",
+                    "--set",
+                    f"data.tokenizer={Path(tmp) / 'tokenizer.json'}",
+                    "--set",
+                    "data.vocab_size=4096",
+                    "--set",
+                    f"data.workers={workers}",
+                    "--set",
+                    "data.val_fraction=0.1",
+                    "--set",
+                    "train.eval_tokens=4096",
+                ],
+                check=True,
+                capture_output=True,
+                env=os.environ | {"CHINCHILLA_CACHE": str(cache)},
+            )
+            seconds[workers] = time.perf_counter() - t
+            files[workers] = next(cache.glob("*/train.bin")).read_bytes()
+            print(
+                f"   {workers} process(es): {seconds[workers]:.1f} s for the whole `prepare`, "
+                f"{size / 1e6 / seconds[workers]:.1f} MB/s"
+            )
+        if len(seconds) > 1:
+            w = max(seconds)
+            same = files[1] == files[w]
+            print(
+                f"   {w} / 1 process wall time: {seconds[w] / seconds[1]:.2f}; token files "
+                + ("byte-identical" if same else "DIFFER")
+            )
+
+
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
     bench_training()
@@ -289,3 +360,4 @@ if __name__ == "__main__":
     bench_sweep()
     if not QUICK:
         bench_corpus_memory()
+    bench_tokenize()

@@ -1,4 +1,4 @@
-"""Typer commands: plan, sweep, status, fit. Each parses, calls one function, prints.
+"""Typer commands: plan, prepare, sweep, status, fit. Each parses, calls one function, prints.
 
 Bad input of any kind (a `UserError`) becomes `error: <one line>` on stderr and exit 2.
 Heavy libraries (torch, matplotlib) are imported inside the commands that need them.
@@ -222,6 +222,36 @@ def sweep(
             "worker utilisation (in steps and evaluations / sweep wall time): "
             + ", ".join(f"{k} {v:.0%}" for k, v in s.utilisation.items())
         )
+
+
+@app.command()
+@_user_errors
+def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, as_json: JsonOpt = False):
+    """Build the configured data (tokenizer, token files, synthetic data) without
+    training; `sweep` then reuses it."""
+    from chinchilla.sweep import default_out, prepare_data
+
+    cfg = _load(config, set_)
+    info = prepare_data(cfg, out or default_out(cfg))
+    if as_json:
+        print(json.dumps(info, indent=1))
+        return
+    rate = (
+        f"; tokenized at {info['tokenize_mb_per_s']:.1f} MB/s on "
+        f"{info['tokenize_workers']} process(es)"
+        if info.get("tokenize_mb_per_s")
+        else ""
+    )
+    console.stdout.print(
+        f"data ({info['kind']}, vocabulary {info['vocab_size']:,}): "
+        f"{info['train_tokens']:,} training tokens"
+        + (f" in {info['train_documents']:,} documents" if info["train_documents"] else "")
+        + f", {info['val_tokens']:,} validation tokens"
+        + (f" in {info['val_documents']:,} documents" if info["val_documents"] else "")
+        + f"; the largest run trains on {info['largest_run_tokens']:,} tokens "
+        f"({info['largest_run_epochs']:.2f} epochs){rate}; {info['seconds']:.1f} s. "
+        f"Cache: {info['cache']}"
+    )
 
 
 @app.command()

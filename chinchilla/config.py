@@ -304,6 +304,10 @@ class DataConfig:
     cache_dir: str | None = None
     """Where tokenized corpora are cached; default: $CHINCHILLA_CACHE, else
     $XDG_CACHE_HOME/chinchilla or ~/.cache/chinchilla (never inside the corpus)."""
+    workers: int | None = None
+    """Text kinds: processes that tokenize (shards of files, written in file order: the
+    token files are the same bytes for any number); None = the CPUs this process may
+    use."""
     encoding_errors: Literal["strict", "replace", "skip"] = "replace"
     """Text tokenizers (BPE, tokenizer.json) and jsonl: what to do with bytes that are not
     UTF-8: strict stops naming the file and byte; replace makes each invalid byte U+FFFD;
@@ -346,6 +350,8 @@ class DataConfig:
             _fail("data.support", "support, n_rules and val_tokens must be >= 1")
         if self.zipf_exponent < 0:
             _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
+        if self.workers is not None and self.workers < 1:
+            _fail("data.workers", f"must be >= 1, got {self.workers}")
         if not 0 < self.val_fraction < 1:
             _fail("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
 
@@ -448,11 +454,17 @@ class Config:
             d.pop("execution")
         return d
 
+    def data_identity(self) -> dict[str, Any]:
+        """The data section less what changes only speed (data.workers): what run ids,
+        fingerprints and data caches depend on."""
+        return {k: v for k, v in self.to_dict()["data"].items() if k != "workers"}
+
     def fingerprint(self) -> str:
         """Hash of everything that changes results (the execution section and the
         speed-only train settings do not)."""
         d = self.to_dict(with_execution=False)
         d["train"] = {k: v for k, v in d["train"].items() if k not in SPEED_ONLY}
+        d["data"] = self.data_identity()
         d["device"] = {k: v for k, v in d["device"].items() if k != "memory_gb"}
         blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -328,7 +328,7 @@ def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
         "n_tokens": n_tokens,
         "lr": round(lr, 12),
         "train": train,
-        "data": cfg.to_dict()["data"],
+        "data": cfg.data_identity(),
     }
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

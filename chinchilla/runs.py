@@ -122,7 +122,7 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     from chinchilla.data import load_data
 
     need = tokens_needed(runs)
-    data = load_data(cfg, out / "data", min_train_tokens=need)
+    data = load_data(cfg, out / "data", min_train_tokens=need, min_val_tokens=cfg.train.eval_tokens)
     data.check_eval(cfg.train.eval_tokens)
     print(
         f"data ({cfg.data.kind}): {data.train_tokens:,} training and "

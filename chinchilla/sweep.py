@@ -164,6 +164,35 @@ def _remove_new(out: Path, before: set[Path], keep: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def prepare_data(cfg: Config, out: Path) -> dict[str, Any]:
+    """Build the configured data as a sweep would (tokenizer, token files, synthetic
+    data; nothing is trained) and say what was built."""
+    p = plan(cfg)
+    with SweepLock(out):
+        t0 = time.perf_counter()
+        data = load_sweep_data(cfg, out, p.runs)
+        seconds = time.perf_counter() - t0
+    meta = {k: v for k, v in data.meta.items() if k != "val_nll"}
+    largest = max(r.n_tokens for r in p.runs)
+    info = {
+        "kind": cfg.data.kind,
+        "cache": meta.get("cache"),
+        "vocab_size": data.vocab_size,
+        "train_tokens": data.train_tokens,
+        "val_tokens": data.n_val_chunks * data.seq_len,
+        "train_documents": meta.get("train_documents", meta.get("train_docs")),
+        "val_documents": meta.get("val_documents", meta.get("val_docs")),
+        "largest_run_tokens": largest,
+        "largest_run_epochs": largest / max(data.train_tokens, 1),
+        "seconds": seconds,
+        "notes": meta.get("notes"),
+    }
+    if meta.get("tokenize_seconds"):
+        info["tokenize_mb_per_s"] = meta["text_bytes"] / 1e6 / meta["tokenize_seconds"]
+        info["tokenize_workers"] = meta.get("tokenize_workers")
+    return info
+
+
 def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
     """Worker processes of a local sweep, and why: --workers, else execution.workers,
     else (auto) every visible GPU x runs_per_gpu on CUDA, one on CPU."""

@@ -273,3 +273,47 @@ def test_the_corrected_command_runs_after_a_failed_start(tmp_path):
     assert bad.exit_code == 2 and list(out.iterdir()) == []
     good = runner.invoke(app, ["sweep", str(cfg), "--out", str(out)])
     assert good.exit_code == 0, good.output
+
+
+def test_token_files_are_the_same_bytes_on_any_number_of_workers(tmp_path, monkeypatch):
+    from chinchilla.data import corpus
+
+    monkeypatch.setattr(corpus, "_SHARD_BYTES", 3000)  # many shards from a small corpus
+    src = _corpus(tmp_path, n_docs=60)
+    files = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("CHINCHILLA_CACHE", str(tmp_path / f"cache{workers}"))
+        data = _load(tmp_path, src, f", workers: {workers}")
+        assert data.meta["tokenize_workers"] == workers
+        files[workers] = (np.asarray(data.train).tobytes(), np.asarray(data.val).tobytes())
+    assert len(corpus._shards(corpus._text_files(load_config(_text_config(tmp_path, src))))) > 4
+    assert files[1] == files[2]
+
+
+def test_a_too_small_validation_split_stops_before_the_training_split(tmp_path, monkeypatch):
+    from chinchilla.data import corpus
+
+    seen = []
+    real = corpus._tokenize_shard
+
+    def spy(job):
+        seen.append(job[1])
+        return real(job)
+
+    monkeypatch.setattr(corpus, "_tokenize_shard", spy)
+    cfg = load_config(_text_config(tmp_path, _corpus(tmp_path), ", workers: 1"))
+    with pytest.raises(UserError, match="before tokenizing the training split"):
+        load_data(cfg, tmp_path / "unused", min_val_tokens=10**7)
+    assert seen and set(seen) == {"val"}
+
+
+def test_prepare_builds_the_data_and_the_sweep_reuses_it(tmp_path):
+    cfg = _text_config(tmp_path, _corpus(tmp_path))
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["prepare", str(cfg), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["train_tokens"] > 0 and info["val_tokens"] > 0 and info["tokenize_mb_per_s"] > 0
+    assert info["largest_run_epochs"] > 0
+    again = runner.invoke(app, ["prepare", str(cfg), "--out", str(out), "--json"])
+    assert json.loads(again.stdout)["cache"] == info["cache"]

@@ -135,8 +135,12 @@ def open_tokens(path: Path, dtype: np.dtype | str) -> np.ndarray:
     return np.memmap(path, dtype=np.dtype(dtype), mode="r")
 
 
-def load_data(cfg, cache_root: Path, min_train_tokens: int = 0) -> TokenData:
-    """The configured source as `TokenData`, building its cache on first use."""
+def load_data(
+    cfg, cache_root: Path, min_train_tokens: int = 0, min_val_tokens: int = 0
+) -> TokenData:
+    """The configured source as `TokenData`, building its cache on first use. A text
+    corpus whose validation split holds fewer than `min_val_tokens` predicted tokens is
+    refused before its training split is tokenized."""
     kind = cfg.data.kind
     if kind == "synthetic":
         from chinchilla.data.synthetic import load_synthetic
@@ -148,4 +152,4 @@ def load_data(cfg, cache_root: Path, min_train_tokens: int = 0) -> TokenData:
         return load_token_files(cfg)
     from chinchilla.data.corpus import load_text_corpus
 
-    return load_text_corpus(cfg)
+    return load_text_corpus(cfg, min_val_tokens)

@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -183,15 +184,19 @@ def _text_files(cfg) -> list[Path]:
     return files
 
 
-def _documents(cfg, dec: Decoding, raw: bool = False) -> Iterator[tuple[str, str | bytes]]:
-    """(where, document) for every document of the corpus, streamed: raw bytes for files
-    of kind text when `raw` (byte tokens), else text decoded under `dec`'s policy."""
+def _documents(
+    cfg, dec: Decoding, raw: bool = False, files: list[Path] | None = None
+) -> Iterator[tuple[str, str | bytes]]:
+    """(where, document) for every document of the corpus (or of `files`), streamed: raw
+    bytes for files of kind text when `raw` (byte tokens), else text decoded under
+    `dec`'s policy."""
     kind, column = cfg.data.kind, cfg.data.text_column
+    files = _text_files(cfg) if files is None else files
     if kind == "text":
-        for f in _text_files(cfg):
+        for f in files:
             yield from _file_documents(f, dec, raw)
     elif kind == "jsonl":
-        for f in _text_files(cfg):
+        for f in files:
             with f.open("rb") as fh:
                 for i, line in enumerate(fh, 1):
                     if not line.strip():
@@ -209,7 +214,7 @@ def _documents(cfg, dec: Decoding, raw: bool = False) -> Iterator[tuple[str, str
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
-        for f in _text_files(cfg):
+        for f in files:
             try:
                 pf = pq.ParquetFile(f)
             except Exception as exc:
@@ -223,7 +228,7 @@ def _documents(cfg, dec: Decoding, raw: bool = False) -> Iterator[tuple[str, str
     else:  # dataset saved with datasets.save_to_disk: Arrow stream files
         import pyarrow as pa
 
-        files = [f for f in _text_files(cfg) if f.suffix == ".arrow"]
+        files = [f for f in files if f.suffix == ".arrow"]
         if not files:
             raise UserError(
                 f"data: no .arrow files under {cfg.data.path} "
@@ -405,7 +410,7 @@ def _cache_root(cfg) -> Path:
     return Path(base) / "chinchilla"
 
 
-def load_text_corpus(cfg) -> TokenData:
+def load_text_corpus(cfg, min_val_tokens: int = 0) -> TokenData:
     """Tokenize the corpus once into a cached token file (reused later), then map it."""
     root = _cache_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
@@ -420,7 +425,7 @@ def load_text_corpus(cfg) -> TokenData:
     folder = root / f"{key}-{tok.identity()}"
     meta_path = folder / "meta.json"
     if not meta_path.exists():
-        _publish(folder, lambda tmp: _tokenize(cfg, tok, tmp, token_dtype(vocab)))
+        _publish(folder, lambda tmp: _tokenize(cfg, tok, tmp, token_dtype(vocab), min_val_tokens))
     meta = json.loads(meta_path.read_text())
     if meta.get("notes"):
         print(f"data: {meta['notes']}", file=sys.stderr)
@@ -451,56 +456,170 @@ def _publish(folder: Path, build) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tokenize(cfg, tok, folder: Path, dtype: np.dtype) -> None:
+_SHARD_BYTES = 8 << 20  # files are tokenized in shards of about this much text
+
+
+def _shards(files: list[Path]) -> list[list[Path]]:
+    """Consecutive groups of files of about `_SHARD_BYTES`: the unit of parallel work,
+    written back in this order whatever the number of workers."""
+    shards, cur, size = [], [], 0
+    for f in files:
+        cur.append(f)
+        size += f.stat().st_size
+        if size >= _SHARD_BYTES:
+            shards.append(cur)
+            cur, size = [], 0
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+_SHARD_STATE: dict[str, Any] = {}  # per tokenizing process: config and tokenizer
+
+
+def _shard_init(cfg, spec) -> None:
+    _SHARD_STATE.update(cfg=cfg, tok=_tokenizer_from_spec(spec))
+
+
+def _tokenizer_spec(tok):
+    return "bytes" if isinstance(tok, _Bytes) else (tok.tok.to_str(), tok.eod, tok.identity())
+
+
+def _tokenizer_from_spec(spec):
+    if spec == "bytes":
+        return _Bytes()
+    tk = _require_tokenizers()
+    text, eod, identity = spec
+    return _HF(tk.Tokenizer.from_str(text), eod, identity)
+
+
+def _tokenize_shard(job) -> dict[str, Any]:
+    """Tokens of one shard's documents of one split, in document order, with what the
+    decoding changed."""
+    files, split, dtype = job
+    cfg, tok = _SHARD_STATE["cfg"], _SHARD_STATE["tok"]
     dec = Decoding(cfg.data.encoding_errors)
     raw = isinstance(tok, _Bytes) and cfg.data.kind == "text"
-    tmp = {s: folder / f"{s}.bin.tmp{os.getpid()}" for s in ("train", "val")}
+    parts, docs, text_bytes = [], 0, 0
+    for _, doc in _documents(cfg, dec, raw, files=files):
+        text_bytes += len(doc)
+        if _is_validation(doc, cfg.data.val_fraction) != (split == "val"):
+            continue
+        parts.append(tok.encode(doc).astype(dtype))
+        docs += 1
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    return {
+        "ids": ids,
+        "docs": docs,
+        "bytes": text_bytes,
+        "binary": dec.binary,
+        "files": sorted(dec.files),
+        "bad_bytes": dec.bad_bytes,
+        "skipped": dec.skipped_documents,
+    }
+
+
+def _shard_results(cfg, tok, jobs, workers: int):
+    """Results of `jobs` in order, on `workers` processes (spawned: `tokenizers` and
+    fork do not mix)."""
+    if workers <= 1 or len(jobs) <= 1:
+        _shard_init(cfg, _tokenizer_spec(tok))
+        yield from map(_tokenize_shard, jobs)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(jobs)), _shard_init, (cfg, _tokenizer_spec(tok))) as pool:
+        yield from pool.imap(_tokenize_shard, jobs)
+
+
+def tokenize_workers(cfg) -> int:
+    if cfg.data.workers:
+        return cfg.data.workers
+    from chinchilla.executors import available_cpus
+
+    return available_cpus()
+
+
+def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) -> None:
+    """Tokenize the corpus into `folder`: first the validation documents (so that a
+    validation split too small for one evaluation stops the work before the bulk), then
+    the training documents; shards of files on every worker, written in file order, so
+    the token files are the same bytes for any number of workers."""
+    dtype = np.dtype(dtype)
+    files = _text_files(cfg)
+    shards = _shards(files)
+    total = sum(f.stat().st_size for f in files)
+    workers = tokenize_workers(cfg)
+    t0 = time.perf_counter()
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
-    done_bytes, last = 0, time.perf_counter()
-    live = sys.stderr.isatty()
-    with tmp["train"].open("wb") as ft, tmp["val"].open("wb") as fv:
-        out = {"train": ft, "val": fv}
-        for where, text in _documents(cfg, dec, raw):
-            split = "val" if _is_validation(text, cfg.data.val_fraction) else "train"
-            ids = tok.encode(text)
-            out[split].write(ids.astype(dtype).tobytes())
-            counts[split] += len(ids)
-            docs[split] += 1
-            done_bytes += len(text)
-            if time.perf_counter() - last > (0.5 if live else 10):
-                last = time.perf_counter()
-                msg = (
-                    f"tokenizing: {done_bytes / 1e6:,.0f} MB of text, "
-                    f"{sum(counts.values()) / 1e6:,.1f}M tokens ({where})"
+    first: list[dict] = []
+    for split in ("val", "train"):
+        path = folder / f"{split}.bin"
+        done, last = 0, time.perf_counter()
+        started = last
+        live = sys.stderr.isatty()
+        with path.open("wb") as fh:
+            jobs = [(s, split, dtype) for s in shards]
+            for res in _shard_results(cfg, tok, jobs, workers):
+                fh.write(res["ids"].tobytes())
+                counts[split] += len(res["ids"])
+                docs[split] += res["docs"]
+                if split == "val":
+                    first.append(res)
+                done += res["bytes"]
+                if split == "train" and time.perf_counter() - last > (0.5 if live else 10):
+                    last = time.perf_counter()
+                    rate = done / max(last - started, 1e-9)
+                    eta = (total - done) / max(rate, 1e-9)
+                    msg = (
+                        f"tokenizing on {workers} process(es): {done / 1e6:,.0f} of "
+                        f"{total / 1e6:,.0f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
+                    )
+                    print(
+                        "\r" + msg if live else msg,
+                        end="" if live else "\n",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        if split == "val":
+            if not any(r["bytes"] for r in first):
+                raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
+            chunks = counts["val"] // (cfg.model.seq_len + 1)
+            if chunks * cfg.model.seq_len < min_val_tokens:
+                raise UserError(
+                    f"data: the validation split holds {chunks * cfg.model.seq_len:,} "
+                    f"predicted tokens (data.val_fraction {cfg.data.val_fraction}), fewer than "
+                    f"one evaluation (train.eval_tokens = {min_val_tokens:,}); raise "
+                    "val_fraction or lower eval_tokens (found before tokenizing the training split)"
                 )
-                print(
-                    "\r" + msg[:150] if live else msg,
-                    end="" if live else "\n",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if live:
-        print(file=sys.stderr)
+        elif live:
+            print(file=sys.stderr)
+    seconds = time.perf_counter() - t0
     if counts["train"] == 0:
-        for f in tmp.values():
-            f.unlink(missing_ok=True)
         raise UserError(f"data: the corpus at {cfg.data.path} is empty (no training tokens)")
-    for split, f in tmp.items():
-        os.replace(f, folder / f"{split}.bin")
-    notes = dec.summary()
+    dec = Decoding(cfg.data.encoding_errors)
+    for res in first:  # decoding counts from the first pass (the second sees the same)
+        dec.binary += res["binary"]
+        dec.files.update(res["files"])
+        dec.bad_bytes += res["bad_bytes"]
+        dec.skipped_documents += res["skipped"]
     write_json(
         folder / "meta.json",
         {
             "source": cfg.data.kind,
             "path": str(cfg.resolve_path(cfg.data.path)),
             "tokenizer": tok.identity(),
-            "dtype": np.dtype(dtype).name,
+            "dtype": dtype.name,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
             "train_documents": docs["train"],
             "val_documents": docs["val"],
-            "notes": notes,
+            "text_bytes": int(sum(r["bytes"] for r in first)),
+            "tokenize_seconds": seconds,
+            "tokenize_workers": workers,
+            "notes": dec.summary(),
             "binary_files_skipped": dec.binary,
             "files_not_utf8": sorted(dec.files),
             "invalid_bytes": dec.bad_bytes,

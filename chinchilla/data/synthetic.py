@@ -171,7 +171,7 @@ def _source(cfg) -> SyntheticSource:
 
 def _cache_key(cfg, n_train_docs: int, n_val_docs: int) -> str:
     payload = {
-        "data": cfg.to_dict()["data"],
+        "data": cfg.data_identity(),
         "seed": cfg.train.seed,
         "seq_len": cfg.model.seq_len,
         "train_docs": n_train_docs,
