@@ -304,6 +304,9 @@ class DataConfig:
     cache_dir: str | None = None
     """Where tokenized corpora are cached; default: $CHINCHILLA_CACHE, else
     $XDG_CACHE_HOME/chinchilla or ~/.cache/chinchilla (never inside the corpus)."""
+    tokenizer_sample_bytes: int = 100_000_000
+    """Tokenizer bpe: train it on files of about this many bytes, chosen by a hash of
+    their paths (the same sample every time); the whole corpus when smaller."""
     workers: int | None = None
     """Text kinds: processes that tokenize (shards of files, written in file order: the
     token files are the same bytes for any number); None = the CPUs this process may
@@ -352,6 +355,8 @@ class DataConfig:
             _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         if self.workers is not None and self.workers < 1:
             _fail("data.workers", f"must be >= 1, got {self.workers}")
+        if self.tokenizer_sample_bytes < 1:
+            _fail("data.tokenizer_sample_bytes", f"must be >= 1, got {self.tokenizer_sample_bytes}")
         if not 0 < self.val_fraction < 1:
             _fail("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
 

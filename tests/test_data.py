@@ -317,3 +317,20 @@ def test_prepare_builds_the_data_and_the_sweep_reuses_it(tmp_path):
     assert info["largest_run_epochs"] > 0
     again = runner.invoke(app, ["prepare", str(cfg), "--out", str(out), "--json"])
     assert json.loads(again.stdout)["cache"] == info["cache"]
+
+
+def test_bpe_is_trained_on_a_bounded_sample_of_the_corpus(tmp_path):
+    from chinchilla.data.corpus import _text_files, tokenizer_sample
+
+    corpus = _corpus(tmp_path, n_docs=40)
+    cfg = load_config(_text_config(tmp_path, corpus))
+    files = _text_files(cfg)
+    each = files[0].stat().st_size
+    sample = tokenizer_sample(files, 5 * each)
+    assert 5 <= len(sample) <= 6 and sample == tokenizer_sample(files, 5 * each)
+    assert len({f.parent for f in sample}) == 2  # by hash of the path, not by folder
+    assert tokenizer_sample(files, 10**12) == files
+    small = _load(
+        tmp_path, corpus, f", tokenizer: bpe, vocab_size: 300, tokenizer_sample_bytes: {5 * each}"
+    )
+    assert f"-300-{5 * each}.json" in small.meta["tokenizer"]

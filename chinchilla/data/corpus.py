@@ -332,6 +332,23 @@ def _require_tokenizers():
     return tokenizers
 
 
+def tokenizer_sample(files: list[Path], budget: int) -> list[Path]:
+    """The files a BPE tokenizer is trained on: in an order fixed by a hash of each
+    path (not by name, so no directory is favoured), taken until `budget` bytes; every
+    file when the corpus is smaller. The same corpus always gives the same sample."""
+
+    def key(f: Path) -> bytes:
+        return hashlib.blake2b(str(f).encode(), digest_size=8, key=b"bpe-sample").digest()
+
+    out, size = [], 0
+    for f in sorted(files, key=key):
+        if size >= budget:
+            break
+        out.append(f)
+        size += f.stat().st_size
+    return sorted(out)
+
+
 def _tokenizer(cfg, corpus_key: str, cache: Path):
     d = cfg.data
     if d.tokenizer == "bytes":
@@ -340,7 +357,7 @@ def _tokenizer(cfg, corpus_key: str, cache: Path):
         return _Bytes()
     tk = _require_tokenizers()
     if d.tokenizer == "bpe":
-        path = cache / f"bpe-{corpus_key}-{d.vocab_size}.json"
+        path = cache / f"bpe-{corpus_key}-{d.vocab_size}-{d.tokenizer_sample_bytes}.json"
         if not path.exists():
             tok = tk.Tokenizer(tk.models.BPE(unk_token=None))
             tok.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -351,7 +368,8 @@ def _tokenizer(cfg, corpus_key: str, cache: Path):
                 initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
                 show_progress=False,
             )
-            docs = _documents(cfg, Decoding(d.encoding_errors))
+            sample = tokenizer_sample(_text_files(cfg), d.tokenizer_sample_bytes)
+            docs = _documents(cfg, Decoding(d.encoding_errors), files=sample)
             tok.train_from_iterator((text for _, text in docs), trainer=trainer)
             atomic_write(path, lambda tmp: tok.save(str(tmp)))
         tok = tk.Tokenizer.from_file(str(path))
