@@ -481,6 +481,62 @@ def _run_backtest(res, opts, k: int, target: Path | None, as_json: bool, plots: 
         console.stdout.print("wrote " + ", ".join(str(w) for w in written))
 
 
+@app.command()
+@_user_errors
+def verify(
+    results: Annotated[Path, typer.Argument(help="A sweep directory.", show_default=False)],
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", help="Budget to verify at, FLOPs (default: 4x the largest)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for intervals.")
+    ] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Runs trained at once.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the predicted optimum at a budget beyond the grid (and N/2, 2N); compare."""
+    from chinchilla.files import atomic_text
+    from chinchilla.plots import save_verify
+    from chinchilla.verify import verify as run_verify
+
+    doc = run_verify(results, budget, bootstrap=bootstrap, seed=seed, workers=workers)
+    target = Path(doc["directory"])
+    atomic_text(target / "verify.json", json.dumps(doc, indent=1, default=_json_default))
+    figure = save_verify(doc, target / "fit_verify.png")
+    if as_json:
+        print(json.dumps(doc, indent=1, default=_json_default))
+        return
+    m = doc["measured"]
+    p = console.stdout.print
+    p(
+        f"verification at C = {doc['budget']:.3g} FLOPs ({doc['extrapolation']:.3g}x the "
+        f"largest budget; {doc['convention']}): trained N = "
+        + ", ".join(console.si(r["n_params"]) for r in doc["runs"])
+        + f"; measured optimum N = {console.si(m['n_opt'])} at loss {m['loss_min']:.4f} "
+        f"({m['how']})"
+    )
+    for a in doc["approaches"]:
+        inside = {True: "inside", False: "OUTSIDE", None: "no interval"}
+        loss = (
+            "-"
+            if a["loss_predicted"] is None
+            else f"{a['loss_predicted']:.4f}{_ci(a['loss_ci'])} "
+            f"(measured {inside[a['loss_measured_inside_ci']]} the 80% interval)"
+        )
+        p(
+            f"  Approach {a['approach']}: N_opt {console.si(a['n_opt_predicted'])}"
+            f"{_ci(a['n_opt_ci'])}, {a['n_opt_ratio']:.2f}x the measured "
+            f"({inside[a['n_opt_measured_inside_ci']]} its interval); loss {loss}"
+        )
+    verdict = "is" if doc["best_run_is_the_predicted_optimum"] else "is NOT"
+    p(f"  the best of the three runs {verdict} the predicted optimum; {doc['loss_note']}")
+    p(f"wrote {target / 'verify.json'}, {figure}")
+
+
 def _json_default(obj):
     import numpy as np
 

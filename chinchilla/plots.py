@@ -303,3 +303,50 @@ def save_backtest(rep: FitReport, bt: dict, path: Path) -> Path:
     fig = Figure(figsize=(5.6, 4.2), layout="constrained")
     plot_backtest(rep, bt, fig.add_subplot())
     return _save(fig, path)
+
+
+def plot_verify(doc: dict, ax: Axes | None = None) -> Axes:
+    """The new budget's IsoFLOP profile (the runs `chinchilla verify` trained) with each
+    approach's predicted N_opt (80% band) and predicted minimum loss."""
+    ax = _axes(ax)
+    n = np.array([r["n_params"] for r in doc["runs"]])
+    loss = np.array([r["loss"] for r in doc["runs"]])
+    ax.scatter(n, loss, color="k", zorder=4, label="trained at the new budget")
+    if len(n) >= 3:
+        c2, c1, c0 = np.polyfit(np.log10(n), loss, 2)
+        xs = np.linspace(np.log10(n.min()) - 0.15, np.log10(n.max()) + 0.15, 100)
+        ax.plot(10**xs, c2 * xs**2 + c1 * xs + c0, color="k", lw=1, alpha=0.6)
+    for a in doc["approaches"]:
+        k = a["approach"]
+        ax.axvline(a["n_opt_predicted"], color=COLORS[k], lw=1.5, label=f"{NAMES[k]}: N_opt")
+        if a["n_opt_ci"]:
+            ax.axvspan(*a["n_opt_ci"], color=COLORS[k], alpha=0.12, lw=0)
+        if a["loss_predicted"] is not None:
+            ax.axhline(a["loss_predicted"], color=COLORS[k], lw=0.8, ls="--")
+    m = doc["measured"]
+    ax.scatter(
+        [m["n_opt"]],
+        [m["loss_min"]],
+        marker="*",
+        s=120,
+        color="gold",
+        edgecolor="k",
+        zorder=5,
+        label="measured optimum",
+    )
+    _log_x(ax)
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("final loss (nats/token)")
+    ax.set_title(
+        f"Verification at C = {doc['budget']:.3g} ({doc['extrapolation']:.3g}x the grid); "
+        "dashed: predicted loss",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="upper right")
+    return ax
+
+
+def save_verify(doc: dict, path: Path) -> Path:
+    fig = Figure(figsize=(5.8, 4.3), layout="constrained")
+    plot_verify(doc, fig.add_subplot())
+    return _save(fig, path)

@@ -109,9 +109,12 @@ def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
-def prepare(cfg: Config, out: Path, force: bool = False) -> tuple[Plan, list[PlannedRun]]:
-    """Plan, claim the directory, recover from a crash, and list runs still to train."""
-    p = plan(cfg)
+def prepare(
+    cfg: Config, out: Path, force: bool = False, runs: list[PlannedRun] | None = None
+) -> tuple[Plan, list[PlannedRun]]:
+    """Plan (or take `runs`), claim the directory, recover from a crash, and list runs
+    still to train."""
+    p = plan(cfg) if runs is None else Plan(config=cfg, runs=list(runs))
     check_directory(cfg, out, force)
     merge(out)  # a crash between a part and the merge leaves the tables behind
     done = {i for i, s in finished_ids(out).items() if s in FINISHED}
@@ -128,6 +131,7 @@ def run_sweep(
     workers: int | None = None,
     executor: str | None = None,
     address: str | None = None,
+    runs: list[PlannedRun] | None = None,
 ) -> SweepSummary:
     """Train every planned run of `cfg` not finished in `out`; return what happened.
     The directory is locked for the whole sweep: a second sweep on it stops with exit
@@ -138,7 +142,7 @@ def run_sweep(
     with SweepLock(out) as lock:
         remove_stale_temps(out)  # no writer of this directory is alive now
         try:
-            return _run_locked(cfg, out, force, live, workers, executor, address)
+            return _run_locked(cfg, out, force, live, workers, executor, address, runs)
         except UserError:
             if not _trained_since(out, before):  # a failed start leaves nothing behind
                 _remove_new(out, before, keep=lock.path)
@@ -211,9 +215,9 @@ def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
     return 1, "CPU"
 
 
-def _run_locked(cfg, out, force, live, workers, executor, address) -> SweepSummary:
+def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) -> SweepSummary:
     wall0 = time.perf_counter()
-    p, pending = prepare(cfg, out, force)
+    p, pending = prepare(cfg, out, force, runs)
     summary = SweepSummary(out=out, planned=len(p.runs))
     executor = executor or cfg.execution.executor
     workers, why = resolve_workers(cfg, workers) if executor == "local" else (0, "ray")
@@ -238,7 +242,7 @@ def _run_locked(cfg, out, force, live, workers, executor, address) -> SweepSumma
         for k, v in stats[2].items():
             summary.busy[k] = summary.busy.get(k, 0.0) + v
 
-    if cfg.grid.adaptive:
+    if cfg.grid.adaptive and runs is None:
         from chinchilla.adaptive import run_adaptive
 
         def train(runs: list[PlannedRun]) -> None:
@@ -322,15 +326,20 @@ def _run_serial(
     return tally.result()
 
 
-def status(out: Path) -> dict[str, Any]:
-    """What a sweep directory holds: planned runs by status, with who holds which."""
+def sweep_config(out: Path) -> Config:
+    """The config a sweep directory was run with."""
     path = out / CONFIG_FILE
     if not path.exists():
         raise UserError(f"{out} is not a sweep directory (no {CONFIG_FILE})")
     try:
-        cfg = from_dict(yaml.safe_load(path.read_text()) or {}, base_dir=".")
+        return from_dict(yaml.safe_load(path.read_text()) or {}, base_dir=".")
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML ({exc})") from None
+
+
+def status(out: Path) -> dict[str, Any]:
+    """What a sweep directory holds: planned runs by status, with who holds which."""
+    cfg = sweep_config(out)
     p = plan(cfg)
     statuses = finished_ids(out)
     ckpts = (

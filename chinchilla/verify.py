@@ -1,0 +1,134 @@
+"""Predictions checked by training: `chinchilla verify RUNS --budget C`.
+
+From the fit of a sweep, predict the compute-optimal N at a budget beyond the grid
+(default 4x the largest), train the predicted optimum and its neighbours at N/2 and 2N
+(N/3 and 3N, or N/4 and 4N, when the shape family is too coarse for three sizes)
+with the sweep's own recipe (same config, resume, parquet and executors, in
+`RUNS/verify-<C>/`), and compare each approach's prediction with what the three runs
+measured: N_opt (the vertex of the parabola in log N through the three final losses,
+or the best run when the vertex falls outside them) and the minimum loss.
+
+The centre trained is the geometric mean of the approaches' predicted N_opt, so every
+approach's prediction lies near the three sizes. Budgets are in the sweep's compute
+convention; the fit's C is 6·N·D with the fit's N, the same number under the default
+conventions (`grid.flops_convention: 6nd`, `grid.n_convention: total`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chinchilla.errors import UserError
+
+
+def _measured_optimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, str]:
+    from chinchilla.fit.isoflop import fit_parabola
+
+    best = int(np.argmin(loss))
+    if len(n) >= 3 and 0 < best < len(n) - 1:
+        p = fit_parabola(0.0, n, n, loss)
+        if p.inside:
+            return p.n_opt, p.loss_opt, "parabola vertex through the runs"
+    return float(n[best]), float(loss[best]), "best run (the vertex is not bracketed)"
+
+
+def _inside(value: float, interval) -> bool | None:
+    return None if not interval else bool(interval[0] <= value <= interval[1])
+
+
+def verify(
+    out: Path,
+    budget: float | None = None,
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    workers: int | None = None,
+    live: bool | None = None,
+) -> dict[str, Any]:
+    from chinchilla.fit.data import load_results
+    from chinchilla.fit.results import FitOptions, fit_all
+    from chinchilla.grid import _n_of, _sizes_for_target, budget_runs, candidate_shapes
+    from chinchilla.predict import predictions
+    from chinchilla.store import merge
+    from chinchilla.sweep import run_sweep, sweep_config
+
+    out = Path(out)
+    cfg = sweep_config(out)
+    if cfg.grid.kind != "isoflop":
+        raise UserError("verify: the sweep must be an IsoFLOP grid (grid.kind: isoflop)")
+    if budget is not None and not budget > 0:
+        raise UserError("--budget must be > 0")
+
+    # 1. the fit of the sweep, and each approach's prediction at the new budget
+    rep = fit_all(load_results(out), FitOptions(bootstrap=bootstrap, seed=seed))
+    top = float(np.max(rep.budgets))  # the largest budget the sweep trained
+    budget = float(budget or 4 * top)
+    rows = predictions(rep, budgets=[budget])
+    if not rows:
+        raise UserError(f"verify: no approach could be fitted to {out} ({rep.skipped})")
+    centre = math.exp(np.mean([math.log(r["n_opt"]) for r in rows]))
+
+    # 2. train N/2, N and 2N at the budget with the sweep's recipe
+    vcfg = dataclasses.replace(
+        cfg, grid=dataclasses.replace(cfg.grid, budgets=(budget,), adaptive=False)
+    )
+    candidates = candidate_shapes(vcfg, n_cap=16 * centre)
+    warnings: list[str] = []
+    for span in (2, 3, 4):  # coarse shape families: widen until three distinct sizes
+        shapes = _sizes_for_target([centre / span, centre, span * centre], vcfg, candidates)
+        runs = list(budget_runs(vcfg, shapes, budget, warnings, planned_by="verify"))
+        if len(runs) >= 3:
+            break
+    if len(runs) < 3:
+        raise UserError(
+            f"verify: only {len(runs)} distinct runs at {budget:.3g} around N = {centre:.3g}"
+            + (f" ({'; '.join(warnings)})" if warnings else "")
+        )
+    vout = out / f"verify-{budget:.3g}"
+    run_sweep(vcfg, vout, runs=runs, workers=workers, live=live)
+
+    # 3. what the runs measured, against each approach
+    table = merge(vout)
+    ok = table[(table["status"] == "ok") & table["run_id"].isin({r.run_id for r in runs})]
+    by_id = {r.run_id: r for r in runs}
+    n = np.array([_n_of(by_id[i].shape, rep.results.n_convention) for i in ok["run_id"]], float)
+    loss = ok["loss"].to_numpy(float)
+    order = np.argsort(n)
+    n, loss = n[order], loss[order]
+    if len(n) < 2:
+        raise UserError(f"verify: {len(n)} of the runs in {vout} finished ok")
+    n_meas, loss_meas, how = _measured_optimum(n, loss)
+    approaches = []
+    for r in rows:
+        approaches.append(
+            {
+                "approach": r["approach"],
+                "n_opt_predicted": r["n_opt"],
+                "n_opt_ci": r.get("n_opt_ci"),
+                "n_opt_ratio": r["n_opt"] / n_meas,
+                "n_opt_measured_inside_ci": _inside(n_meas, r.get("n_opt_ci")),
+                "loss_predicted": r["loss"],
+                "loss_ci": r.get("loss_ci"),
+                "loss_error": None if r["loss"] is None else r["loss"] - loss_meas,
+                "loss_measured_inside_ci": _inside(loss_meas, r.get("loss_ci")),
+            }
+        )
+    centre_run = int(np.argmin(np.abs(np.log(n) - math.log(centre))))
+    return {
+        "budget": budget,
+        "extrapolation": budget / top,
+        "directory": str(vout),
+        "centre_n": centre,
+        "runs": [{"n_params": float(a), "loss": float(b)} for a, b in zip(n, loss, strict=True)],
+        "measured": {"n_opt": n_meas, "loss_min": loss_meas, "how": how},
+        "best_run_is_the_predicted_optimum": bool(np.argmin(loss) == centre_run),
+        "approaches": approaches,
+        "skipped": rep.skipped,
+        "convention": "C = 6 N D (the sweep's budget convention); N as in the fit",
+        "loss_note": "predicted loss is Approach 3's L(N, D) at each approach's allocation",
+    }
