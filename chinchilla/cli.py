@@ -520,17 +520,22 @@ def verify(
         f"({m['how']})"
     )
     for a in doc["approaches"]:
-        inside = {True: "inside", False: "OUTSIDE", None: "no interval"}
+
+        def where(flag) -> str:
+            if flag is None:
+                return "no interval"
+            return "measured inside the 80% interval" if flag else "measured OUTSIDE it"
+
         loss = (
             "-"
             if a["loss_predicted"] is None
             else f"{a['loss_predicted']:.4f}{_ci(a['loss_ci'])} "
-            f"(measured {inside[a['loss_measured_inside_ci']]} the 80% interval)"
+            f"({where(a['loss_measured_inside_ci'])})"
         )
         p(
             f"  Approach {a['approach']}: N_opt {console.si(a['n_opt_predicted'])}"
             f"{_ci(a['n_opt_ci'])}, {a['n_opt_ratio']:.2f}x the measured "
-            f"({inside[a['n_opt_measured_inside_ci']]} its interval); loss {loss}"
+            f"({where(a['n_opt_measured_inside_ci'])}); loss {loss}"
         )
     verdict = "is" if doc["best_run_is_the_predicted_optimum"] else "is NOT"
     p(f"  the best of the three runs {verdict} the predicted optimum; {doc['loss_note']}")
