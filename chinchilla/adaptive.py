@@ -37,6 +37,7 @@ from chinchilla.grid import (
     _sizes_for_target,
     budget_runs,
     candidate_shapes,
+    with_repeats,
 )
 
 CHINCHILLA_EXPONENT = 0.5  # N_opt ~ C^0.5 (Hoffmann et al. 2022, Table 2)
@@ -78,7 +79,8 @@ def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | N
     if p is None or not p.inside:
         side = "smaller" if best < len(n) / 2 else "larger"
         return side, 1, None
-    below, above = int((n < p.n_opt).sum()), int((n > p.n_opt).sum())
+    # distinct sizes on each side (repeats of one size count once)
+    below, above = len(np.unique(n[n < p.n_opt])), len(np.unique(n[n > p.n_opt]))
     if below < 2:
         return "smaller", 2 - below, p.n_opt
     if above < 2:
@@ -109,7 +111,7 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
         shapes = _sizes_for_target(
             _log_spread(centre, g.size_span, g.sizes_per_budget), cfg, candidates
         )
-        runs = list(budget_runs(cfg, shapes, budget, warnings, planned_by=why))
+        runs = with_repeats(list(budget_runs(cfg, shapes, budget, warnings, why)), cfg)
         train(runs)
         extra = 0
         while True:

@@ -639,6 +639,16 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
             f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
             f"{doc['irreducible_loss']:.4f} nats/token"
         )
+    noise = {k: v for k, v in doc.get("noise", {}).items() if k != "warnings"}
+    if noise:
+        p(
+            "run-to-run noise (std of final loss over repeats) vs profile depth: "
+            + "; ".join(
+                f"{float(b):.3g}: {v['std']:.3g} vs {v['depth']:.3g}" for b, v in noise.items()
+            )
+        )
+    for w in doc.get("noise", {}).get("warnings", []):
+        p(f"  warning: {w}")
     for k, why in doc["skipped"].items():
         p(f"{k} skipped: {why}")
     if doc["predictions"]:

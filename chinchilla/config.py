@@ -146,6 +146,10 @@ class GridConfig:
     budget_tolerance: float = 0.02
     """A planned run's FLOPs may differ from its budget by at most this fraction
     (tokens round to whole optimizer steps)."""
+    repeats: int = 0
+    """Kind isoflop: train this many extra copies of each budget's middle size with seeds
+    train.seed + 1, + 2, ... (initialisation and data order; the synthetic language
+    itself stays), so the fit can report run-to-run noise next to each profile's depth."""
     adaptive: bool = False
     """Kind isoflop, generated family: train budgets in ascending order and place each
     budget's sizes around the optimum predicted by the budgets already trained; extend a
@@ -176,6 +180,8 @@ class GridConfig:
             _fail("grid.horizons", f"must be >= 1, got {self.horizons}")
         if self.horizon_span < 1:
             _fail("grid.horizon_span", f"must be >= 1, got {self.horizon_span}")
+        if self.repeats < 0:
+            _fail("grid.repeats", f"must be >= 0, got {self.repeats}")
         if self.adaptive_extra < 0:
             _fail("grid.adaptive_extra", f"must be >= 0, got {self.adaptive_extra}")
         if self.adaptive and self.kind != "isoflop":

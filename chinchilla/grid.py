@@ -52,6 +52,7 @@ class PlannedRun:
     # budget not yet re-planned), recentred (around the optimum the trained budgets
     # predict) or extended (added to bracket a budget's minimum)
     planned_by: str = "initial"
+    seed: int | None = None  # a repeat's seed (init and data order); None: train.seed
 
     def row(self) -> dict[str, Any]:
         """Flat record: JSON output and the planned columns of runs.parquet."""
@@ -79,6 +80,7 @@ class PlannedRun:
             "lr": self.lr,
             "horizon": self.horizon,
             "planned_by": self.planned_by,
+            "run_seed": self.seed,
             "tokens_per_param": self.n_tokens / self.n_params,
         }
 
@@ -320,8 +322,11 @@ def batch_size_for(compute: float, n_tokens: float, seq_len: int, cfg: Config) -
     return batch
 
 
-def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
-    """Stable hash of everything that determines a run's result."""
+def run_id(
+    shape: ModelShape, n_tokens: int, lr: float, cfg: Config, seed: int | None = None
+) -> str:
+    """Stable hash of everything that determines a run's result (`seed`: a repeat's
+    own seed, when it is not train.seed)."""
     train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in SPEED_ONLY}
     payload = {
         "shape": shape.as_dict(),
@@ -330,6 +335,8 @@ def run_id(shape: ModelShape, n_tokens: int, lr: float, cfg: Config) -> str:
         "train": train,
         "data": cfg.data_identity(),
     }
+    if seed is not None:
+        payload["seed"] = seed
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -384,7 +391,22 @@ def _isoflop_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
                     f"{g.sizes_per_budget} asked (candidate shapes are too coarse here)"
                 )
         why = "provisional" if g.adaptive and i > 0 else "initial"
-        yield from budget_runs(cfg, shapes, budget, warnings, planned_by=why)
+        yield from with_repeats(list(budget_runs(cfg, shapes, budget, warnings, why)), cfg)
+
+
+def with_repeats(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
+    """A budget's runs and `grid.repeats` copies of its middle size with seeds
+    train.seed + 1, + 2, ...: the same run but for initialisation and data order, to
+    measure run-to-run noise next to the profile's depth."""
+    if not cfg.grid.repeats or not runs:
+        return runs
+    middle = sorted(runs, key=lambda r: r.n_params)[len(runs) // 2]
+    extra = []
+    for j in range(1, cfg.grid.repeats + 1):
+        seed = cfg.train.seed + j
+        rid = run_id(middle.shape, middle.n_tokens, middle.lr, cfg, seed=seed)
+        extra.append(dataclasses.replace(middle, run_id=rid, seed=seed, planned_by="repeat"))
+    return runs + extra
 
 
 def budget_runs(

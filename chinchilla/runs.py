@@ -50,6 +50,7 @@ def code_version() -> str:
 
 def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
     """The runs.parquet row of one run: planned columns, outcome, provenance."""
+    seed = {} if run.seed is None else {"seed": run.seed}
     return (
         run.row()
         | {
@@ -72,6 +73,7 @@ def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         | env
+        | seed
     )
 
 

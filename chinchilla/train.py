@@ -360,7 +360,8 @@ def train_run(
     fpt_hw = chinchilla_flops_per_token(run.shape)
 
     # 1. model and optimizer, identically initialised for a given seed
-    torch.manual_seed(t.seed)
+    seed = t.seed if run.seed is None else run.seed  # a repeat has its own
+    torch.manual_seed(seed)
     model = GPT(run.shape).to(device)
     opt = _optimizer(model, run.lr, cfg, device)
 
@@ -388,7 +389,7 @@ def train_run(
     last_ckpt = time.perf_counter()
     model.train()
     clock = Clock(device)
-    batch = _to_device(data.train_batch(start, batch_size, t.seed), device)
+    batch = _to_device(data.train_batch(start, batch_size, seed), device)
     for step in range(start, steps):
         lr = lr_at(step, steps, run.lr, cfg)
         for group in opt.param_groups:
@@ -396,7 +397,7 @@ def train_run(
         loss = stepper.step(batch)
         done = step + 1
         if done < steps:  # queue the next batch's copy while the GPU works
-            batch = _to_device(data.train_batch(done, batch_size, t.seed), device)
+            batch = _to_device(data.train_batch(done, batch_size, seed), device)
         loss_sum += loss
         n_summed += 1
         logging = done % t.log_every == 0 or done in evals or done == steps

@@ -222,3 +222,23 @@ def test_minima_at_the_grid_edge_give_no_approach_2_law(tmp_path):
     assert doc["approach2"] is None
     assert "not bracketed" in doc["skipped"]["approach2"]
     assert not [x for x in doc["predictions"] if x["approach"] == 2]
+
+
+@pytest.mark.parametrize("scatter, warned", [(0.01, False), (0.4, True)])
+def test_run_to_run_noise_is_reported_next_to_the_depth(tmp_path, scatter, warned):
+    n, d, loss = synthetic_points(noise=0.0, outliers=0)
+    rng = np.random.default_rng(0)
+    rows = list(zip(n, d, loss, strict=True))
+    middle = np.argsort(n)[len(n) // 2]  # one size of one budget, repeated 4 times
+    rows += [
+        (n[middle], d[middle], loss[middle] * np.exp(rng.normal(0, scatter))) for _ in range(4)
+    ]
+    p = _csv(tmp_path, "N,D,loss", rows)
+    r = runner.invoke(app, ["fit", str(p), "--json", "--bootstrap", "0", "--approach", "2"])
+    noise = json.loads(r.stdout)["noise"]
+    budgets = [k for k in noise if k != "warnings"]
+    assert len(budgets) == 1 and noise[budgets[0]]["runs"] == 5
+    assert noise[budgets[0]]["std"] > 0 and noise[budgets[0]]["depth"] > 0
+    assert bool(noise["warnings"]) == warned
+    text = runner.invoke(app, ["fit", str(p), "--bootstrap", "0", "--approach", "2"]).output
+    assert "run-to-run noise" in text and ("poorly determined" in text) == warned

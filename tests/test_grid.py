@@ -134,3 +134,25 @@ def test_plan_warns_about_runs_a_fit_cannot_use(micro_config):
     assert "warm up for fewer than 10 steps" in text
     fixed = plan(load_config(micro_config, ["train.min_steps=100", "train.warmup_min_steps=10"]))
     assert not [w for w in fixed.warnings if "optimizer steps" in w or "warm up" in w]
+
+
+def test_repeats_copy_each_budgets_middle_size_with_other_seeds(micro_config):
+    cfg = load_config(
+        micro_config,
+        [
+            "grid.repeats=2",
+            "grid.sizes_per_budget=3",
+            "model.head_dim=4",
+            "model.aspect_ratio=8",
+            "grid.size_span=8",
+        ],
+    )
+    p = plan(cfg)
+    for budget in cfg.grid.budgets:
+        runs = [r for r in p.runs if r.budget == budget]
+        repeats = [r for r in runs if r.planned_by == "repeat"]
+        base = sorted((r for r in runs if r.seed is None), key=lambda r: r.n_params)
+        assert [r.seed for r in repeats] == [cfg.train.seed + 1, cfg.train.seed + 2]
+        middle = base[len(base) // 2]
+        assert all(r.shape == middle.shape and r.n_tokens == middle.n_tokens for r in repeats)
+    assert len({r.run_id for r in p.runs}) == len(p.runs)

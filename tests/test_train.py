@@ -171,3 +171,13 @@ def test_compiled_runs_in_one_process_compile_afresh_and_match_eager(micro):
         assert res.compile == {"graphs": 2, "recompiles": 0}
         assert res.loss == pytest.approx(eager.loss, rel=1e-3)
     assert eager.compile is None
+
+
+def test_a_repeat_trains_with_its_own_seed(micro):
+    import dataclasses
+
+    cfg, run, data = micro
+    base = train_run(run, cfg, data)
+    repeat = dataclasses.replace(run, seed=cfg.train.seed + 1)
+    a, b = train_run(repeat, cfg, data), train_run(repeat, cfg, data)
+    assert a.loss == b.loss and a.loss != base.loss

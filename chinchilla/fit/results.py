@@ -48,6 +48,7 @@ class FitReport:
     samples: dict[int, Samples] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    noise: dict[float, dict[str, float]] = field(default_factory=dict)  # per budget
 
     # ------------------------------------------------------------------ JSON
     def _law_json(self, k: int, fit) -> dict[str, Any]:
@@ -109,6 +110,9 @@ class FitReport:
                 "bootstrap_withheld": s.withheld if s else None,
                 "warnings": self.approach3_warnings(),
             }
+        out["noise"] = {f"{b:.6g}": v for b, v in sorted(self.noise.items())} | (
+            {"warnings": self.noise_warnings()} if self.noise else {}
+        )
         out["skipped"] = self.skipped
         out["bootstrap"] = {
             "resamples": self.options.bootstrap,
@@ -117,6 +121,16 @@ class FitReport:
         }
         out["seconds"] = self.seconds
         return out
+
+    def noise_warnings(self) -> list[str]:
+        """Budgets whose run-to-run noise is a quarter of their profile's depth or more."""
+        return [
+            f"budget {b:.3g}: run-to-run noise (std {v['std']:.3g} nats over {v['runs']} "
+            f"runs) is {v['std'] / v['depth']:.0%} of the profile's depth ({v['depth']:.3g}): "
+            "its minimum is poorly determined (more repeats, or more tokens per run)"
+            for b, v in sorted(self.noise.items())
+            if v["depth"] > 0 and v["std"] >= 0.25 * v["depth"]
+        ]
 
     def approach3_warnings(self) -> list[str]:
         """What a reader of the parametric fit should know before trusting it."""
@@ -194,10 +208,35 @@ def _law_params(fit) -> dict[str, float]:
     }
 
 
+def run_noise(res: Results, budgets: np.ndarray) -> dict[float, dict[str, float]]:
+    """Per budget with repeated runs (the same N and D): the pooled standard deviation of
+    their final losses, and the profile's depth (highest minus lowest mean loss over the
+    budget's sizes)."""
+    out = {}
+    for b in np.unique(budgets):
+        sel = np.nonzero(budgets == b)[0]
+        groups: dict[tuple[float, float], list[float]] = {}
+        for i in sel:
+            groups.setdefault((res.n_params[i], res.n_tokens[i]), []).append(res.loss[i])
+        reps = [np.asarray(v) for v in groups.values() if len(v) >= 2]
+        if not reps:
+            continue
+        dof = sum(len(v) - 1 for v in reps)
+        pooled = math.sqrt(sum(((v - v.mean()) ** 2).sum() for v in reps) / dof)
+        means = [float(np.mean(v)) for v in groups.values()]
+        out[float(b)] = {
+            "std": pooled,
+            "runs": int(sum(len(v) for v in reps)),
+            "depth": max(means) - min(means),
+        }
+    return out
+
+
 def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
     """Fit the requested approaches; skip (with the reason) what the data cannot support."""
     budgets = group_budgets(res.flops, res.budget)
     rep = FitReport(results=res, options=opts, budgets=budgets)
+    rep.noise = run_noise(res, budgets)
     n = len(res)
 
     if 1 in opts.approaches:
