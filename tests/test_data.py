@@ -320,17 +320,25 @@ def test_prepare_builds_the_data_and_the_sweep_reuses_it(tmp_path):
 
 
 def test_bpe_is_trained_on_a_bounded_sample_of_the_corpus(tmp_path):
+    import shutil
+
     from chinchilla.data.corpus import _text_files, tokenizer_sample
 
     corpus = _corpus(tmp_path, n_docs=40)
     cfg = load_config(_text_config(tmp_path, corpus))
     files = _text_files(cfg)
-    each = files[0].stat().st_size
-    sample = tokenizer_sample(files, 5 * each)
-    assert 5 <= len(sample) <= 6 and sample == tokenizer_sample(files, 5 * each)
-    assert len({f.parent for f in sample}) == 2  # by hash of the path, not by folder
+    budget = 5 * files[0].stat().st_size
+    sample = tokenizer_sample(files, budget)
+    assert sum(f.stat().st_size for f in sample[:-1]) < budget <= sum(
+        f.stat().st_size for f in sample
+    ) or len(sample) == len(files)
+    assert 3 <= len(sample) < len(files) and sample == tokenizer_sample(files, budget)
+    # the same corpus elsewhere gives the same sample (hashes of paths within it)
+    moved = tmp_path / "elsewhere" / "corpus"
+    shutil.copytree(corpus, moved)
+    again = tokenizer_sample(_text_files(load_config(_text_config(tmp_path, moved))), budget)
+    assert [f.relative_to(moved) for f in again] == [f.relative_to(corpus) for f in sample]
     assert tokenizer_sample(files, 10**12) == files
-    small = _load(
-        tmp_path, corpus, f", tokenizer: bpe, vocab_size: 300, tokenizer_sample_bytes: {5 * each}"
-    )
-    assert f"-300-{5 * each}.json" in small.meta["tokenizer"]
+    extra = f", tokenizer: bpe, vocab_size: 300, tokenizer_sample_bytes: {budget}"
+    small = _load(tmp_path, corpus, extra)
+    assert f"-300-{budget}.json" in small.meta["tokenizer"]

@@ -334,11 +334,14 @@ def _require_tokenizers():
 
 def tokenizer_sample(files: list[Path], budget: int) -> list[Path]:
     """The files a BPE tokenizer is trained on: in an order fixed by a hash of each
-    path (not by name, so no directory is favoured), taken until `budget` bytes; every
-    file when the corpus is smaller. The same corpus always gives the same sample."""
+    path within the corpus (not by name, so no directory is favoured), taken until
+    `budget` bytes; every file when the corpus is smaller. The same corpus, wherever it
+    lies, always gives the same sample."""
+    root = os.path.commonpath([str(f.parent) for f in files]) if files else ""
 
     def key(f: Path) -> bytes:
-        return hashlib.blake2b(str(f).encode(), digest_size=8, key=b"bpe-sample").digest()
+        rel = os.path.relpath(f, root).encode()
+        return hashlib.blake2b(rel, digest_size=8, key=b"bpe-sample").digest()
 
     out, size = [], 0
     for f in sorted(files, key=key):
