@@ -93,6 +93,7 @@ def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irre
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         label += f"/cuda:{gpu}"
+    label += f"/pid{os.getpid()}"  # which process trained a run (and which to stop)
     import torch
 
     torch.set_num_threads(threads)

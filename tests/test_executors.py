@@ -187,16 +187,16 @@ def test_a_killed_worker_fails_only_its_own_run(micro_config, tmp_path):
     cmd, proc = _start_sweep(micro_config, out, SLOW)
     try:
         assert _wait_for(lambda: _two_runs_in_flight(out) and len(_children(proc.pid)) >= 2)
-        victim = json.loads((out / "inflight.json").read_text())
-        workers = _children(proc.pid)
-        os.kill(workers[0], signal.SIGKILL)
+        inflight = json.loads((out / "inflight.json").read_text())
+        victim, label = next(iter(inflight.items()))  # a run and the process training it
+        os.kill(int(label.rsplit("/pid", 1)[1]), signal.SIGKILL)
         assert proc.wait(timeout=240) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     runs = pd.read_parquet(out / "runs.parquet").set_index("run_id")
     failed = runs[runs["status"] == "failed"]
-    assert len(failed) == 1 and failed.index[0] in victim
+    assert list(failed.index) == [victim]
     assert "SIGKILL" in failed["error"].iloc[0]
     assert (runs.drop(failed.index)["status"] == "ok").all()
     # the next invocation trains the failed run again (from its checkpoint)
