@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from chinchilla.config import Config
-from chinchilla.fit.isoflop import fit_parabola, near_minimum
+from chinchilla.fit.isoflop import profile_vertex
 from chinchilla.grid import (
     PlannedRun,
     _expected_optimal_n,
@@ -73,10 +73,8 @@ def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | N
         return "smaller", 2, None
     if best == len(n) - 1:
         return "larger", 2, None
-    near = near_minimum(n, loss)
-    # the vertex in N is all that matters here: N stands in for D (unused) in the fit
-    p = fit_parabola(0.0, n[near], n[near], loss[near]) if len(near) >= 3 else None
-    if p is None or not p.inside:
+    p = profile_vertex(n, loss)
+    if p is None:
         side = "smaller" if best < len(n) / 2 else "larger"
         return side, 1, None
     # distinct sizes on each side (repeats of one size count once)

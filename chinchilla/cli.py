@@ -30,6 +30,10 @@ SetOpt = Annotated[
     typer.Option("--set", help="Override a config value: section.key=value (repeatable)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
+BootstrapOpt = Annotated[
+    int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for intervals (0: none).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Bootstrap seed.")]
 
 
 def _user_errors(fn):
@@ -341,10 +345,8 @@ def fit(
         str | None,
         typer.Option("--predict-n", help="Target model sizes N, e.g. 1e9,70e9 (Table 3 layout)."),
     ] = None,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for intervals (0: none).")
-    ] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    bootstrap: BootstrapOpt = 200,
+    seed: SeedOpt = 0,
     delta: Annotated[float, typer.Option("--delta", help="Huber delta of Approach 3.")] = 1e-3,
     starts: Annotated[
         str,
@@ -489,10 +491,8 @@ def verify(
         float | None,
         typer.Option("--budget", help="Budget to verify at, FLOPs (default: 4x the largest)."),
     ] = None,
-    bootstrap: Annotated[
-        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for intervals.")
-    ] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    bootstrap: BootstrapOpt = 200,
+    seed: SeedOpt = 0,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Runs trained at once.")
     ] = None,

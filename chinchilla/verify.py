@@ -27,13 +27,12 @@ from chinchilla.errors import UserError
 
 
 def _measured_optimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, str]:
-    from chinchilla.fit.isoflop import fit_parabola
+    from chinchilla.fit.isoflop import profile_vertex
 
+    p = profile_vertex(n, loss)
+    if p is not None:
+        return p.n_opt, p.loss_opt, "parabola vertex through the runs"
     best = int(np.argmin(loss))
-    if len(n) >= 3 and 0 < best < len(n) - 1:
-        p = fit_parabola(0.0, n, n, loss)
-        if p.inside:
-            return p.n_opt, p.loss_opt, "parabola vertex through the runs"
     return float(n[best]), float(loss[best]), "best run (the vertex is not bracketed)"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from chinchilla.fit.data import Results, group_budgets
-from chinchilla.fit.isoflop import MIN_SIZES, NotEnoughData, fit_parabola, near_minimum
+from chinchilla.fit.isoflop import MIN_SIZES, NotEnoughData, profile_vertex
 from chinchilla.fit.results import FitOptions, FitReport, fit_all
 
 
@@ -33,13 +33,11 @@ class HeldOut:
 def observed_optimum(budget: float, res: Results, sel: np.ndarray) -> HeldOut:
     n, d, loss = res.n_params[sel], res.n_tokens[sel], res.loss[sel]
     c = float(np.exp(np.log(res.flops[sel]).mean()))
+    p = profile_vertex(n, loss, d, min_sizes=MIN_SIZES)
+    if p is not None:
+        return HeldOut(budget, c, p.n_opt, p.loss_opt, "IsoFLOP parabola vertex")
     best = int(np.argmin(loss))
     bracketed = n.min() < n[best] < n.max()
-    if len(np.unique(n)) >= MIN_SIZES and bracketed:
-        near = near_minimum(n, loss)
-        p = fit_parabola(budget, n[near], d[near], loss[near])
-        if p.inside:
-            return HeldOut(budget, c, p.n_opt, p.loss_opt, "IsoFLOP parabola vertex")
     how = "lowest-loss run" + ("" if bracketed else " (at the edge of its sizes)")
     return HeldOut(budget, c, float(n[best]), float(loss[best]), how)
 

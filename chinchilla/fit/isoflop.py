@@ -121,7 +121,8 @@ def near_minimum(n: np.ndarray, loss: np.ndarray, k: int = NEAR_MINIMUM) -> np.n
     return np.sort(order[:k])
 
 
-def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> Parabola:
+def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray | None, loss: np.ndarray) -> Parabola:
+    """Parabola of loss in log10 N; `d` (tokens) only gives d_opt (nan without it)."""
     x = np.log10(n)
     with warnings.catch_warnings():  # resamples repeat sizes; the rank is checked by callers
         warnings.simplefilter("ignore", np.exceptions.RankWarning)
@@ -132,8 +133,10 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) 
         xv = -c1 / (2 * c2)
         n_opt = 10**xv
         loss_opt = c0 - c1 * c1 / (4 * c2)
-        slope, icpt = np.polyfit(x, np.log10(d), 1)
-        d_opt = 10 ** (icpt + slope * xv)
+        d_opt = float("nan")
+        if d is not None:
+            slope, icpt = np.polyfit(x, np.log10(d), 1)
+            d_opt = 10 ** (icpt + slope * xv)
     else:
         n_opt = d_opt = loss_opt = float("nan")
     return Parabola(
@@ -147,6 +150,20 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray, loss: np.ndarray) 
         convex=bool(convex),
         inside=bool(convex and lo <= n_opt <= hi),
     )
+
+
+def profile_vertex(
+    n: np.ndarray, loss: np.ndarray, d: np.ndarray | None = None, min_sizes: int = 3
+) -> Parabola | None:
+    """One IsoFLOP profile's minimum as Approach 2 reads it: the near-minimum parabola,
+    when the profile has `min_sizes` distinct sizes, its lowest loss is at an interior
+    size (bracketed) and the vertex lies inside the sizes used; else None."""
+    best = int(np.argmin(loss))
+    if len(np.unique(n)) < min_sizes or not n.min() < n[best] < n.max():
+        return None
+    near = near_minimum(n, loss)
+    p = fit_parabola(0.0, n[near], None if d is None else d[near], loss[near])
+    return p if p.inside else None
 
 
 def fit_isoflop(

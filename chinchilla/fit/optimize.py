@@ -53,6 +53,10 @@ class Evaluation:
     H: np.ndarray | None = None  # (P, 5, 5)
     share: np.ndarray | None = None  # (P, 3) largest share of each term over the points
 
+    def rows(self, idx) -> Evaluation:
+        """The pieces of the problems `idx` (an index or mask over P)."""
+        return Evaluation(f=self.f[idx], g=self.g[idx], H=self.H[idx], share=self.share[idx])
+
 
 def evaluate(theta, x, y, z, w, delta, derivatives: bool = True) -> Evaluation:
     """`_evaluate_block` over blocks of about 32k points: blocks stay in cache and avoid
@@ -253,7 +257,7 @@ def _minimize(starts, x, y, z, weights, delta, lower, upper, max_iter, rtol, lam
     bad = ~np.isfinite(f)
     status[bad] = INVALID
     active = np.nonzero(~bad)[0]
-    cache = Evaluation(f=ev.f[active], g=ev.g[active], H=ev.H[active], share=ev.share[active])
+    cache = ev.rows(active)
     lam = np.full(active.size, lam0)
     nu = np.full(active.size, 2.0)
 
@@ -302,9 +306,7 @@ def _minimize(starts, x, y, z, weights, delta, lower, upper, max_iter, rtol, lam
         status[active[stalled]] = STALLED
         keep = go & ~out & ~stalled
         active, lam, nu = active[keep], lam[keep], nu[keep]
-        cache = Evaluation(
-            f=cache.f[keep], g=cache.g[keep], H=cache.H[keep], share=cache.share[keep]
-        )
+        cache = cache.rows(keep)
     return BatchResult(theta, f, status, iters, decrement, frozen_out)
 
 
