@@ -28,6 +28,7 @@ document, or a BPE tokenizer (`tokenizers` library) trained on the corpus, or a 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -540,18 +541,21 @@ def _tokenize_shard(job) -> dict[str, Any]:
     }
 
 
-def _shard_results(cfg, tok, jobs, workers: int):
-    """Results of `jobs` in order, on `workers` processes (spawned: `tokenizers` and
-    fork do not mix)."""
-    if workers <= 1 or len(jobs) <= 1:
-        _shard_init(cfg, _tokenizer_spec(tok))
-        yield from map(_tokenize_shard, jobs)
+@contextlib.contextmanager
+def _shard_map(cfg, tok, workers: int, n_jobs: int):
+    """A map of `_tokenize_shard` over jobs, results in order: on `workers` processes
+    (spawned: `tokenizers` and fork do not mix; one pool serves both splits), or in this
+    process for one worker or one job."""
+    spec = _tokenizer_spec(tok)
+    if workers <= 1 or n_jobs <= 1:
+        _shard_init(cfg, spec)
+        yield lambda jobs: map(_tokenize_shard, jobs)
         return
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(jobs)), _shard_init, (cfg, _tokenizer_spec(tok))) as pool:
-        yield from pool.imap(_tokenize_shard, jobs)
+    with ctx.Pool(min(workers, n_jobs), _shard_init, (cfg, spec)) as pool:
+        yield lambda jobs: pool.imap(_tokenize_shard, jobs)
 
 
 def tokenize_workers(cfg) -> int:
@@ -576,47 +580,48 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) 
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
     first: list[dict] = []
-    for split in ("val", "train"):
-        path = folder / f"{split}.bin"
-        done, last = 0, time.perf_counter()
-        started = last
-        live = sys.stderr.isatty()
-        with path.open("wb") as fh:
-            jobs = [(s, split, dtype) for s in shards]
-            for res in _shard_results(cfg, tok, jobs, workers):
-                fh.write(res["ids"].tobytes())
-                counts[split] += len(res["ids"])
-                docs[split] += res["docs"]
-                if split == "val":
-                    first.append(res)
-                done += res["bytes"]
-                if split == "train" and time.perf_counter() - last > (0.5 if live else 10):
-                    last = time.perf_counter()
-                    rate = done / max(last - started, 1e-9)
-                    eta = (total - done) / max(rate, 1e-9)
-                    msg = (
-                        f"tokenizing on {workers} process(es): {done / 1e6:,.0f} of "
-                        f"{total / 1e6:,.0f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
+    with _shard_map(cfg, tok, workers, len(shards)) as shard_map:
+        for split in ("val", "train"):
+            path = folder / f"{split}.bin"
+            done, last = 0, time.perf_counter()
+            started = last
+            live = sys.stderr.isatty()
+            with path.open("wb") as fh:
+                jobs = [(s, split, dtype) for s in shards]
+                for res in shard_map(jobs):
+                    fh.write(res["ids"].tobytes())
+                    counts[split] += len(res["ids"])
+                    docs[split] += res["docs"]
+                    if split == "val":
+                        first.append(res)
+                    done += res["bytes"]
+                    if split == "train" and time.perf_counter() - last > (0.5 if live else 10):
+                        last = time.perf_counter()
+                        rate = done / max(last - started, 1e-9)
+                        eta = (total - done) / max(rate, 1e-9)
+                        msg = (
+                            f"tokenizing on {workers} process(es): {done / 1e6:,.0f} of "
+                            f"{total / 1e6:,.0f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
+                        )
+                        print(
+                            "\r" + msg if live else msg,
+                            end="" if live else "\n",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            if split == "val":
+                if not any(r["bytes"] for r in first):
+                    raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
+                chunks = counts["val"] // (cfg.model.seq_len + 1)
+                if chunks * cfg.model.seq_len < min_val_tokens:
+                    raise UserError(
+                        f"data: the validation split holds {chunks * cfg.model.seq_len:,} "
+                        f"predicted tokens (data.val_fraction {cfg.data.val_fraction}), fewer than "
+                        f"one evaluation (train.eval_tokens = {min_val_tokens:,}); raise "
+                        "val_fraction or lower eval_tokens (found before tokenizing the training split)"
                     )
-                    print(
-                        "\r" + msg if live else msg,
-                        end="" if live else "\n",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        if split == "val":
-            if not any(r["bytes"] for r in first):
-                raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
-            chunks = counts["val"] // (cfg.model.seq_len + 1)
-            if chunks * cfg.model.seq_len < min_val_tokens:
-                raise UserError(
-                    f"data: the validation split holds {chunks * cfg.model.seq_len:,} "
-                    f"predicted tokens (data.val_fraction {cfg.data.val_fraction}), fewer than "
-                    f"one evaluation (train.eval_tokens = {min_val_tokens:,}); raise "
-                    "val_fraction or lower eval_tokens (found before tokenizing the training split)"
-                )
-        elif live:
-            print(file=sys.stderr)
+            elif live:
+                print(file=sys.stderr)
     seconds = time.perf_counter() - t0
     if counts["train"] == 0:
         raise UserError(f"data: the corpus at {cfg.data.path} is empty (no training tokens)")
