@@ -119,6 +119,7 @@ def _print_plan(p) -> None:
     ):
         t.add_column(col, justify="left" if col == "run_id" else "right")
     for r in p.runs:
+        micro, need, fits = p.memory(r)
         t.add_row(
             r.run_id,
             f"{r.budget:.3g}",
@@ -134,8 +135,8 @@ def _print_plan(p) -> None:
             f"{r.lr:.2e}",
             f"{r.flops:.3g}",
             f"{r.flops_chinchilla / r.flops_6nd:.3f}",
-            f"{p.memory(r)[0]} of {r.batch_size}",
-            f"{p.memory(r)[1] / 2**30:.1f} GiB" + ("" if p.memory(r)[2] else " !"),
+            f"{micro} of {r.batch_size}",
+            f"{need / 2**30:.1f} GiB" + ("" if fits else " !"),
             console.duration(p.estimated_seconds(r)),
             r.planned_by,
         )

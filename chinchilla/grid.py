@@ -90,6 +90,7 @@ class Plan:
     config: Config
     runs: list[PlannedRun]
     warnings: list[str] = field(default_factory=list)
+    _memory: dict[str, tuple[int, float, bool]] = field(default_factory=dict, repr=False)
 
     @property
     def total_flops(self) -> float:
@@ -105,7 +106,12 @@ class Plan:
         """(micro-batch, estimated peak bytes, fits) of a run on the configured device:
         train.micro_batch_size when set, else the largest micro-batch whose estimate fits
         device.memory_gb (`accounting.choose_micro_batch`). bf16 autocast is assumed
-        unless device.type is cpu."""
+        unless device.type is cpu. Estimated once per run."""
+        if run.run_id not in self._memory:
+            self._memory[run.run_id] = self._estimate_memory(run)
+        return self._memory[run.run_id]
+
+    def _estimate_memory(self, run: PlannedRun) -> tuple[int, float, bool]:
         dev, t = self.config.device, self.config.train
         mixed = dev.type != "cpu"
         budget = dev.memory_gb * 2**30
