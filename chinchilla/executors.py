@@ -196,9 +196,15 @@ def run_local_parallel(
 
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
-    from chinchilla.runs import Tally, load_sweep_data, run_record, sweep_environment, tokens_needed
+    from chinchilla.runs import (
+        Tally,
+        failed_record,
+        load_sweep_data,
+        sweep_environment,
+        tokens_needed,
+    )
     from chinchilla.store import write_part
-    from chinchilla.train import RunResult, resolve_device
+    from chinchilla.train import resolve_device
 
     # 1. the driver builds the data cache once; workers only memory-map it
     data = load_sweep_data(cfg, out, p.runs)
@@ -313,11 +319,9 @@ def run_local_parallel(
                         todo.appendleft(run)  # resumes from its checkpoint
                         continue
                     message = death_message(exitcode) + f" while training {run.run_id}"
-                    row = run_record(
-                        run,
-                        RunResult(run.run_id, "failed", error=message),
-                        sweep_environment(cfg, device, irreducible),
-                    ) | {"attempts": deaths[run.run_id], "worker": slot.label}
+                    env = sweep_environment(cfg, device, irreducible)
+                    row = failed_record(run, message, env, deaths[run.run_id])
+                    row["worker"] = slot.label
                     write_part(out, row, [])
                     finish(slot, run, row, (0.0, 0.0), slot.label)
         finally:
@@ -354,17 +358,6 @@ def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, th
     return row, curve, seconds, label
 
 
-def _lost_row(run: PlannedRun, cfg: Config, exc: Exception, attempts: int):
-    """The failed row of a Ray task that never returned (its worker or node died)."""
-    from chinchilla.runs import run_record
-    from chinchilla.train import RunResult
-
-    message = f"Ray task lost: {type(exc).__name__}: {exc}".splitlines()[0][:500]
-    env = {"device": None, "host": None}
-    row = run_record(run, RunResult(run.run_id, "failed", error=message), env)
-    return row | {"attempts": attempts}, [], (0.0, 0.0)
-
-
 def _put(events, item) -> None:
     try:
         events.put_nowait(item)
@@ -395,7 +388,7 @@ def run_ray(
         ) from None
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
-    from chinchilla.runs import Tally, load_sweep_data, record, tokens_needed
+    from chinchilla.runs import Tally, failed_record, load_sweep_data, record, tokens_needed
 
     data = load_sweep_data(cfg, out, p.runs)  # builds the cache before any task starts
     need = tokens_needed(p.runs)
@@ -448,7 +441,10 @@ def run_ray(
                         if lost[run.run_id] <= cfg.execution.retries:
                             refs[submit(run)] = run  # resumes from its checkpoint
                             continue
-                        row, curve, seconds = _lost_row(run, cfg, exc, lost[run.run_id])
+                        message = f"Ray task lost: {type(exc).__name__}: {exc}"
+                        no_env = {"device": None, "host": None}  # it never reported
+                        row = failed_record(run, message, no_env, lost[run.run_id])
+                        curve, seconds = [], (0.0, 0.0)
                         label = inflight.get(run.run_id, "?")
                     record(out, row, curve)
                     tally.add(label, seconds)

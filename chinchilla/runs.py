@@ -77,6 +77,19 @@ def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def failed_record(
+    run: PlannedRun, message: str, env: dict[str, Any], attempts: int
+) -> dict[str, Any]:
+    """The row of a run whose process never returned a result (it died, or its Ray
+    task was lost): status failed with the message (one line, 500 characters)."""
+    from chinchilla.train import RunResult
+
+    error = message.splitlines()[0][:500] if message else message
+    return run_record(run, RunResult(run.run_id, "failed", error=error), env) | {
+        "attempts": attempts
+    }
+
+
 def sweep_environment(cfg: Config, device: str, irreducible: float | None) -> dict[str, Any]:
     import torch
 
