@@ -86,8 +86,8 @@ def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | N
     return None, 0, p.n_opt
 
 
-def _profile(runs: list[PlannedRun], got: dict[str, float], n_convention: str):
-    """(N, final loss) of the recorded runs among `runs`."""
+def profile(runs: list[PlannedRun], got: dict[str, float], n_convention: str):
+    """(N, final loss) of the recorded runs among `runs`, in the runs' order."""
     done = [r for r in runs if r.run_id in got]
     n = np.array([_n_of(r.shape, n_convention) for r in done], dtype=float)
     return n, np.array([got[r.run_id] for r in done])
@@ -113,7 +113,7 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
         train(runs)
         extra = 0
         while True:
-            n, loss = _profile(runs, losses(runs), g.n_convention)
+            n, loss = profile(runs, losses(runs), g.n_convention)
             if len(n) < 3:
                 break
             side, k, vertex = bracket(n, loss)
@@ -136,7 +136,7 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
             extra += len(new)
             runs += new
             train(new)
-        n, loss = _profile(runs, losses(runs), g.n_convention)
+        n, loss = profile(runs, losses(runs), g.n_convention)
         if len(n) >= 3:
             _, _, vertex = bracket(n, loss)
             # centre the next budget on this one's vertex, else its lowest-loss size

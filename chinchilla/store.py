@@ -84,6 +84,15 @@ def merge(out: Path) -> pd.DataFrame:
     return runs_df
 
 
+def ok_losses(out: Path, run_ids: set[str]) -> dict[str, float]:
+    """Final losses of the runs among `run_ids` recorded ok (tables rebuilt first)."""
+    table = merge(out)
+    if not len(table):
+        return {}
+    ok = table[(table["status"] == "ok") & table["run_id"].isin(run_ids)]
+    return dict(zip(ok["run_id"], ok["loss"].astype(float), strict=True))
+
+
 class Merger:
     """Rebuild the tables at most every `interval_s` while a sweep runs (the parts are
     the record; the sweep merges once more at its end), so that sweeps of many short

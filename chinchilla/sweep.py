@@ -35,7 +35,7 @@ from chinchilla.runs import (
     sweep_environment,
     train_and_record,
 )
-from chinchilla.store import FINISHED, Merger, finished_ids, merge
+from chinchilla.store import FINISHED, Merger, finished_ids, merge, ok_losses
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "sweep.json"
@@ -250,12 +250,7 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
             execute(Plan(config=cfg, runs=runs), [r for r in runs if r.run_id not in done])
 
         def losses(runs: list[PlannedRun]) -> dict[str, float]:
-            table = merge(out)
-            if not len(table):
-                return {}
-            ids = {r.run_id for r in runs}
-            ok = table[(table["status"] == "ok") & table["run_id"].isin(ids)]
-            return dict(zip(ok["run_id"], ok["loss"].astype(float), strict=True))
+            return ok_losses(out, {r.run_id for r in runs})
 
         summary.planned = len(run_adaptive(cfg, train, losses))
     else:

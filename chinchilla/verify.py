@@ -49,11 +49,12 @@ def verify(
     workers: int | None = None,
     live: bool | None = None,
 ) -> dict[str, Any]:
+    from chinchilla.adaptive import profile
     from chinchilla.fit.data import load_results
     from chinchilla.fit.results import FitOptions, fit_all
-    from chinchilla.grid import _n_of, _sizes_for_target, budget_runs, candidate_shapes
+    from chinchilla.grid import _sizes_for_target, budget_runs, candidate_shapes
     from chinchilla.predict import predictions
-    from chinchilla.store import merge
+    from chinchilla.store import ok_losses
     from chinchilla.sweep import run_sweep, sweep_config
 
     out = Path(out)
@@ -92,11 +93,8 @@ def verify(
     run_sweep(vcfg, vout, runs=runs, workers=workers, live=live)
 
     # 3. what the runs measured, against each approach
-    table = merge(vout)
-    ok = table[(table["status"] == "ok") & table["run_id"].isin({r.run_id for r in runs})]
-    by_id = {r.run_id: r for r in runs}
-    n = np.array([_n_of(by_id[i].shape, rep.results.n_convention) for i in ok["run_id"]], float)
-    loss = ok["loss"].to_numpy(float)
+    got = ok_losses(vout, {r.run_id for r in runs})
+    n, loss = profile(runs, got, rep.results.n_convention)
     order = np.argsort(n)
     n, loss = n[order], loss[order]
     if len(n) < 2:
