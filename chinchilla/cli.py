@@ -351,8 +351,12 @@ def fit(
     delta: Annotated[float, typer.Option("--delta", help="Huber delta of Approach 3.")] = 1e-3,
     starts: Annotated[
         str,
-        typer.Option("--starts", help="Approach 3 start grid: paper (4,500) or coarse (1,125)."),
-    ] = "paper",
+        typer.Option(
+            "--starts",
+            help="Approach 3 starts: profile (data-scaled, about 270; default), paper "
+            "(the paper's 4,500) or coarse (every 4th of those).",
+        ),
+    ] = "profile",
     bound_e: Annotated[
         bool, typer.Option("--bound-e", help="Constrain E to at most the lowest observed loss.")
     ] = False,
@@ -376,13 +380,14 @@ def fit(
 ) -> None:
     """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
     from chinchilla.fit.data import load_results
+    from chinchilla.fit.parametric import START_SETS
     from chinchilla.fit.results import FitOptions, fit_all
     from chinchilla.predict import default_budgets, predictions
 
     if n_convention not in ("total", "nonembedding"):
         raise UserError(f"--n-convention: expected total or nonembedding, got {n_convention!r}")
-    if starts not in ("paper", "coarse"):
-        raise UserError(f"--starts: expected paper or coarse, got {starts!r}")
+    if starts not in START_SETS:
+        raise UserError(f"--starts: expected {', '.join(START_SETS)}, got {starts!r}")
     if not delta > 0:
         raise UserError("--delta must be > 0")
     chosen = tuple(sorted(set(approach or (1, 2, 3))))

@@ -10,6 +10,7 @@ from chinchilla.fit.parametric import (
     optimal_allocation,
     paper_start_grid,
     parametric_loss,
+    profile_starts,
     refit_many,
 )
 
@@ -132,6 +133,53 @@ def test_never_loses_to_the_loop_on_epochs_points(delta):
     fit = fit_parametric(n, d, loss, delta=delta, starts=starts)
     _, f_loop = loop_fit(n, d, loss, starts, delta=delta)
     assert fit.objective <= f_loop * (1 + 1e-6)
+
+
+def messy_points(seed, law, noise, outlier_share, points):
+    """Points scattered over 4 decades of N and D (no IsoFLOP design), log-normal noise
+    and a share of runs 20% low or 50% high: data that need not follow the law well."""
+    rng = np.random.default_rng(seed)
+    n = np.exp(rng.uniform(np.log(1e6), np.log(1e10), points))
+    d = np.exp(rng.uniform(np.log(1e8), np.log(1e12), points))
+    loss = parametric_loss(n, d, **law) * np.exp(rng.normal(0, noise, points))
+    k = int(outlier_share * points)
+    loss[rng.choice(points, k, replace=False)] *= rng.choice([0.8, 1.5], k)
+    return n, d, loss
+
+
+# Cases where the profile's power-law candidates alone lost to the paper's grid (a
+# negative exponent, steep terms from 15 points, a max_iter start) and ordinary ones.
+E_DOMINATED = {"E": 3.0, "A": 5.0, "B": 5.0, "alpha": 0.2, "beta": 0.2}
+STEEP = {"E": 2.0, "A": 1e9, "B": 1e8, "alpha": 1.5, "beta": 1.2}
+PROFILE_CASES = [
+    ("edom-3-30", lambda: messy_points(3, E_DOMINATED, 0.05, 0.2, 30), 1e-3),
+    ("edom-3-15", lambda: messy_points(3, E_DOMINATED, 0.005, 0.0, 15), 1e-2),
+    ("steep-0-15", lambda: messy_points(0, STEEP, 0.005, 0.0, 15), 1e-4),
+    ("steep-3-15", lambda: messy_points(3, STEEP, 0.005, 0.0, 15), 1e-3),
+    ("small", lambda: design("small", 3), 1e-4),
+    ("flat", lambda: design("flat", 3), 1e-3),
+]
+
+
+@pytest.mark.parametrize("name,points,delta", PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES])
+def test_profile_starts_never_lose_to_the_papers_grid(name, points, delta):
+    n, d, loss = points()
+    starts = profile_starts(n, d, loss, delta=delta)
+    assert len(starts) < 300
+    fit = fit_parametric(n, d, loss, delta=delta, starts=starts)
+    full = fit_parametric(n, d, loss, delta=delta, starts=paper_start_grid())
+    assert fit.objective <= full.objective * (1 + 1e-6) + 1e-20 * len(n)
+
+
+def test_profile_starts_respect_a_bound_on_e():
+    n, d, loss = design("default", seed=3)
+    upper = np.full(5, np.inf)
+    upper[2] = np.log(loss.min()) - 0.2
+    starts = profile_starts(n, d, loss, upper=upper)
+    assert np.all(starts[:, 2] <= upper[2])
+    fit = fit_parametric(n, d, loss, starts=starts, upper=upper)
+    full = fit_parametric(n, d, loss, starts=paper_start_grid(), upper=upper)
+    assert fit.objective <= full.objective * (1 + 1e-6)
 
 
 def test_every_start_is_accounted_for():

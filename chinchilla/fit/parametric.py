@@ -50,6 +50,116 @@ def paper_start_grid() -> np.ndarray:
     return np.asarray(grid, dtype=np.float64)
 
 
+# Exponents of the profile start set: 40 values over (0, 2.5], the paper's range and beyond.
+PROFILE_EXPONENTS = np.linspace(0.0625, 2.5, 40)
+# Active sets of the non-negative (A, B, E) least squares: every non-empty subset.
+_SUBSETS = ((0, 1, 2), (0, 1), (0, 2), (1, 2), (0,), (1,), (2,))
+
+
+def profile_starts(
+    n_params,
+    n_tokens,
+    loss,
+    *,
+    delta: float = 1e-3,
+    weights=None,
+    lower=None,
+    upper=None,
+    top: int = 16,
+    paper_every: int = 25,
+) -> np.ndarray:
+    """Data-scaled starts (`--starts profile`): for every pair (alpha, beta) of
+    `PROFILE_EXPONENTS`, the law is linear in (A, B, E), so the coefficients >= 0 that
+    minimise the weighted squared relative error sum w ((A N^-alpha + B D^-beta + E) / L - 1)^2
+    (close to the squared log residual) are solved exactly, by enumerating the active sets
+    (E held at a bound where one is set). Each of the 1,600 candidates is scored by the
+    Huber objective; the starts are the `top` best, the best beta for every alpha and the
+    best alpha for every beta, and every `paper_every`-th start of the paper's grid (for
+    basins no power-law profile points at, such as a negative exponent). A coefficient of
+    0 starts at 1% of the lowest loss instead, so its term is not born vanished. Each start
+    is then run to a certified stationary point like any other."""
+    x, y, z = np.log(n_params), np.log(n_tokens), np.log(loss)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
+    lo = np.full(5, -np.inf) if lower is None else np.asarray(lower, dtype=np.float64)
+    hi = np.full(5, np.inf) if upper is None else np.asarray(upper, dtype=np.float64)
+    ex = PROFILE_EXPONENTS
+    k = len(ex)
+    inv = 1.0 / np.asarray(loss, dtype=np.float64)
+    U = np.exp(-np.outer(ex, x)) * inv  # (k, n): column A of alpha_i
+    V = np.exp(-np.outer(ex, y)) * inv  # column B of beta_j
+    G = np.empty((k, k, 3, 3))  # normal equations of every (alpha_i, beta_j)
+    G[..., 0, 0] = ((U * U) @ w)[:, None]
+    G[..., 1, 1] = ((V * V) @ w)[None, :]
+    G[..., 2, 2] = (inv * inv) @ w
+    G[..., 0, 1] = G[..., 1, 0] = (U * w) @ V.T
+    G[..., 0, 2] = G[..., 2, 0] = ((U * inv) @ w)[:, None]
+    G[..., 1, 2] = G[..., 2, 1] = ((V * inv) @ w)[None, :]
+    h = np.empty((k, k, 3))
+    h[..., 0], h[..., 1], h[..., 2] = (U @ w)[:, None], (V @ w)[None, :], inv @ w
+    scale = 1.0 / np.sqrt(np.maximum(np.diagonal(G, axis1=-2, axis2=-1), 1e-300))
+    Gs = G * scale[..., :, None] * scale[..., None, :]  # unit diagonal
+    hs = h * scale
+    e_lo, e_hi = math.exp(lo[2]), math.exp(hi[2])
+    best = np.full((k, k), np.inf)
+    coef = np.zeros((k, k, 3))
+    fixed = [None] + [v for v in (e_hi, e_lo) if 0 < v < math.inf]
+    for e_fixed in fixed:
+        for subset in _SUBSETS:
+            if e_fixed is not None and 2 in subset:
+                continue
+            S = list(subset)
+            c = np.zeros((k, k, 3))
+            rhs = hs[..., S]
+            if e_fixed is not None:
+                c[..., 2] = e_fixed / scale[..., 2]
+                rhs = rhs - c[..., 2:3] * Gs[..., S, 2]
+            sub = Gs[..., S, :][..., :, S] + 1e-12 * np.eye(len(S))
+            c[..., S] = np.linalg.solve(sub, rhs[..., None])[..., 0]
+            real = c * scale
+            ok = (c[..., S] > 0).all(axis=-1) & (real[..., 2] <= e_hi) & (real[..., 2] >= e_lo)
+            sse = np.einsum("abi,abij,abj->ab", c, Gs, c) - 2.0 * np.einsum("abi,abi->ab", c, hs)
+            better = ok & (sse < best)
+            best = np.where(better, sse, best)
+            coef = np.where(better[..., None], real, coef)
+    floor = 0.01 * float(np.min(loss))
+    with np.errstate(divide="ignore"):
+        a = np.log(np.maximum(coef[..., 0], floor * np.exp(ex * x.min())[:, None]))
+        b = np.log(np.maximum(coef[..., 1], floor * np.exp(ex * y.min())[None, :]))
+        e = np.log(np.maximum(coef[..., 2], floor))
+    al, be = np.meshgrid(ex, ex, indexing="ij")
+    cand = np.clip(np.stack([a, b, e, al, be], axis=-1).reshape(-1, 5), lo, hi)
+    cand = cand[np.isfinite(best).reshape(-1) & np.all(np.isfinite(cand), axis=1)]
+    if len(cand) == 0:
+        return paper_start_grid()
+    W = np.broadcast_to(w, (len(cand), len(x)))
+    f = evaluate(cand, x, y, z, W, delta, derivatives=False).f
+    pick = set(np.argsort(f)[:top].tolist())
+    for col in (3, 4):  # the best partner of every exponent value
+        for value in ex:
+            rows = np.nonzero(cand[:, col] == value)[0]
+            if rows.size:
+                pick.add(int(rows[np.argmin(f[rows])]))
+    starts = cand[sorted(pick)]
+    if paper_every:
+        starts = np.vstack([starts, np.clip(paper_start_grid()[::paper_every], lo, hi)])
+    return starts
+
+
+START_SETS = ("paper", "coarse", "profile")
+
+
+def start_set(name: str, n_params, n_tokens, loss, **kw) -> np.ndarray:
+    """Approach 3's starts by name: `paper` (the 4,500 of Appendix D.2), `coarse` (every
+    4th of them) or `profile` (`profile_starts`, data-scaled, about 270)."""
+    if name == "paper":
+        return paper_start_grid()
+    if name == "coarse":
+        return paper_start_grid()[::4]
+    if name == "profile":
+        return profile_starts(n_params, n_tokens, loss, **kw)
+    raise ValueError(f"unknown start set {name!r}: expected one of {', '.join(START_SETS)}")
+
+
 def huber(r: np.ndarray, delta: float) -> np.ndarray:
     """Huber loss: r^2 / 2 inside |r| <= delta, linear outside (as scipy.special.huber)."""
     ar = np.abs(r)
@@ -93,6 +203,7 @@ class ParametricFit:
     bounds: dict[str, list[float]]  # bounds on (a, b, e, alpha, beta) that were set
     theta: np.ndarray = field(repr=False)  # (a, b, e, alpha, beta)
     basins: np.ndarray = field(repr=False)  # distinct certified optima, best first (k, 5)
+    start_set: str = "given"  # which starts: profile, paper, coarse (START_SETS) or given
 
     @property
     def a(self) -> float:
@@ -125,6 +236,7 @@ class ParametricFit:
             "delta": self.delta,
             "n_points": self.n_points,
             "n_starts": self.n_starts,
+            "start_set": self.start_set,
             "starts": self.starts,
             "best_status": self.best_status,
             "newton_decrement_relative": self.decrement,

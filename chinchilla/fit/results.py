@@ -23,7 +23,7 @@ from chinchilla.fit.envelope import (
     horizon_sizes,
 )
 from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop, residual_bootstrap
-from chinchilla.fit.parametric import ParametricFit, fit_parametric, paper_start_grid, refit_many
+from chinchilla.fit.parametric import ParametricFit, fit_parametric, refit_many, start_set
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class FitOptions:
     bootstrap: int = 200  # resamples; 0 disables intervals
     seed: int = 0
     delta: float = 1e-3  # Huber delta of Approach 3
-    start_grid: str = "paper"  # "paper" (4,500 starts) or "coarse" (every 4th)
+    start_grid: str = "profile"  # "profile" (data-scaled), "paper" (4,500) or "coarse"
     bound_e_by_min_loss: bool = False  # constrain E <= lowest observed loss
     min_points_approach3: int = 8
 
@@ -194,11 +194,6 @@ def _bounds(res: Results, opts: FitOptions):
     return None, upper
 
 
-def _starts(opts: FitOptions) -> np.ndarray:
-    grid = paper_start_grid()
-    return grid if opts.start_grid == "paper" else grid[::4]
-
-
 def _law_params(fit) -> dict[str, float]:
     return {
         "a": fit.a,
@@ -294,12 +289,22 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
                     res.n_tokens,
                     res.loss,
                     delta=opts.delta,
-                    starts=_starts(opts),
+                    starts=start_set(
+                        opts.start_grid,
+                        res.n_params,
+                        res.n_tokens,
+                        res.loss,
+                        delta=opts.delta,
+                        lower=lower,
+                        upper=upper,
+                    ),
                     lower=lower,
                     upper=upper,
                 )
             except NotEnoughData as exc:
                 rep.skipped["approach3"] = str(exc)
+            else:
+                rep.approach3.start_set = opts.start_grid
             if opts.bootstrap and rep.approach3 is not None:
                 counts = resample_counts(n, opts.bootstrap, opts.seed + 3)
                 thetas = refit_many(
