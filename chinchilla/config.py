@@ -304,9 +304,10 @@ class DataConfig:
     """Kind tokens: the integer type of train.bin / val.bin."""
     text_column: str = "text"
     """Kinds parquet / jsonl / dataset: the column holding documents."""
-    val_fraction: float = 0.01
-    """Text kinds: fraction of documents held out for validation (chosen by a hash of each
-    document, so the split never depends on file order)."""
+    val_fraction: float | None = None
+    """Text kinds: when set, the fraction of documents held out for validation (those
+    whose content hash falls below it). Unset (the default), the split is sized in
+    tokens by `val_tokens`."""
     cache_dir: str | None = None
     """Where tokenized corpora are cached; default: $CHINCHILLA_CACHE, else
     $XDG_CACHE_HOME/chinchilla or ~/.cache/chinchilla (never inside the corpus)."""
@@ -334,7 +335,11 @@ class DataConfig:
     zipf_exponent: float = 1.1
     """Synthetic: Zipf exponent of how often each token is a candidate."""
     val_tokens: int = 131072
-    """Synthetic: held-out tokens generated for validation."""
+    """Validation tokens. Synthetic: generated for validation. Text kinds (unless
+    `val_fraction` is set): the documents with the smallest content hashes, as few as
+    hold this many predicted tokens, tokenized before the training split. Either way
+    the split never depends on file order or on the number of workers, and
+    `train.eval_tokens` above it is refused when the config is read."""
 
     def __post_init__(self) -> None:
         if self.vocab_size is not None and self.vocab_size < 2:
@@ -363,7 +368,7 @@ class DataConfig:
             _fail("data.workers", f"must be >= 1, got {self.workers}")
         if self.tokenizer_sample_bytes < 1:
             _fail("data.tokenizer_sample_bytes", f"must be >= 1, got {self.tokenizer_sample_bytes}")
-        if not 0 < self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             _fail("data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
 
     @property
@@ -452,6 +457,17 @@ class Config:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
     """Folder of the YAML file, for relative paths (not a YAML key)."""
+
+    def __post_init__(self) -> None:
+        sized = self.data.kind == "synthetic" or (
+            self.data.kind != "tokens" and self.data.val_fraction is None
+        )
+        if sized and self.train.eval_tokens > self.data.val_tokens:
+            _fail(
+                "train.eval_tokens",
+                f"{self.train.eval_tokens:,} tokens per evaluation, more than the "
+                f"validation split holds (data.val_tokens = {self.data.val_tokens:,})",
+            )
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()

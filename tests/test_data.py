@@ -25,13 +25,13 @@ def test_synthetic_data_is_deterministic_and_knows_its_entropy(micro_config, tmp
         a.check_eval(10**9)
 
 
-def _text_config(tmp_path, corpus, extra=""):
+def _text_config(tmp_path, corpus, extra="", split="val_fraction: 0.3"):
     p = tmp_path / "text.yaml"
     p.write_text(f"""
 model: {{family: aspect, aspect_ratio: 16, head_dim: 8, seq_len: 16}}
 grid: {{budgets: [2e8], sizes_per_budget: 2, size_span: 2}}
 train: {{batch_size: 4, evals: 1, eval_tokens: 64, lr: 3e-3}}
-data: {{kind: text, path: '{corpus}', val_fraction: 0.3{extra}}}
+data: {{kind: text, path: '{corpus}', {split}{extra}}}
 """)
     return p
 
@@ -342,3 +342,50 @@ def test_bpe_is_trained_on_a_bounded_sample_of_the_corpus(tmp_path):
     extra = f", tokenizer: bpe, vocab_size: 300, tokenizer_sample_bytes: {budget}"
     small = _load(tmp_path, corpus, extra)
     assert f"-300-{budget}.json" in small.meta["tokenizer"]
+
+
+def _doc_tokens(cfg, corpus_docs):
+    """(hash, byte tokens) of each document, recomputed here from the files."""
+    from chinchilla.data.corpus import _doc_hash
+
+    return sorted((_doc_hash(d), len(d) + 1) for d in corpus_docs)
+
+
+@pytest.mark.parametrize("cap_factor", [32.0, 0.05])  # 0.05: the hash cap must grow
+def test_validation_is_sized_in_tokens_by_the_smallest_hashes(tmp_path, monkeypatch, cap_factor):
+    from chinchilla.data import corpus
+
+    monkeypatch.setattr(corpus, "_SHARD_BYTES", 3000)
+    monkeypatch.setattr(corpus, "_VAL_CAP_FACTOR", cap_factor)
+    src = _corpus(tmp_path, n_docs=60)
+    docs = [f.read_bytes() for f in sorted(src.rglob("*.txt"))]
+    got = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("CHINCHILLA_CACHE", str(tmp_path / f"cache{workers}"))
+        cfg = load_config(
+            _text_config(tmp_path, src, f", workers: {workers}", split="val_tokens: 3000")
+        )
+        data = load_data(cfg, tmp_path / "unused", min_val_tokens=cfg.train.eval_tokens)
+        got[workers] = (np.asarray(data.train).tobytes(), np.asarray(data.val).tobytes())
+    assert got[1] == got[2]
+    # seq_len 16: 3000 predicted tokens need 188 chunks of 17 = 3196 tokens; the
+    # validation documents are those of smallest hash, and no fewer of them would do
+    need = -(-3000 // 16) * 17
+    ranked = _doc_tokens(cfg, docs)
+    counts = np.cumsum([t for _, t in ranked])
+    k = int(np.searchsorted(counts, need)) + 1  # documents in the split
+    assert len(np.asarray(data.val)) == counts[k - 1] >= need > counts[k - 2]
+    assert data.meta["val_documents"] == k and data.meta["val_rule"] == "data.val_tokens 3,000"
+    assert data.meta["train_documents"] == len(docs) - k
+    assert len(np.asarray(data.val)) // 17 * 16 >= 3000
+
+
+def test_validation_larger_than_the_corpus_or_an_evaluation_larger_than_it(tmp_path):
+    src = _corpus(tmp_path, n_docs=4)
+    cfg = load_config(_text_config(tmp_path, src, split="val_tokens: 100000"))
+    with pytest.raises(UserError, match="whole corpus holds .* fewer than the validation"):
+        load_data(cfg, tmp_path / "unused")
+    bad = _text_config(tmp_path, src, split="val_tokens: 32")  # eval_tokens is 64
+    r = runner.invoke(app, ["plan", str(bad)])
+    assert r.exit_code == 2
+    assert "train.eval_tokens: 64 tokens per evaluation, more than the validation" in r.output

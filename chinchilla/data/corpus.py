@@ -20,8 +20,11 @@ the tokenizer, in the user's cache (`data.cache_dir`, else `$CHINCHILLA_CACHE`, 
 read-only or shared corpus works. A cache entry is built in a temporary folder and
 published by one rename: two sweeps tokenizing the same corpus at once both finish and
 one entry remains. Every run and every worker of a sweep then memory-maps the same files.
-Documents go to validation by a hash of their contents (`val_fraction`), so the split
-never depends on file order. Tokens are UTF-8 bytes (0-255) with 256 ending each
+Documents go to validation by a hash of their contents, so the split never depends on
+file order or on the number of workers: by default the documents with the smallest
+hashes, as few as hold `data.val_tokens` predicted tokens (found in a first pass that
+tokenizes only documents below a hash cap, before the training split is touched); with
+`data.val_fraction`, those whose hash falls below that fraction. Tokens are UTF-8 bytes (0-255) with 256 ending each
 document, or a BPE tokenizer (`tokenizers` library) trained on the corpus, or a local
 `tokenizer.json`.
 """
@@ -284,12 +287,18 @@ def _file_documents(f: Path, dec: Decoding, raw: bool) -> Iterator[tuple[str, st
                 return
 
 
-def _is_validation(doc: str | bytes, fraction: float) -> bool:
-    """By a hash of the document's bytes (UTF-8 for text: a clean file lands in the same
-    split whether read as bytes or as text)."""
+def _doc_hash(doc: str | bytes) -> int:
+    """64-bit hash of the document's bytes (UTF-8 for text: a clean file lands in the same
+    split whether read as bytes or as text). A document is validation when its hash is
+    below the split's cut."""
     data = doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogatepass")
-    h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+_HASHES = 2**64
+# The first validation pass tokenizes documents below a hash cap expected to hold this
+# many times the bytes of the tokens needed (tokens are at least a byte each).
+_VAL_CAP_FACTOR = 32.0
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -410,6 +419,8 @@ def _corpus_key(cfg) -> str:
                 "kind": cfg.data.kind,
                 "column": cfg.data.text_column,
                 "val_fraction": cfg.data.val_fraction,
+                "val_tokens": cfg.data.val_tokens if cfg.data.val_fraction is None else None,
+                "seq_len": cfg.model.seq_len if cfg.data.val_fraction is None else None,
                 "encoding_errors": cfg.data.encoding_errors,
                 "v": _CACHE_VERSION,
             }
@@ -516,20 +527,26 @@ def _tokenizer_from_spec(spec):
 
 
 def _tokenize_shard(job) -> dict[str, Any]:
-    """Tokens of one shard's documents of one split, in document order, with what the
-    decoding changed."""
-    files, split, dtype = job
+    """Tokens of one shard's documents of one split (validation: hash below `cut`), in
+    document order, with what the decoding changed. With `per_doc`, the validation
+    documents' (hash, tokens) pairs instead of one array."""
+    files, split, dtype, cut, per_doc = job
     cfg, tok = _SHARD_STATE["cfg"], _SHARD_STATE["tok"]
     dec = Decoding(cfg.data.encoding_errors)
     raw = isinstance(tok, _Bytes) and cfg.data.kind == "text"
-    parts, docs, text_bytes = [], 0, 0
+    parts, hashes, docs, text_bytes = [], [], 0, 0
     for _, doc in _documents(cfg, dec, raw, files=files):
         text_bytes += len(doc)
-        if _is_validation(doc, cfg.data.val_fraction) != (split == "val"):
+        h = _doc_hash(doc)
+        if (h < cut) != (split == "val"):
             continue
         parts.append(tok.encode(doc).astype(dtype))
+        hashes.append(h)
         docs += 1
-    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    if per_doc:
+        ids = list(zip(hashes, parts, strict=True))
+    else:
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     return {
         "ids": ids,
         "docs": docs,
@@ -566,6 +583,55 @@ def tokenize_workers(cfg) -> int:
     return available_cpus()
 
 
+def _validation_split(cfg, shards, dtype, total_bytes: int, shard_map):
+    """The validation pass: (each shard's result, the validation token arrays in file
+    order, the number of validation documents, the hash cut, the rule in words). With `data.val_fraction` the cut is that
+    fraction of hashes. Otherwise only documents below a hash cap (expected to hold 32x
+    the tokens needed; raised 8x at a time when they do not) are tokenized, and the cut
+    is the smallest hash at which the documents below it hold `data.val_tokens`
+    predicted tokens (seq_len + 1 tokens per seq_len predicted)."""
+    if cfg.data.val_fraction is not None:
+        cut = int(cfg.data.val_fraction * _HASHES)
+        res = list(shard_map([(sh, "val", dtype, cut, False) for sh in shards]))
+        arrays = [r["ids"] for r in res]
+        return (
+            res,
+            arrays,
+            sum(r["docs"] for r in res),
+            cut,
+            f"data.val_fraction {cfg.data.val_fraction}",
+        )
+    seq = cfg.model.seq_len
+    target = -(-cfg.data.val_tokens // seq) * (seq + 1)
+    share = _VAL_CAP_FACTOR * target / max(total_bytes, 1)
+    while True:
+        cap = _HASHES if share >= 1 else int(share * _HASHES)
+        res = list(shard_map([(sh, "val", dtype, cap, True) for sh in shards]))
+        got = sum(len(ids) for r in res for _, ids in r["ids"])
+        if got >= target or cap == _HASHES:
+            break
+        share *= 8
+    rule = f"data.val_tokens {cfg.data.val_tokens:,}"
+    if got < target:
+        if not any(r["bytes"] for r in res):
+            raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
+        raise UserError(
+            f"data: the whole corpus holds {got:,} tokens, fewer than the validation split "
+            f"needs ({target:,} for {rule} at seq_len {seq}); lower data.val_tokens and "
+            "train.eval_tokens, or add text"
+        )
+    acc, cut = 0, cap
+    for h, ids in sorted((p for r in res for p in r["ids"]), key=lambda p: p[0]):
+        acc += len(ids)
+        if acc >= target:
+            cut = h + 1
+            break
+    arrays = [ids for r in res for h, ids in r["ids"] if h < cut]
+    for r in res:
+        r["ids"] = None
+    return res, arrays, len(arrays), cut, rule
+
+
 def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) -> None:
     """Tokenize the corpus into `folder`: first the validation documents (so that a
     validation split too small for one evaluation stops the work before the bulk), then
@@ -579,49 +645,50 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) 
     t0 = time.perf_counter()
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
-    first: list[dict] = []
     with _shard_map(cfg, tok, workers, len(shards)) as shard_map:
-        for split in ("val", "train"):
-            path = folder / f"{split}.bin"
-            done, last = 0, time.perf_counter()
-            started = last
-            live = sys.stderr.isatty()
-            with path.open("wb") as fh:
-                jobs = [(s, split, dtype) for s in shards]
-                for res in shard_map(jobs):
-                    fh.write(res["ids"].tobytes())
-                    counts[split] += len(res["ids"])
-                    docs[split] += res["docs"]
-                    if split == "val":
-                        first.append(res)
-                    done += res["bytes"]
-                    if split == "train" and time.perf_counter() - last > (0.5 if live else 10):
-                        last = time.perf_counter()
-                        rate = done / max(last - started, 1e-9)
-                        eta = (total - done) / max(rate, 1e-9)
-                        msg = (
-                            f"tokenizing on {workers} process(es): {done / 1e6:,.0f} of "
-                            f"{total / 1e6:,.0f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
-                        )
-                        print(
-                            "\r" + msg if live else msg,
-                            end="" if live else "\n",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            if split == "val":
-                if not any(r["bytes"] for r in first):
-                    raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
-                chunks = counts["val"] // (cfg.model.seq_len + 1)
-                if chunks * cfg.model.seq_len < min_val_tokens:
-                    raise UserError(
-                        f"data: the validation split holds {chunks * cfg.model.seq_len:,} "
-                        f"predicted tokens (data.val_fraction {cfg.data.val_fraction}), fewer than "
-                        f"one evaluation (train.eval_tokens = {min_val_tokens:,}); raise "
-                        "val_fraction or lower eval_tokens (found before tokenizing the training split)"
+        first, arrays, docs["val"], cut, rule = _validation_split(
+            cfg, shards, dtype, total, shard_map
+        )
+        if not any(r["bytes"] for r in first):
+            raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
+        with (folder / "val.bin").open("wb") as fh:
+            for ids in arrays:
+                fh.write(ids.tobytes())
+                counts["val"] += len(ids)
+        del arrays
+        chunks = counts["val"] // (cfg.model.seq_len + 1)
+        if chunks * cfg.model.seq_len < min_val_tokens:
+            raise UserError(
+                f"data: the validation split holds {chunks * cfg.model.seq_len:,} "
+                f"predicted tokens ({rule}), fewer than one evaluation "
+                f"(train.eval_tokens = {min_val_tokens:,}); raise the split or lower "
+                "eval_tokens (found before tokenizing the training split)"
+            )
+        done, last = 0, time.perf_counter()
+        started = last
+        live = sys.stderr.isatty()
+        with (folder / "train.bin").open("wb") as fh:
+            for res in shard_map([(s, "train", dtype, cut, False) for s in shards]):
+                fh.write(res["ids"].tobytes())
+                counts["train"] += len(res["ids"])
+                docs["train"] += res["docs"]
+                done += res["bytes"]
+                if time.perf_counter() - last > (0.5 if live else 10):
+                    last = time.perf_counter()
+                    rate = done / max(last - started, 1e-9)
+                    eta = (total - done) / max(rate, 1e-9)
+                    msg = (
+                        f"tokenizing on {workers} process(es): {done / 1e6:,.0f} of "
+                        f"{total / 1e6:,.0f} MB, {rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
                     )
-            elif live:
-                print(file=sys.stderr)
+                    print(
+                        "\r" + msg if live else msg,
+                        end="" if live else "\n",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        if live and done:
+            print(file=sys.stderr)
     seconds = time.perf_counter() - t0
     if counts["train"] == 0:
         raise UserError(f"data: the corpus at {cfg.data.path} is empty (no training tokens)")
@@ -642,6 +709,7 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) 
             "val_tokens": counts["val"],
             "train_documents": docs["train"],
             "val_documents": docs["val"],
+            "val_rule": rule,
             "text_bytes": int(sum(r["bytes"] for r in first)),
             "tokenize_seconds": seconds,
             "tokenize_workers": workers,
