@@ -315,9 +315,9 @@ class DataConfig:
     """Tokenizer bpe: train it on files of about this many bytes, chosen by a hash of
     their paths (the same sample every time); the whole corpus when smaller."""
     workers: int | None = None
-    """Text kinds: processes that tokenize (shards of files, written in file order: the
-    token files are the same bytes for any number); None = the CPUs this process may
-    use."""
+    """Text kinds: processes that tokenize (shards of files, large JSONL files cut into
+    byte ranges, written in file order: the token files are the same bytes for any
+    number); None = the CPUs this process may use."""
     encoding_errors: Literal["strict", "replace", "skip"] = "replace"
     """Text tokenizers (BPE, tokenizer.json) and jsonl: what to do with bytes that are not
     UTF-8: strict stops naming the file and byte; replace makes each invalid byte U+FFFD;

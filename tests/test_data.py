@@ -389,3 +389,54 @@ def test_validation_larger_than_the_corpus_or_an_evaluation_larger_than_it(tmp_p
     r = runner.invoke(app, ["plan", str(bad)])
     assert r.exit_code == 2
     assert "train.eval_tokens: 64 tokens per evaluation, more than the validation" in r.output
+
+
+def test_one_large_jsonl_file_is_cut_into_byte_ranges_without_losing_a_line(tmp_path, monkeypatch):
+    from chinchilla.data import corpus
+
+    rng = np.random.default_rng(1)
+    words = ["scaling", "laws", "compute", "tokens", "ünïcode", "data"]
+    lines = [
+        json.dumps({"text": " ".join(rng.choice(words, rng.integers(1, 60)))}) for _ in range(300)
+    ]
+    src = tmp_path / "one.jsonl"
+    src.write_text("\n".join(lines[:150]) + "\n\n" + "\n".join(lines[150:]) + "\n")
+
+    def load(shard_bytes, workers):
+        monkeypatch.setattr(corpus, "_SHARD_BYTES", shard_bytes)
+        monkeypatch.setenv("CHINCHILLA_CACHE", str(tmp_path / f"cache-{shard_bytes}-{workers}"))
+        cfg = load_config(_write_jsonl_config(tmp_path, src, workers))
+        shards = corpus._shards(corpus._text_files(cfg), "jsonl")
+        data = load_data(cfg, tmp_path / "unused")
+        docs = data.meta["train_documents"] + data.meta["val_documents"]
+        return len(shards), docs, np.asarray(data.train).tobytes() + np.asarray(data.val).tobytes()
+
+    whole = load(1 << 30, 1)
+    assert whole[0] == 1 and whole[1] == 300
+    for workers in (1, 2):
+        ranged = load(997, workers)  # ranges end mid-line and mid-character
+        assert ranged[0] > 20 and ranged[1] == 300 and ranged[2] == whole[2]
+
+
+def _write_jsonl_config(tmp_path, src, workers):
+    p = tmp_path / "jsonl.yaml"
+    p.write_text(f"""
+model: {{family: aspect, aspect_ratio: 16, head_dim: 8, seq_len: 16}}
+grid: {{budgets: [2e8], sizes_per_budget: 2, size_span: 2}}
+train: {{batch_size: 4, evals: 1, eval_tokens: 64, lr: 3e-3}}
+data: {{kind: jsonl, path: '{src}', val_tokens: 512, workers: {workers}}}
+""")
+    return p
+
+
+def test_a_bad_line_in_a_byte_range_is_named_by_its_byte(tmp_path, monkeypatch):
+    from chinchilla.data import corpus
+
+    monkeypatch.setattr(corpus, "_SHARD_BYTES", 500)
+    good = [json.dumps({"text": f"document number {i} " * 3}) for i in range(40)]
+    src = tmp_path / "bad.jsonl"
+    text = "\n".join(good[:30]) + "\n{not json\n" + "\n".join(good[30:]) + "\n"
+    src.write_text(text)
+    cfg = load_config(_write_jsonl_config(tmp_path, src, 1))
+    with pytest.raises(UserError, match=rf"bad.jsonl byte {text.index('{not json')}: not a JSON"):
+        load_data(cfg, tmp_path / "unused")

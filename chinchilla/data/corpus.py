@@ -200,21 +200,20 @@ def _documents(
         for f in files:
             yield from _file_documents(f, dec, raw)
     elif kind == "jsonl":
-        for f in files:
-            with f.open("rb") as fh:
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    text = dec.text(line, f"{f} line {i}")
-                    if text is None:
-                        continue
-                    try:
-                        obj = json.loads(text)
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"data: {f} line {i}: not a JSON object ({exc})") from None
-                    if not isinstance(obj, dict) or not isinstance(obj.get(column), str):
-                        raise UserError(f"data: {f} line {i}: no text column {column!r}")
-                    yield f"{f}:{i}", obj[column]
+        for item in files:
+            for where, line in _jsonl_lines(item):
+                if not line.strip():
+                    continue
+                text = dec.text(line, where)
+                if text is None:
+                    continue
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"data: {where}: not a JSON object ({exc})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get(column), str):
+                    raise UserError(f"data: {where}: no text column {column!r}")
+                yield where, obj[column]
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -492,19 +491,50 @@ def _publish(folder: Path, build) -> None:
 _SHARD_BYTES = 8 << 20  # files are tokenized in shards of about this much text
 
 
-def _shards(files: list[Path]) -> list[list[Path]]:
+def _shards(files: list[Path], kind: str = "text") -> list[list]:
     """Consecutive groups of files of about `_SHARD_BYTES`: the unit of parallel work,
-    written back in this order whatever the number of workers."""
+    written back in this order whatever the number of workers. A JSONL file larger than
+    that is cut into byte ranges of about `_SHARD_BYTES`, each its own shard (a line
+    belongs to the range holding its first byte), so one large file still uses every
+    worker."""
     shards, cur, size = [], [], 0
     for f in files:
+        n = f.stat().st_size
+        if kind == "jsonl" and n > _SHARD_BYTES:
+            if cur:
+                shards.append(cur)
+                cur, size = [], 0
+            pieces = -(-n // _SHARD_BYTES)
+            cuts = [n * k // pieces for k in range(pieces + 1)]
+            shards.extend([(f, lo, hi)] for lo, hi in zip(cuts, cuts[1:], strict=False))
+            continue
         cur.append(f)
-        size += f.stat().st_size
+        size += n
         if size >= _SHARD_BYTES:
             shards.append(cur)
             cur, size = [], 0
     if cur:
         shards.append(cur)
     return shards
+
+
+def _jsonl_lines(item) -> Iterator[tuple[str, bytes]]:
+    """(where, line) of a JSONL file, or of the lines starting in a byte range of it
+    (`(path, start, end)`). Lines are numbered in a whole file, else placed by byte."""
+    f, start, end = (item, 0, None) if isinstance(item, Path) else item
+    with f.open("rb") as fh:
+        pos = start
+        if start > 0:  # the line running through `start` belongs to the range before
+            fh.seek(start - 1)
+            pos = start - 1 + len(fh.readline())
+        i = 0
+        while end is None or pos < end:
+            line = fh.readline()
+            if not line:
+                return
+            i += 1
+            yield (f"{f} line {i}" if start == 0 else f"{f} byte {pos}"), line
+            pos += len(line)
 
 
 _SHARD_STATE: dict[str, Any] = {}  # per tokenizing process: config and tokenizer
@@ -639,7 +669,7 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) 
     the token files are the same bytes for any number of workers."""
     dtype = np.dtype(dtype)
     files = _text_files(cfg)
-    shards = _shards(files)
+    shards = _shards(files, cfg.data.kind)
     total = sum(f.stat().st_size for f in files)
     workers = tokenize_workers(cfg)
     t0 = time.perf_counter()
