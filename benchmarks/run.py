@@ -6,7 +6,8 @@
 3. 1,000 bootstrap refits;
 4. sweep overhead (each worker's time outside training steps and evaluations, serially
    and with 2 workers) and memory per run;
-5. peak memory over a 10 MB and a 1 GB corpus; 6. `chinchilla prepare` tokenizing MB/s
+5. peak memory of a sweep over a 10 MB and a 1 GB corpus, and of `prepare` over 100 MB
+   and 1 GB; 6. `chinchilla prepare` tokenizing MB/s
    on one process and on every usable one.
 Set BENCH_QUICK=1 to skip the slowest parts.
 """
@@ -310,6 +311,49 @@ def bench_corpus_memory() -> None:
             )
             shutil.rmtree(corpus)
     print(f"   difference: {peaks['1 GB'] - peaks['10 MB']:+.0f} MB")
+    print(
+        "   `chinchilla prepare` alone, one process, validation sized in tokens (data.val_tokens)"
+    )
+    _PREPARE = (
+        "import resource, sys\n"
+        "from chinchilla.cli import main\n"
+        "sys.argv = ['chinchilla', 'prepare'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    prep = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, size in (("100 MB", 100 << 20), ("1 GB", 1 << 30)):
+            corpus = Path(tmp) / label.replace(" ", "")
+            _write_corpus(corpus, size)
+            t = time.perf_counter()
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _PREPARE,
+                    str(cfg),
+                    "--out",
+                    str(Path(tmp) / "out"),
+                    "--set",
+                    f"data.path={corpus}",
+                    "--set",
+                    "data.val_fraction=null",
+                    "--set",
+                    "data.workers=1",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=os.environ | {"CHINCHILLA_CACHE": str(Path(tmp) / f"cache{label[:3]}")},
+            )
+            prep[label] = float(r.stdout.strip().splitlines()[-1])
+            print(
+                f"   {label}: peak RSS {prep[label]:.0f} MB "
+                f"(prepare: {time.perf_counter() - t:.0f} s)"
+            )
+            shutil.rmtree(corpus)
+    print(f"   difference: {prep['1 GB'] - prep['100 MB']:+.0f} MB")
 
 
 def bench_tokenize() -> None:
