@@ -439,6 +439,11 @@ def run_ray(
                     except Exception as exc:  # the task was lost: worker or node died
                         lost[run.run_id] = lost.get(run.run_id, 0) + 1
                         if lost[run.run_id] <= cfg.execution.retries:
+                            prog.note(
+                                f"lost  {run.run_id}: its Ray task died "
+                                f"({type(exc).__name__}); retry {lost[run.run_id]} of "
+                                f"{cfg.execution.retries}, from its checkpoint"
+                            )
                             refs[submit(run)] = run  # resumes from its checkpoint
                             continue
                         message = f"Ray task lost: {type(exc).__name__}: {exc}"

@@ -115,6 +115,13 @@ class SweepProgress:
         else:
             self._print(f"{line} ({self.done}/{self.total}) {self._eta_text()}")
 
+    def note(self, line: str) -> None:
+        """One line about the sweep (not a run's progress), above the bars when live."""
+        if self._progress is not None:
+            self._progress.console.print(line)
+        else:
+            self._print(line)
+
     # -- helpers
     def _eta_text(self) -> str:
         elapsed = time.perf_counter() - self._start

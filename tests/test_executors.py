@@ -119,6 +119,71 @@ def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
     _assert_every_run_once(out, micro_config, over)
 
 
+def _ray_task_pids() -> list[int]:
+    """Processes running a Ray task of `_ray_work` (Ray titles them ray::_ray_work)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if cmd.startswith(b"ray::_ray_work"):
+            out.append(int(pid))
+    return out
+
+
+def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(micro_config, tmp_path):
+    __import__("pytest").importorskip("ray")
+    over = [
+        "grid.budgets=[1.5e9]",
+        "train.checkpoint_every_s=0.2",
+        "execution.executor=ray",
+        "execution.retries=1",
+    ]
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out)]
+    for o in over:
+        cmd += ["--set", o]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    killed = None
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and killed is None:
+            ckpts = (
+                list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").exists() else []
+            )
+            tasks = _ray_task_pids()
+            if ckpts and tasks:
+                killed = tasks[0]
+                os.kill(killed, signal.SIGKILL)  # the worker dies mid-run, not the driver
+            time.sleep(0.05)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+            capture_output=True,
+            timeout=60,
+        )
+    assert killed is not None, "no Ray task was seen running with a checkpoint"
+    assert proc.returncode == 0, output[-3000:]
+    assert "its Ray task died" in output and "retry 1 of 1, from its checkpoint" in output
+    _assert_every_run_once(out, micro_config, over)
+    assert not _ray_task_pids()
+
+
 def _children(pid: int) -> list[int]:
     """Live worker processes of `pid` (multiprocessing's spawned children, not its
     resource tracker; zombies count as dead)."""
