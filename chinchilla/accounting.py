@@ -9,7 +9,9 @@ Two parameter conventions:
 
 Two FLOP conventions, per token of training (forward + backward):
 - 6N (Kaplan et al. 2020, eq. 2.1; Hoffmann et al. 2022 use C = 6ND throughout);
-- Chinchilla's Appendix F count, with attention and embedding matmuls.
+- Chinchilla's Appendix F count, with attention and embedding matmuls; for the recurrent
+  families (`arch` lstm, rnn) the same rules (2 FLOPs per multiply-accumulate, backward
+  twice the forward) applied to their matmuls and gates.
 """
 
 from __future__ import annotations
@@ -30,13 +32,26 @@ class ModelShape:
     seq_len: int
     tied_embeddings: bool = True
     position: str = "learned"  # "learned" (absolute, GPT-2) or "rotary"
+    arch: str = "transformer"  # or "lstm", "rnn": d_model is the hidden size, no heads
 
     @property
     def attn_dim(self) -> int:
         return self.n_heads * self.head_dim
 
+    @property
+    def recurrent(self) -> bool:
+        return self.arch in RECURRENT_GATES
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.arch == "transformer":  # run ids of Transformer shapes stay as they were
+            d.pop("arch")
+        return d
+
+
+# Gate blocks per recurrent layer: PyTorch's nn.LSTM has 4 (input, forget, cell, output),
+# nn.RNN (tanh) 1; each block is a d x d input and a d x d hidden matrix, two biases.
+RECURRENT_GATES = {"lstm": 4, "rnn": 1}
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,8 @@ def count_params(shape: ModelShape) -> ParamCount:
     Non-embedding N follows Kaplan et al. 2020 (sec. 2.1): all vocabulary and positional
     embedding matrices are left out.
     """
+    if shape.recurrent:
+        return _count_recurrent(shape)
     d, a, f, V, T = shape.d_model, shape.attn_dim, shape.d_ff, shape.vocab_size, shape.seq_len
     per_block = 4 * d + (d * 3 * a + 3 * a) + (a * d + d) + (d * f + f + f * d + d)
     embedding = V * d
@@ -67,6 +84,33 @@ def count_params(shape: ModelShape) -> ParamCount:
     embedding += 0 if shape.tied_embeddings else V * d
     nonembedding = shape.n_layers * per_block + 2 * d
     return ParamCount(total=nonembedding + embedding, nonembedding=nonembedding)
+
+
+def _count_recurrent(shape: ModelShape) -> ParamCount:
+    """Exact parameter count of `chinchilla.model.Recurrent(shape)`: token embedding
+    V * d, then per layer g gate blocks of d x d input weights, d x d hidden weights and
+    two biases of d (PyTorch's nn.LSTM, g = 4; nn.RNN, g = 1), then a final LayerNorm 2d
+    and the output head (tied, or V * d without bias). No position embedding: the
+    recurrence carries position. Non-embedding N: the layers and the LayerNorm."""
+    d, V, g = shape.d_model, shape.vocab_size, RECURRENT_GATES[shape.arch]
+    nonembedding = shape.n_layers * g * (2 * d * d + 2 * d) + 2 * d
+    embedding = V * d + (0 if shape.tied_embeddings else V * d)
+    return ParamCount(total=nonembedding + embedding, nonembedding=nonembedding)
+
+
+def recurrent_flops_per_token(shape: ModelShape, *, include_embeddings: bool = True) -> float:
+    """Training FLOPs per token of the recurrent families, by the rules of Appendix F
+    (2 FLOPs per multiply-accumulate, backward = 2 x forward). Forward, per layer and
+    token: the g gate blocks' input and hidden matmuls 2 * 2 * g * d^2, their biases
+    2 * g * d, and the element-wise gates (LSTM: 3 sigmoids, 2 tanh, 3 products and 1
+    sum, 9d; RNN: 1 tanh, d); the final LayerNorm is left out as Appendix F leaves out
+    the Transformer's. Embeddings and logits as Appendix F: 2 V d each."""
+    d, V, g = shape.d_model, shape.vocab_size, RECURRENT_GATES[shape.arch]
+    gates = 9 * d if shape.arch == "lstm" else d
+    forward = shape.n_layers * (4 * g * d * d + 2 * g * d + gates)
+    if include_embeddings:
+        forward += 2 * V * d + 2 * d * V
+    return 3.0 * forward
 
 
 def flops_per_token_6n(n_params: int | float) -> float:
@@ -89,6 +133,10 @@ def chinchilla_flops_per_sequence(shape: ModelShape, *, include_embeddings: bool
     `include_embeddings=False` leaves out the two vocabulary terms, as Table A4 does
     when it reports the ratio of this count to 6ND.
     """
+    if shape.recurrent:
+        return shape.seq_len * recurrent_flops_per_token(
+            shape, include_embeddings=include_embeddings
+        )
     T, V, d, a, h = shape.seq_len, shape.vocab_size, shape.d_model, shape.attn_dim, shape.n_heads
     per_layer = (
         2 * 3 * T * d * a  # Q, K, V projections
@@ -152,7 +200,10 @@ def training_memory_bytes(
     tokens = micro_batch * shape.seq_len
     scale = 1 if mixed_precision else 2
     state = _STATE_BYTES * count_params(shape).total
-    acts = tokens * shape.n_layers * _ACT_BYTES_PER_LAYER_TOKEN * shape.d_model * scale
+    per_layer = _ACT_BYTES_PER_LAYER_TOKEN
+    if shape.recurrent:  # not measured: the gates, cell and hidden state kept per step,
+        per_layer = 4 * (2 * RECURRENT_GATES[shape.arch] + 2)  # in fp32 (an estimate)
+    acts = tokens * shape.n_layers * per_layer * shape.d_model * scale
     logits = tokens * shape.vocab_size * _LOGIT_BYTES
     return float(state + acts + logits)
 

@@ -93,7 +93,8 @@ def _print_plan(p) -> None:
     g = p.config.grid
     c_name = "6ND" if g.flops_convention == "6nd" else "Chinchilla App. F"
     t = Table(
-        title=f"{p.config.name}: {len(p.runs)} runs ({g.kind}); budgets and FLOPs as {c_name} "
+        title=f"{p.config.name}: {len(p.runs)} {p.config.model.arch} runs ({g.kind}); "
+        f"budgets and FLOPs as {c_name} "
         f"with N = {g.n_convention} parameters",
         title_justify="left",
     )

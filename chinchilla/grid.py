@@ -66,6 +66,7 @@ class PlannedRun:
             "flops_6nd": self.flops_6nd,
             "flops_6nd_nonembedding": self.flops_6nd_nonembedding,
             "flops_chinchilla": self.flops_chinchilla,
+            "arch": self.shape.arch,
             "d_model": self.shape.d_model,
             "n_layers": self.shape.n_layers,
             "n_heads": self.shape.n_heads,
@@ -163,6 +164,19 @@ class Plan:
 
 
 def _shape(spec: ShapeSpec, cfg: Config) -> ModelShape:
+    if cfg.model.arch != "transformer":  # width and depth only
+        return ModelShape(
+            d_model=spec.d_model,
+            n_layers=spec.n_layers,
+            n_heads=1,
+            head_dim=spec.d_model,
+            d_ff=0,
+            vocab_size=cfg.data.resolved_vocab_size,
+            seq_len=cfg.model.seq_len,
+            tied_embeddings=cfg.model.tied_embeddings,
+            position="none",
+            arch=cfg.model.arch,
+        )
     return ModelShape(
         d_model=spec.d_model,
         n_layers=spec.n_layers,

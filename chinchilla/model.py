@@ -1,4 +1,5 @@
-"""A decoder-only Transformer (GPT-2 style), readable in one sitting.
+"""A decoder-only Transformer (GPT-2 style), readable in one sitting; and the recurrent
+families (LSTM, RNN) beside it, `Recurrent`.
 
 Token embedding + position information (learned absolute, or rotary) -> n_layers
 pre-LayerNorm blocks of causal self-attention (`scaled_dot_product_attention`, flash
@@ -136,3 +137,49 @@ class GPT(nn.Module):
         """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
         logits = self(batch[:, :-1])
         return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
+class Recurrent(nn.Module):
+    """A recurrent language model (`shape.arch` lstm or rnn): token embedding ->
+    `n_layers` stacked PyTorch `nn.LSTM` / `nn.RNN` (tanh) layers of width d_model
+    (fused kernels, cuDNN on GPU) -> final LayerNorm -> output head, tied to the
+    embedding or not. Every sequence starts from a zero state (no state is carried
+    between batches). Its parameter count is exactly `count_params(shape)`."""
+
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.shape = shape
+        d = shape.d_model
+        self.wte = nn.Embedding(shape.vocab_size, d)
+        cell = nn.LSTM if shape.arch == "lstm" else nn.RNN
+        self.rnn = cell(d, d, num_layers=shape.n_layers, batch_first=True)
+        self.ln_f = nn.LayerNorm(d)
+        self.head = None if shape.tied_embeddings else nn.Linear(d, shape.vocab_size, bias=False)
+        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+        # the recurrent weights keep PyTorch's U(-1/sqrt(d), 1/sqrt(d))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            n -= self.head.weight.numel() if self.head is not None else 0
+        return n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V)."""
+        x, _ = self.rnn(self.wte(idx))
+        x = self.ln_f(x)
+        weight = self.wte.weight if self.head is None else self.head.weight
+        return F.linear(x, weight)
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
+        logits = self(batch[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
+def build_model(shape: ModelShape) -> nn.Module:
+    """The model a shape describes: `GPT` for arch transformer, `Recurrent` otherwise."""
+    return Recurrent(shape) if shape.recurrent else GPT(shape)

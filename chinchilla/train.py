@@ -30,7 +30,7 @@ from chinchilla.config import Config
 from chinchilla.data import TokenData
 from chinchilla.files import atomic_write
 from chinchilla.grid import PlannedRun, warmup_steps
-from chinchilla.model import GPT
+from chinchilla.model import build_model
 
 # bf16 dense peak FLOP/s per device (vendor datasheets, without sparsity).
 GPU_PEAK_FLOPS = {
@@ -144,7 +144,7 @@ def peak_flops(cfg: Config, device: str) -> float | None:
 # ----------------------------------------------------------------------------- one run
 
 
-def _optimizer(model: GPT, lr: float, cfg: Config, device: str) -> torch.optim.AdamW:
+def _optimizer(model: torch.nn.Module, lr: float, cfg: Config, device: str) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases or LayerNorm gains)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -191,7 +191,9 @@ class Stepper:
     (to the largest divisor of the batch at most half of it) and redoes the same step
     on the same data."""
 
-    def __init__(self, model: GPT, opt, cfg: Config, device: str, micro: int, batch_size: int):
+    def __init__(
+        self, model: torch.nn.Module, opt, cfg: Config, device: str, micro: int, batch_size: int
+    ):
         self.model, self.opt, self.cfg, self.device = model, opt, cfg, device
         self.micro, self.batch_size = micro, batch_size
         self.backoffs: list[int] = []  # micro-batch sizes given up on OOM
@@ -362,7 +364,7 @@ def train_run(
     # 1. model and optimizer, identically initialised for a given seed
     seed = t.seed if run.seed is None else run.seed  # a repeat has its own
     torch.manual_seed(seed)
-    model = GPT(run.shape).to(device)
+    model = build_model(run.shape).to(device)
     opt = _optimizer(model, run.lr, cfg, device)
 
     # 2. resume: model, optimizer, step, curve so far, RNG and timers

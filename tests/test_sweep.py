@@ -6,6 +6,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from chinchilla.cli import app
@@ -102,7 +103,8 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(micro_config, tmp_path,
     assert again.trained == 1 and again.statuses == {"ok": 2}
 
 
-def test_sigkill_then_rerun_finishes_exactly_once(micro_config, tmp_path):
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_sigkill_then_rerun_finishes_exactly_once(micro_config, tmp_path, arch):
     # long enough runs to be killed mid-way, checkpointing every step
     over = [
         "--set",
@@ -111,6 +113,8 @@ def test_sigkill_then_rerun_finishes_exactly_once(micro_config, tmp_path):
         "train.checkpoint_every_s=0.2",
         "--set",
         "train.log_every=2",
+        "--set",
+        f"model.arch={arch}",
     ]
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out), *over]
