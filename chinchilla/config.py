@@ -194,8 +194,9 @@ class GridConfig:
             _fail("grid.budget_tolerance", f"must be in (0, 1), got {self.budget_tolerance}")
 
 
-# Train settings that change speed, memory or logging but not a run's results.
-SPEED_ONLY = ("checkpoint_every_s", "compile", "log_every", "micro_batch_size")
+# Train settings that change speed, memory or logging but not a run's results (toggling
+# them does not retrain anything).
+SPEED_ONLY = ("checkpoint_every_s", "compile", "log_every", "micro_batch_size", "position_loss")
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,11 @@ class TrainConfig:
     """Held-out evaluations per run, evenly spaced; the last one is at the final step."""
     eval_tokens: int = 32768
     """Validation tokens per evaluation (the same tokens for every run of a sweep)."""
+    position_loss: bool = False
+    """Also record the final evaluation's mean loss at each context position (runs.parquet
+    `loss_by_position`: seq_len comma-separated values in nats/token, position 0 first;
+    "loss at token t" as in Kaplan et al. 2020, Figure 20). Logging only: not part of a
+    run's id."""
     log_every: int = 10
     """Log the training loss every this many steps."""
     checkpoint_every_s: float = 60.0

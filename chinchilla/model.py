@@ -33,6 +33,13 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return out.flatten(-2).type_as(x)
 
 
+def token_losses(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Per-position next-token cross-entropy (nats) of a (B, T + 1) batch, (B, T)."""
+    logits = model(batch[:, :-1])
+    flat = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+    return flat.view(batch.shape[0], -1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
@@ -138,6 +145,10 @@ class GPT(nn.Module):
         logits = self(batch[:, :-1])
         return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
 
+    def token_losses(self, batch: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy (nats) of every position of a (B, T + 1) batch, (B, T)."""
+        return token_losses(self, batch)
+
 
 class Recurrent(nn.Module):
     """A recurrent language model (`shape.arch` lstm or rnn): token embedding ->
@@ -178,6 +189,10 @@ class Recurrent(nn.Module):
         """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
         logits = self(batch[:, :-1])
         return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+    def token_losses(self, batch: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy (nats) of every position of a (B, T + 1) batch, (B, T)."""
+        return token_losses(self, batch)
 
 
 def build_model(shape: ModelShape) -> nn.Module:

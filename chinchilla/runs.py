@@ -70,6 +70,11 @@ def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
             "mfu": result.mfu,
             "error": result.error,
             "resumed_from": result.resumed_from,
+            "loss_by_position": (
+                None
+                if result.loss_by_position is None
+                else ",".join(f"{v:.6g}" for v in result.loss_by_position)
+            ),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         | env

@@ -63,6 +63,7 @@ class RunResult:
     tokens_per_second: float = math.nan
     mfu: float = math.nan  # Appendix F FLOPs per second / device peak
     resumed_from: int | None = None  # step the last segment resumed from
+    loss_by_position: list[float] | None = None  # final evaluation, per context position
     segment_seconds: tuple[float, float] = (0.0, 0.0)  # (steps, evals) of this segment only
     error: str | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)
@@ -237,20 +238,27 @@ class Stepper:
         return total / len(parts)
 
     @torch.no_grad()
-    def evaluate(self, data: TokenData) -> float:
+    def evaluate(self, data: TokenData, by_position: bool = False):
         """Mean next-token loss (nats/token) on the sweep's fixed validation tokens, in
-        micro-batches."""
+        micro-batches; with `by_position`, (mean, the mean at each context position)."""
         self.model.eval()
         total, count = 0.0, 0
+        positions = None
         for block in data.val_batches(self.cfg.train.eval_tokens, self.micro):
             batch = _to_device(block, self.device)
             with _autocast(self.device):
-                loss = self.loss_fn(batch)
+                loss = self.loss_fn(batch)  # the same mean with or without positions
+                if by_position:  # a second forward pass, at the final evaluation only
+                    sums = self.model.token_losses(batch).double().sum(dim=0).cpu()
+                    positions = sums if positions is None else positions + sums
             n = batch.shape[0] * (batch.shape[1] - 1)
             total += float(loss) * n
             count += n
         self.model.train()
-        return total / count
+        if not by_position:
+            return total / count
+        rows = count // (positions.numel())
+        return total / count, (positions / rows).tolist()
 
     @staticmethod
     def _counters() -> dict[str, int]:
@@ -429,7 +437,12 @@ def train_run(
                 break
             if done in evals:
                 te = time.perf_counter()
-                row["eval_loss"] = stepper.evaluate(data)
+                if t.position_loss and done == steps:
+                    row["eval_loss"], result.loss_by_position = stepper.evaluate(
+                        data, by_position=True
+                    )
+                else:
+                    row["eval_loss"] = stepper.evaluate(data)
                 result.eval_seconds += time.perf_counter() - te
                 result.loss = row["eval_loss"]
                 if not math.isfinite(result.loss):

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from chinchilla.config import load_config
@@ -181,3 +182,23 @@ def test_a_repeat_trains_with_its_own_seed(micro):
     repeat = dataclasses.replace(run, seed=cfg.train.seed + 1)
     a, b = train_run(repeat, cfg, data), train_run(repeat, cfg, data)
     assert a.loss == b.loss and a.loss != base.loss
+
+
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_loss_by_position_is_recorded_and_averages_to_the_loss(micro_config, tmp_path, arch):
+    from chinchilla.sweep import run_sweep
+
+    over = ["grid.budgets=[2e8]", f"model.arch={arch}"]
+    plain = run_sweep(load_config(micro_config, over), tmp_path / "plain", live=False)
+    cfg = load_config(micro_config, [*over, "train.position_loss=true"])
+    run_sweep(cfg, tmp_path / "pos", live=False)
+    a = pd.read_parquet(tmp_path / "plain" / "runs.parquet").set_index("run_id")
+    b = pd.read_parquet(tmp_path / "pos" / "runs.parquet").set_index("run_id")
+    assert plain.statuses == {"ok": 2}
+    assert sorted(a.index) == sorted(b.index)  # logging only: the same run ids
+    assert a["loss_by_position"].isna().all()
+    for rid, row in b.iterrows():
+        per = np.array([float(v) for v in row["loss_by_position"].split(",")])
+        assert len(per) == cfg.model.seq_len
+        assert row["loss"] == a.loc[rid, "loss"]  # the recorded loss does not change
+        assert per.mean() == pytest.approx(row["loss"], rel=1e-5)
