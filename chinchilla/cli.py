@@ -549,6 +549,83 @@ def verify(
     p(f"wrote {target / 'verify.json'}, {figure}")
 
 
+@app.command()
+@_user_errors
+def compare(
+    results: Annotated[
+        list[Path], typer.Argument(help="Two or more sweep directories.", show_default=False)
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for compare.json and compare.png.")
+    ] = Path("compare"),
+    n_convention: Annotated[
+        str, typer.Option("--n-convention", help="nonembedding (Kaplan) or total.")
+    ] = "nonembedding",
+    bootstrap: BootstrapOpt = 200,
+    seed: SeedOpt = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sweeps side by side (e.g. one per model.arch): frontiers in N, exponents, loss by
+    context position at a matched N."""
+    from chinchilla.compare import compare as run_compare
+    from chinchilla.files import atomic_text
+    from chinchilla.plots import save_compare
+
+    if n_convention not in ("total", "nonembedding"):
+        raise UserError(f"--n-convention: expected total or nonembedding, got {n_convention!r}")
+    doc = run_compare(list(results), n_convention=n_convention, bootstrap=bootstrap, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_text(out / "compare.json", json.dumps(doc, indent=1, default=_json_default))
+    figure = save_compare(doc, out / "compare.png")
+    if as_json:
+        print(json.dumps(doc, indent=1, default=_json_default))
+        return
+    from rich.table import Table
+
+    n_name = "non-embedding" if n_convention == "nonembedding" else "total"
+    t = Table(
+        title=f"{len(doc['sweeps'])} sweeps; N = {n_name} parameters; a: N_opt ∝ C^a with "
+        "C = 6ND (80% bootstrap intervals)",
+        title_justify="left",
+    )
+    for col in ("sweep", "runs", "N range", "App. 1 a", "App. 2 a", "App. 3 a", "E", "α", "β"):
+        t.add_column(col, justify="left" if col == "sweep" else "right")
+    for s in doc["sweeps"]:
+        laws = [
+            "-"
+            if s["laws"][k]["a"] is None
+            else f"{s['laws'][k]['a']:.3f}{_ci(s['laws'][k]['a_ci'])}"
+            for k in (1, 2, 3)
+        ]
+        a3 = s["approach3"] or {}
+        t.add_row(
+            s["label"],
+            str(s["runs"]),
+            f"{console.si(s['n_range'][0])}-{console.si(s['n_range'][1])}",
+            *laws,
+            *(f"{a3[k]:.3g}" if k in a3 else "-" for k in ("E", "alpha", "beta")),
+        )
+    p = console.stdout.print
+    p(t)
+    for s in doc["sweeps"]:
+        for k in (1, 2, 3):
+            why = s["laws"][k]["skipped"]
+            if why:
+                p(f"{s['label']}: approach {k} skipped: {why}")
+    for s in doc["sweeps"]:
+        pos = s["position_loss"]
+        if pos is None:
+            p(f"{s['label']}: no loss by position (train.position_loss)")
+            continue
+        per = pos["by_position"]
+        p(
+            f"{s['label']}: at N = {console.si(pos['n'])} (matched to {console.si(pos['target_n'])}),"
+            f" loss {per[0]:.3f} at position 1, {per[min(9, len(per) - 1)]:.3f} at "
+            f"{min(10, len(per))}, {per[-1]:.3f} at {len(per)} nats/token"
+        )
+    p(f"wrote {out / 'compare.json'}, {figure}")
+
+
 def _json_default(obj):
     import numpy as np
 

@@ -350,3 +350,43 @@ def save_verify(doc: dict, path: Path) -> Path:
     fig = Figure(figsize=(5.8, 4.3), layout="constrained")
     plot_verify(doc, fig.add_subplot())
     return _save(fig, path)
+
+
+def save_compare(doc: dict, path: Path) -> Path:
+    """Kaplan et al. 2020, Figure 7 in form: loss against N per sweep (each size's lowest
+    final loss), and loss against context position at a matched N."""
+    from chinchilla.console import si
+
+    fig = Figure(figsize=(10.5, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    n_name = "non-embedding" if doc["n_convention"] == "nonembedding" else "total"
+    for i, s in enumerate(doc["sweeps"]):
+        color = f"C{i}"
+        n, loss = np.array(s["frontier"]).T
+        a = s["laws"][3]["a"]
+        label = s["label"] + (f", a = {a:.2f} (App. 3)" if a is not None else "")
+        left.plot(n, loss, "o-", color=color, label=label)
+        if s["irreducible_loss"] is not None:
+            left.axhline(s["irreducible_loss"], color=color, ls=":", lw=0.8)
+        pos = s["position_loss"]
+        if pos is not None:
+            t = np.arange(1, len(pos["by_position"]) + 1)
+            right.plot(
+                t, pos["by_position"], color=color, label=f"{s['label']}, N = {si(pos['n'])}"
+            )
+    _log_x(left)
+    left.set_xlabel(f"parameters N ({n_name})")
+    left.set_ylabel("lowest final loss of each size, nats/token")
+    left.set_title("loss against N (dotted: the data's irreducible loss)")
+    left.legend(fontsize=8)
+    right.set_xscale("log")
+    right.set_xlabel("token position in the context")
+    right.set_ylabel("loss at that position, nats/token")
+    right.set_title("loss against position, at a matched N")
+    if any(s["position_loss"] for s in doc["sweeps"]):
+        right.legend(fontsize=8)
+    else:
+        right.text(
+            0.5, 0.5, "no run recorded train.position_loss", ha="center", transform=right.transAxes
+        )
+    return _save(fig, path)

@@ -1,8 +1,13 @@
 import json
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from chinchilla.cli import app
+from chinchilla.config import load_config
 
 from .conftest import ROOT
 
@@ -67,3 +72,36 @@ def test_bad_configs_exit_2_with_one_line(tmp_path):
 
 def test_status_of_a_missing_directory(tmp_path):
     _one_line_error(runner.invoke(app, ["status", str(tmp_path)]), "not a sweep directory")
+
+
+def test_compare_two_families_side_by_side(micro_config, tmp_path):
+    from chinchilla.sweep import run_sweep
+
+    over = ["grid.budgets=[2e8, 6e8, 1.5e9]", "train.position_loss=true"]
+    dirs = []
+    for arch in ("transformer", "lstm"):
+        out = tmp_path / arch
+        run_sweep(load_config(micro_config, [*over, f"model.arch={arch}"]), out, live=False)
+        dirs.append(str(out))
+    target = tmp_path / "cmp"
+    r = runner.invoke(app, ["compare", *dirs, "--out", str(target), "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    assert "transformer (transformer)" in r.output and "lstm (lstm)" in r.output
+    doc = json.loads((target / "compare.json").read_text())
+    assert (target / "compare.png").stat().st_size > 10_000
+    assert doc["n_convention"] == "nonembedding"
+    assert [s["label"] for s in doc["sweeps"]] == ["transformer (transformer)", "lstm (lstm)"]
+    for s in doc["sweeps"]:
+        runs = pd.read_parquet(Path(s["path"]) / "runs.parquet")
+        best = runs.groupby("n_params_nonembedding")["loss"].min()
+        assert [n for n, _ in s["frontier"]] == sorted(best.index.tolist())
+        pos = s["position_loss"]
+        assert len(pos["by_position"]) == 16
+        lo = max(x["n_range"][0] for x in doc["sweeps"])
+        hi = min(x["n_range"][1] for x in doc["sweeps"])
+        assert pos["target_n"] == pytest.approx((lo * hi) ** 0.5)
+        assert np.mean(pos["by_position"]) == pytest.approx(pos["loss"], rel=1e-5)
+    bad = runner.invoke(app, ["compare", dirs[0], str(tmp_path / "nothing")])
+    assert bad.exit_code == 2 and "not a sweep directory" in bad.output
+    one = runner.invoke(app, ["compare", dirs[0]])
+    assert one.exit_code == 2 and "at least two" in one.output
