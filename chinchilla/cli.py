@@ -612,6 +612,10 @@ def compare(
             why = s["laws"][k]["skipped"]
             if why:
                 p(f"{s['label']}: approach {k} skipped: {why}")
+            elif s["laws"][k].get("interval_withheld"):
+                p(
+                    f"{s['label']}: approach {k} interval withheld: {s['laws'][k]['interval_withheld']}"
+                )
     for s in doc["sweeps"]:
         pos = s["position_loss"]
         if pos is None:

@@ -75,7 +75,12 @@ def compare(
                 laws[k] = {"a": None, "a_ci": None, "skipped": doc["skipped"].get(f"approach{k}")}
                 continue
             ci = law.get("a_ci") if k < 3 else (law.get("ci", {}).get("a") or {}).get("80")
-            laws[k] = {"a": law["a"], "a_ci": ci, "skipped": None}
+            laws[k] = {
+                "a": law["a"],
+                "a_ci": ci,
+                "skipped": None,
+                "interval_withheld": law.get("bootstrap_withheld"),
+            }
         a3 = doc.get("approach3")
         sweeps.append(
             {
