@@ -32,7 +32,7 @@ class ModelShape:
     seq_len: int
     tied_embeddings: bool = True
     position: str = "learned"  # "learned" (absolute, GPT-2) or "rotary"
-    arch: str = "transformer"  # or "lstm", "rnn": d_model is the hidden size, no heads
+    arch: str = "transformer"  # or "lstm", "gru", "rnn": d_model is the hidden size
 
     @property
     def attn_dim(self) -> int:
@@ -50,8 +50,13 @@ class ModelShape:
 
 
 # Gate blocks per recurrent layer: PyTorch's nn.LSTM has 4 (input, forget, cell, output),
-# nn.RNN (tanh) 1; each block is a d x d input and a d x d hidden matrix, two biases.
-RECURRENT_GATES = {"lstm": 4, "rnn": 1}
+# nn.GRU 3 (reset, update, new), nn.RNN (tanh) 1; each block is a d x d input and a d x d
+# hidden matrix, two biases.
+RECURRENT_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# Element-wise FLOPs per unit of width of each layer's gates (one per sigmoid, tanh,
+# product or sum): LSTM 3 sigmoids, 2 tanh, 3 products, 1 sum; GRU 2 sigmoids, 1 tanh,
+# 1 product inside the new gate, then (1 - z) n + z h: 3 more; RNN 1 tanh.
+_GATE_ELEMENTWISE = {"lstm": 9, "gru": 7, "rnn": 1}
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ def count_params(shape: ModelShape) -> ParamCount:
 def _count_recurrent(shape: ModelShape) -> ParamCount:
     """Exact parameter count of `chinchilla.model.Recurrent(shape)`: token embedding
     V * d, then per layer g gate blocks of d x d input weights, d x d hidden weights and
-    two biases of d (PyTorch's nn.LSTM, g = 4; nn.RNN, g = 1), then a final LayerNorm 2d
+    two biases of d (PyTorch's nn.LSTM, g = 4; nn.GRU, 3; nn.RNN, 1), then a final LayerNorm 2d
     and the output head (tied, or V * d without bias). No position embedding: the
     recurrence carries position. Non-embedding N: the layers and the LayerNorm."""
     d, V, g = shape.d_model, shape.vocab_size, RECURRENT_GATES[shape.arch]
@@ -102,11 +107,11 @@ def recurrent_flops_per_token(shape: ModelShape, *, include_embeddings: bool = T
     """Training FLOPs per token of the recurrent families, by the rules of Appendix F
     (2 FLOPs per multiply-accumulate, backward = 2 x forward). Forward, per layer and
     token: the g gate blocks' input and hidden matmuls 2 * 2 * g * d^2, their biases
-    2 * g * d, and the element-wise gates (LSTM: 3 sigmoids, 2 tanh, 3 products and 1
-    sum, 9d; RNN: 1 tanh, d); the final LayerNorm is left out as Appendix F leaves out
-    the Transformer's. Embeddings and logits as Appendix F: 2 V d each."""
+    2 * g * d, and the element-wise gates (`_GATE_ELEMENTWISE`: LSTM 9d, GRU 7d, RNN d);
+    the final LayerNorm is left out as Appendix F leaves out the Transformer's.
+    Embeddings and logits as Appendix F: 2 V d each."""
     d, V, g = shape.d_model, shape.vocab_size, RECURRENT_GATES[shape.arch]
-    gates = 9 * d if shape.arch == "lstm" else d
+    gates = _GATE_ELEMENTWISE[shape.arch] * d
     forward = shape.n_layers * (4 * g * d * d + 2 * g * d + gates)
     if include_embeddings:
         forward += 2 * V * d + 2 * d * V

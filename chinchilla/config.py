@@ -65,10 +65,10 @@ class ShapeSpec:
 class ModelConfig:
     """How model shapes are chosen, and what every model shares."""
 
-    arch: Literal["transformer", "lstm", "rnn"] = "transformer"
-    """transformer: the GPT-2-style decoder; lstm / rnn: PyTorch's fused nn.LSTM / nn.RNN
-    (tanh) stacked n_layers deep at width d_model, no heads, MLP or position embedding
-    (head_dim is then only the width step of family aspect)."""
+    arch: Literal["transformer", "lstm", "gru", "rnn"] = "transformer"
+    """transformer: the GPT-2-style decoder; lstm / gru / rnn: PyTorch's fused nn.LSTM /
+    nn.GRU / nn.RNN (tanh) stacked n_layers deep at width d_model, no heads, MLP or
+    position embedding (head_dim is then only the width step of family aspect)."""
     family: Literal["explicit", "aspect", "table"] = "aspect"
     """explicit: the shapes in `sizes`; aspect: shapes generated with a fixed
     d_model / n_layers ratio; table: the nearest rows of `shapes_file`."""

@@ -151,8 +151,8 @@ class GPT(nn.Module):
 
 
 class Recurrent(nn.Module):
-    """A recurrent language model (`shape.arch` lstm or rnn): token embedding ->
-    `n_layers` stacked PyTorch `nn.LSTM` / `nn.RNN` (tanh) layers of width d_model
+    """A recurrent language model (`shape.arch` lstm, gru or rnn): token embedding ->
+    `n_layers` stacked PyTorch `nn.LSTM` / `nn.GRU` / `nn.RNN` (tanh) layers of width d_model
     (fused kernels, cuDNN on GPU) -> final LayerNorm -> output head, tied to the
     embedding or not. Every sequence starts from a zero state (no state is carried
     between batches). Its parameter count is exactly `count_params(shape)`."""
@@ -162,7 +162,7 @@ class Recurrent(nn.Module):
         self.shape = shape
         d = shape.d_model
         self.wte = nn.Embedding(shape.vocab_size, d)
-        cell = nn.LSTM if shape.arch == "lstm" else nn.RNN
+        cell = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[shape.arch]
         self.rnn = cell(d, d, num_layers=shape.n_layers, batch_first=True)
         self.ln_f = nn.LayerNorm(d)
         self.head = None if shape.tied_embeddings else nn.Linear(d, shape.vocab_size, bias=False)

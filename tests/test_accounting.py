@@ -129,7 +129,7 @@ def test_gpu_plan_gives_every_run_a_micro_batch_that_fits():
 RECURRENT = [
     ModelShape(d, L, 1, d, 0, V, T, tied, "none", arch)
     for arch, d, L, V, T, tied in itertools.product(
-        ["lstm", "rnn"], [8, 24, 40], [1, 2, 3], [17, 256], [8, 33], [True, False]
+        ["lstm", "gru", "rnn"], [8, 24, 40], [1, 2, 3], [17, 256], [8, 33], [True, False]
     )
 ]
 
@@ -143,6 +143,25 @@ def test_recurrent_parameter_counts_equal_numel(shape):
     assert counts.total == sum(p.numel() for p in model.parameters())
     assert counts.nonembedding == model.num_params(non_embedding=True)
     assert counts.nonembedding == sum(p.numel() for p in model.rnn.parameters()) + 2 * shape.d_model
+
+
+def _unrolled_gru(rnn, x):
+    """nn.GRU written out step by step from its own weights (gate order r, z, n)."""
+    B, T, _ = x.shape
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+        h = x.new_zeros(B, rnn.hidden_size)
+        outs = []
+        for t in range(T):
+            xr, xz, xn = (x[:, t] @ w_ih.T + b_ih).chunk(3, dim=1)
+            hr, hz, hn = (h @ w_hh.T + b_hh).chunk(3, dim=1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        x = torch.stack(outs, dim=1)
+    return x
 
 
 def _unrolled_lstm(rnn, x):
@@ -164,7 +183,7 @@ def _unrolled_lstm(rnn, x):
     return x
 
 
-@pytest.mark.parametrize("arch", ["lstm", "rnn"])
+@pytest.mark.parametrize("arch", ["lstm", "gru", "rnn"])
 def test_recurrent_matmul_flops_match_a_flop_counter(arch):
     """The matmul part of `recurrent_flops_per_token` (gate matmuls 4 g d^2 per layer,
     logits 2 V d) against torch's FlopCounterMode on the forward pass; the LSTM through an
@@ -180,13 +199,14 @@ def test_recurrent_matmul_flops_match_a_flop_counter(arch):
     idx = torch.randint(0, V, (B, T))
     emb = model.wte(idx)
     recurrence = model.rnn
-    if arch == "lstm":
+    unrolled = {"lstm": _unrolled_lstm, "gru": _unrolled_gru}.get(arch)
+    if unrolled is not None:
         torch.testing.assert_close(
-            _unrolled_lstm(model.rnn, emb), model.rnn(emb)[0], rtol=1e-5, atol=1e-6
+            unrolled(model.rnn, emb), model.rnn(emb)[0], rtol=1e-5, atol=1e-6
         )
 
         def recurrence(x):
-            return (_unrolled_lstm(model.rnn, x),)
+            return (unrolled(model.rnn, x),)
 
     with FlopCounterMode(display=False) as fc:
         h = recurrence(emb)[0]
@@ -195,6 +215,6 @@ def test_recurrent_matmul_flops_match_a_flop_counter(arch):
     g = RECURRENT_GATES[arch]
     matmuls_per_token = L * 4 * g * d * d + 2 * V * d
     assert counted == B * T * matmuls_per_token
-    gates = 9 * d if arch == "lstm" else d
+    gates = {"lstm": 9, "gru": 7, "rnn": 1}[arch] * d
     forward = L * (4 * g * d * d + 2 * g * d + gates) + 2 * V * d + 2 * d * V
     assert recurrent_flops_per_token(shape) == 3 * forward
