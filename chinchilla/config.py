@@ -344,6 +344,11 @@ class DataConfig:
     """Synthetic: distinct rules per order above 1 (contexts are hashed onto them)."""
     zipf_exponent: float = 1.1
     """Synthetic: Zipf exponent of how often each token is a candidate."""
+    copy_lag: int = 0
+    """Synthetic: with `copy_weight` > 0, the distance L of the long-range component (the
+    next token copies the one L positions back); must be below model.seq_len."""
+    copy_weight: float = 0.0
+    """Synthetic: probability c of the long-range copy from position L + 1 on (0: off)."""
     val_tokens: int = 131072
     """Validation tokens. Synthetic: generated for validation. Text kinds (unless
     `val_fraction` is set): the documents with the smallest content hashes, as few as
@@ -372,6 +377,10 @@ class DataConfig:
             _fail("data.order_weights", "weights must be >= 0 and sum to 1")
         if self.support < 1 or self.n_rules < 1 or self.val_tokens < 1:
             _fail("data.support", "support, n_rules and val_tokens must be >= 1")
+        if not 0 <= self.copy_weight < 1:
+            _fail("data.copy_weight", f"must be in [0, 1), got {self.copy_weight}")
+        if self.copy_weight > 0 and self.copy_lag < 1:
+            _fail("data.copy_lag", "copy_weight > 0 needs copy_lag >= 1")
         if self.zipf_exponent < 0:
             _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         if self.workers is not None and self.workers < 1:
@@ -472,6 +481,12 @@ class Config:
         sized = self.data.kind == "synthetic" or (
             self.data.kind != "tokens" and self.data.val_fraction is None
         )
+        if self.data.copy_weight > 0 and self.data.copy_lag >= self.model.seq_len:
+            _fail(
+                "data.copy_lag",
+                f"{self.data.copy_lag} is not below model.seq_len {self.model.seq_len}: "
+                "no document would reach it",
+            )
         if sized and self.train.eval_tokens > self.data.val_tokens:
             _fail(
                 "train.eval_tokens",

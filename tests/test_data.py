@@ -440,3 +440,35 @@ def test_a_bad_line_in_a_byte_range_is_named_by_its_byte(tmp_path, monkeypatch):
     cfg = load_config(_write_jsonl_config(tmp_path, src, 1))
     with pytest.raises(UserError, match=rf"bad.jsonl byte {text.index('{not json')}: not a JSON"):
         load_data(cfg, tmp_path / "unused")
+
+
+def test_the_long_range_copy_is_drawn_and_scored_exactly():
+    from chinchilla.data.synthetic import SyntheticSource
+
+    args = (16, (1, 2), (0.5, 0.5), 3, 64, 1.1)
+    lag, c = 5, 0.4
+    plain = SyntheticSource(*args, seed=0)
+    src = SyntheticSource(*args, seed=0, copy_lag=lag, copy_weight=c)
+    toks, nll = src.generate(4000, 17, seed=1)
+    same, _ = plain.generate(4000, 17, seed=1)
+    assert np.array_equal(toks[:, : lag + 1], same[:, : lag + 1])  # no copy before L + 1
+    for t in range(1, 17):  # -log p of each drawn token, recomputed from the tables
+        x = toks[:, t]
+        p = np.zeros(len(x))
+        for j in range(2):
+            r = src._rule(j, toks, t)
+            p += 0.5 * (src.prob[j][r] * (src.support[j][r] == x[:, None])).sum(axis=1)
+        if t > lag:
+            p = (1 - c) * p + c * (x == toks[:, t - lag])
+        np.testing.assert_allclose(np.exp(-nll[:, t - 1]), p, rtol=1e-12)
+    late = (toks[:, lag + 1 :] == toks[:, 1 : 17 - lag]).mean()
+    assert late > c  # copies, plus chance agreement
+    assert nll[:, lag:].mean() < nll[:, :lag].mean()  # context pays from L + 1 on
+
+
+def test_a_copy_lag_beyond_the_context_is_refused(micro_config):
+    r = runner.invoke(
+        app,
+        ["plan", str(micro_config), "--set", "data.copy_weight=0.3", "--set", "data.copy_lag=16"],
+    )
+    assert r.exit_code == 2 and "data.copy_lag: 16 is not below model.seq_len 16" in r.output

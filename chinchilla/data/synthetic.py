@@ -12,7 +12,11 @@ has all three, at a size a CPU can learn from:
   candidate next tokens drawn from the Zipf weights without replacement, with
   probabilities drawn from a flat Dirichlet. The last k tokens pick the rule: order 1
   has one rule per token; higher orders hash the k-token context onto `n_rules` rules;
-- the next token is drawn from the mixture p(x | history) = sum_k weight_k p_k(x | last k).
+- the next token is drawn from the mixture p(x | history) = sum_k weight_k p_k(x | last k);
+- optionally (`data.copy_weight` c > 0, `data.copy_lag` L), a long-range component:
+  from position L + 1 on, with probability c the next token is a copy of the token L
+  positions back, p = (1 - c) p_mix(x) + c [x = x_{t-L}]. A model that keeps L tokens
+  of context gains; one that cannot (a small recurrent state) does not.
 
 Low orders are learnt by tiny models from few tokens; the hashed high-order contexts
 are many and Zipf-distributed (contexts made of frequent tokens recur often, the tail
@@ -56,6 +60,8 @@ class SyntheticSource:
         n_rules: int,
         zipf_exponent: float,
         seed: int,
+        copy_lag: int = 0,
+        copy_weight: float = 0.0,
     ):
         if vocab_size < 3:
             raise UserError("config: data.vocab_size: the synthetic source needs >= 3 tokens")
@@ -66,6 +72,7 @@ class SyntheticSource:
         if max(orders) > len(_HASH_MULTIPLIERS):
             raise UserError(f"config: data.orders: at most order {len(_HASH_MULTIPLIERS)}")
         self.vocab_size = vocab_size
+        self.copy_lag, self.copy_weight = int(copy_lag), float(copy_weight)
         self.orders = tuple(int(k) for k in orders)
         self.weights = np.asarray(order_weights, dtype=np.float64)
         rng = np.random.default_rng([seed, 0xC41])
@@ -112,10 +119,16 @@ class SyntheticSource:
                 cdf = self.cdf[j][r[sel]]
                 pos = np.minimum((cdf < u[sel, None]).sum(axis=1), cdf.shape[1] - 1)
                 x[sel] = self.support[j][r[sel], pos]
+            copy = self.copy_weight > 0 and t - self.copy_lag >= 1
+            if copy:  # extra draws only when copying: other data stay bit for bit
+                back = toks[:, t - self.copy_lag]
+                x = np.where(rng.random(n_docs) < self.copy_weight, back, x)
             p = np.zeros(n_docs)
             for j, r in enumerate(rules):  # exact mixture probability of the drawn token
                 match = self.support[j][r] == x[:, None]
                 p += self.weights[j] * (self.prob[j][r] * match).sum(axis=1)
+            if copy:
+                p = (1.0 - self.copy_weight) * p + self.copy_weight * (x == back)
             toks[:, t] = x
             nll[:, t - 1] = -np.log(p)
         return toks, nll
@@ -166,6 +179,8 @@ def _source(cfg) -> SyntheticSource:
         d.n_rules,
         d.zipf_exponent,
         seed=cfg.train.seed,
+        copy_lag=d.copy_lag,
+        copy_weight=d.copy_weight,
     )
 
 
