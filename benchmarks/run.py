@@ -280,80 +280,63 @@ def _write_corpus(folder: Path, total_bytes: int) -> None:
         i += 1
 
 
-def bench_corpus_memory() -> None:
-    print("\n5. peak memory of the same sweep over a 10 MB and a 1 GB text corpus")
-    cfg = ROOT / "configs" / "text_bytes.yaml"
+_PREPARE_PROBE = (
+    "import resource, sys\n"
+    "from chinchilla.cli import main\n"
+    "sys.argv = ['chinchilla', 'prepare'] + sys.argv[1:]\n"
+    "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+)
+
+
+def _peaks(sizes, command, what: str) -> None:
+    """For each (label, bytes): write a corpus that large, run `command(corpus, tmp,
+    label)` -> (argv, env) in a process that prints its peak RSS (MB) last; print the
+    peaks and their difference."""
     peaks = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, size in (("10 MB", 10 << 20), ("1 GB", 1 << 30)):
+        for label, size in sizes:
             corpus = Path(tmp) / label.replace(" ", "")
             _write_corpus(corpus, size)
+            argv, env = command(corpus, Path(tmp), label)
             t = time.perf_counter()
             r = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _MEMORY_PROBE,
-                    str(cfg),
-                    str(corpus),
-                    str(Path(tmp) / f"cache{label[:2]}"),
-                    str(Path(tmp) / f"out{label[:2]}"),
-                ],
+                [sys.executable, "-c", *argv],
                 capture_output=True,
                 text=True,
                 check=True,
-                env=os.environ | {"CHINCHILLA_BENCH": "1"},
+                env=os.environ | env,
             )
             peaks[label] = float(r.stdout.strip().splitlines()[-1])
             print(
                 f"   {label}: peak RSS {peaks[label]:.0f} MB "
-                f"(sweep incl. tokenizing: {time.perf_counter() - t:.0f} s)"
+                f"({what}: {time.perf_counter() - t:.0f} s)"
             )
             shutil.rmtree(corpus)
-    print(f"   difference: {peaks['1 GB'] - peaks['10 MB']:+.0f} MB")
+    (small, _), (large, _) = sizes
+    print(f"   difference: {peaks[large] - peaks[small]:+.0f} MB")
+
+
+def bench_corpus_memory() -> None:
+    print("\n5. peak memory of the same sweep over a 10 MB and a 1 GB text corpus")
+    cfg = ROOT / "configs" / "text_bytes.yaml"
+
+    def sweep(corpus: Path, tmp: Path, label: str):
+        argv = [_MEMORY_PROBE, str(cfg), str(corpus)]
+        argv += [str(tmp / f"cache{label[:2]}"), str(tmp / f"out{label[:2]}")]
+        return argv, {"CHINCHILLA_BENCH": "1"}
+
+    def prepare(corpus: Path, tmp: Path, label: str):
+        argv = [_PREPARE_PROBE, str(cfg), "--out", str(tmp / "out")]
+        for setting in (f"data.path={corpus}", "data.val_fraction=null", "data.workers=1"):
+            argv += ["--set", setting]
+        return argv, {"CHINCHILLA_CACHE": str(tmp / f"cache{label[:3]}")}
+
+    _peaks((("10 MB", 10 << 20), ("1 GB", 1 << 30)), sweep, "sweep incl. tokenizing")
     print(
         "   `chinchilla prepare` alone, one process, validation sized in tokens (data.val_tokens)"
     )
-    _PREPARE = (
-        "import resource, sys\n"
-        "from chinchilla.cli import main\n"
-        "sys.argv = ['chinchilla', 'prepare'] + sys.argv[1:]\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
-    )
-    prep = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, size in (("100 MB", 100 << 20), ("1 GB", 1 << 30)):
-            corpus = Path(tmp) / label.replace(" ", "")
-            _write_corpus(corpus, size)
-            t = time.perf_counter()
-            r = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _PREPARE,
-                    str(cfg),
-                    "--out",
-                    str(Path(tmp) / "out"),
-                    "--set",
-                    f"data.path={corpus}",
-                    "--set",
-                    "data.val_fraction=null",
-                    "--set",
-                    "data.workers=1",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=os.environ | {"CHINCHILLA_CACHE": str(Path(tmp) / f"cache{label[:3]}")},
-            )
-            prep[label] = float(r.stdout.strip().splitlines()[-1])
-            print(
-                f"   {label}: peak RSS {prep[label]:.0f} MB "
-                f"(prepare: {time.perf_counter() - t:.0f} s)"
-            )
-            shutil.rmtree(corpus)
-    print(f"   difference: {prep['1 GB'] - prep['100 MB']:+.0f} MB")
+    _peaks((("100 MB", 100 << 20), ("1 GB", 1 << 30)), prepare, "prepare")
 
 
 def bench_tokenize() -> None:

@@ -306,6 +306,11 @@ def status(
 # ----------------------------------------------------------------------------- fit
 
 
+def _check_n_convention(value: str) -> None:
+    if value not in ("total", "nonembedding"):
+        raise UserError(f"--n-convention: expected total or nonembedding, got {value!r}")
+
+
 def _floats(text: str | None, option: str) -> list[float]:
     if not text:
         return []
@@ -385,8 +390,7 @@ def fit(
     from chinchilla.fit.results import FitOptions, fit_all
     from chinchilla.predict import default_budgets, predictions
 
-    if n_convention not in ("total", "nonembedding"):
-        raise UserError(f"--n-convention: expected total or nonembedding, got {n_convention!r}")
+    _check_n_convention(n_convention)
     if starts not in START_SETS:
         raise UserError(f"--starts: expected {', '.join(START_SETS)}, got {starts!r}")
     if not delta > 0:
@@ -571,8 +575,7 @@ def compare(
     from chinchilla.files import atomic_text
     from chinchilla.plots import save_compare
 
-    if n_convention not in ("total", "nonembedding"):
-        raise UserError(f"--n-convention: expected total or nonembedding, got {n_convention!r}")
+    _check_n_convention(n_convention)
     doc = run_compare(list(results), n_convention=n_convention, bootstrap=bootstrap, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     atomic_text(out / "compare.json", json.dumps(doc, indent=1, default=_json_default))

@@ -164,29 +164,20 @@ class Plan:
 
 
 def _shape(spec: ShapeSpec, cfg: Config) -> ModelShape:
-    if cfg.model.arch != "transformer":  # width and depth only
-        return ModelShape(
-            d_model=spec.d_model,
-            n_layers=spec.n_layers,
-            n_heads=1,
-            head_dim=spec.d_model,
-            d_ff=0,
-            vocab_size=cfg.data.resolved_vocab_size,
-            seq_len=cfg.model.seq_len,
-            tied_embeddings=cfg.model.tied_embeddings,
-            position="none",
-            arch=cfg.model.arch,
-        )
+    m = cfg.model
+    recurrent = m.arch != "transformer"  # width and depth only: no heads, MLP or positions
+    d_ff = spec.d_ff if spec.d_ff is not None else round(m.ffw_ratio * spec.d_model)
     return ModelShape(
         d_model=spec.d_model,
         n_layers=spec.n_layers,
-        n_heads=spec.n_heads,
-        head_dim=spec.kv,
-        d_ff=spec.d_ff if spec.d_ff is not None else round(cfg.model.ffw_ratio * spec.d_model),
+        n_heads=1 if recurrent else spec.n_heads,
+        head_dim=spec.d_model if recurrent else spec.kv,
+        d_ff=0 if recurrent else d_ff,
         vocab_size=cfg.data.resolved_vocab_size,
-        seq_len=cfg.model.seq_len,
-        tied_embeddings=cfg.model.tied_embeddings,
-        position=cfg.model.position,
+        seq_len=m.seq_len,
+        tied_embeddings=m.tied_embeddings,
+        position="none" if recurrent else m.position,
+        arch=m.arch,
     )
 
 

@@ -33,11 +33,27 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return out.flatten(-2).type_as(x)
 
 
-def token_losses(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Per-position next-token cross-entropy (nats) of a (B, T + 1) batch, (B, T)."""
-    logits = model(batch[:, :-1])
-    flat = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
-    return flat.view(batch.shape[0], -1)
+class LanguageModel(nn.Module):
+    """What training and evaluation ask of every family: logits from ids (`forward`),
+    and the next-token losses of a (B, T + 1) batch of ids."""
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm, then the output head (the token embedding when tied): (B, T, V)."""
+        weight = self.wte.weight if self.head is None else self.head.weight
+        return F.linear(self.ln_f(x), weight)
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
+        logits = self(batch[:, :-1])
+        return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+    def token_losses(self, batch: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy (nats) of every position of a (B, T + 1) batch, (B, T)."""
+        logits = self(batch[:, :-1])
+        flat = F.cross_entropy(
+            logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none"
+        )
+        return flat.view(batch.shape[0], -1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,7 +99,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     def __init__(self, shape: ModelShape):
         super().__init__()
         self.shape = shape
@@ -136,21 +152,10 @@ class GPT(nn.Module):
         rotary = (self.rot_cos, self.rot_sin) if self.shape.position == "rotary" else None
         for block in self.blocks:
             x = block(x, rotary)
-        x = self.ln_f(x)
-        weight = self.wte.weight if self.head is None else self.head.weight
-        return F.linear(x, weight)  # (B, T, V)
-
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
-        logits = self(batch[:, :-1])
-        return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-
-    def token_losses(self, batch: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy (nats) of every position of a (B, T + 1) batch, (B, T)."""
-        return token_losses(self, batch)
+        return self._logits(x)
 
 
-class Recurrent(nn.Module):
+class Recurrent(LanguageModel):
     """A recurrent language model (`shape.arch` lstm, gru or rnn): token embedding ->
     `n_layers` stacked PyTorch `nn.LSTM` / `nn.GRU` / `nn.RNN` (tanh) layers of width d_model
     (fused kernels, cuDNN on GPU) -> final LayerNorm -> output head, tied to the
@@ -181,20 +186,9 @@ class Recurrent(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V)."""
         x, _ = self.rnn(self.wte(idx))
-        x = self.ln_f(x)
-        weight = self.wte.weight if self.head is None else self.head.weight
-        return F.linear(x, weight)
-
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats/token) of a (B, T + 1) batch of ids."""
-        logits = self(batch[:, :-1])
-        return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-
-    def token_losses(self, batch: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy (nats) of every position of a (B, T + 1) batch, (B, T)."""
-        return token_losses(self, batch)
+        return self._logits(x)
 
 
-def build_model(shape: ModelShape) -> nn.Module:
+def build_model(shape: ModelShape) -> LanguageModel:
     """The model a shape describes: `GPT` for arch transformer, `Recurrent` otherwise."""
     return Recurrent(shape) if shape.recurrent else GPT(shape)

@@ -344,7 +344,7 @@ def test_bpe_is_trained_on_a_bounded_sample_of_the_corpus(tmp_path):
     assert f"-300-{budget}.json" in small.meta["tokenizer"]
 
 
-def _doc_tokens(cfg, corpus_docs):
+def _doc_tokens(corpus_docs):
     """(hash, byte tokens) of each document, recomputed here from the files."""
     from chinchilla.data.corpus import _doc_hash
 
@@ -371,7 +371,7 @@ def test_validation_is_sized_in_tokens_by_the_smallest_hashes(tmp_path, monkeypa
     # seq_len 16: 3000 predicted tokens need 188 chunks of 17 = 3196 tokens; the
     # validation documents are those of smallest hash, and no fewer of them would do
     need = -(-3000 // 16) * 17
-    ranked = _doc_tokens(cfg, docs)
+    ranked = _doc_tokens(docs)
     counts = np.cumsum([t for _, t in ranked])
     k = int(np.searchsorted(counts, need)) + 1  # documents in the split
     assert len(np.asarray(data.val)) == counts[k - 1] >= need > counts[k - 2]

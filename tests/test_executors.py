@@ -89,14 +89,31 @@ def test_ray_executor_with_fake_gpus_matches_serial(micro_sweep, micro_config, t
     assert json.loads((out / "sweep.json").read_text())["executor"] == "ray"
 
 
-def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
-    __import__("pytest").importorskip("ray")
-    over = ["grid.budgets=[1.5e9]", "train.checkpoint_every_s=0.2", "execution.executor=ray"]
-    out = tmp_path / "sweep"
+RAY_OVER = ["grid.budgets=[1.5e9]", "train.checkpoint_every_s=0.2", "execution.executor=ray"]
+
+
+def _ray_sweep_command(micro_config, out, over):
+    """The `chinchilla sweep` command line and environment of a Ray sweep test."""
     cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out)]
     for o in over:
         cmd += ["--set", o]
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    return cmd, os.environ | {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+
+
+def _stop_ray() -> None:
+    """Stop any Ray instance a killed driver left behind."""
+    subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
+    __import__("pytest").importorskip("ray")
+    over = RAY_OVER
+    out = tmp_path / "sweep"
+    cmd, env = _ray_sweep_command(micro_config, out, over)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )
@@ -109,11 +126,7 @@ def test_ray_sweep_resumes_after_its_driver_is_killed(micro_config, tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
     proc.wait()
-    subprocess.run(
-        [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
-        capture_output=True,
-        timeout=60,
-    )
+    _stop_ray()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     _assert_every_run_once(out, micro_config, over)
@@ -136,17 +149,9 @@ def _ray_task_pids() -> list[int]:
 
 def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(micro_config, tmp_path):
     __import__("pytest").importorskip("ray")
-    over = [
-        "grid.budgets=[1.5e9]",
-        "train.checkpoint_every_s=0.2",
-        "execution.executor=ray",
-        "execution.retries=1",
-    ]
+    over = [*RAY_OVER, "execution.retries=1"]
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(micro_config), "--out", str(out)]
-    for o in over:
-        cmd += ["--set", o]
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+    cmd, env = _ray_sweep_command(micro_config, out, over)
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -172,11 +177,7 @@ def test_a_ray_task_whose_worker_dies_is_retried_from_its_checkpoint(micro_confi
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"],
-            capture_output=True,
-            timeout=60,
-        )
+        _stop_ray()
     assert killed is not None, "no Ray task was seen running with a checkpoint"
     assert proc.returncode == 0, output[-3000:]
     assert "its Ray task died" in output and "retry 1 of 1, from its checkpoint" in output

@@ -615,36 +615,36 @@ def tokenize_workers(cfg) -> int:
 
 def _validation_split(cfg, shards, dtype, total_bytes: int, shard_map):
     """The validation pass: (each shard's result, the validation token arrays in file
-    order, the number of validation documents, the hash cut, the rule in words). With `data.val_fraction` the cut is that
-    fraction of hashes. Otherwise only documents below a hash cap (expected to hold 32x
-    the tokens needed; raised 8x at a time when they do not) are tokenized, and the cut
-    is the smallest hash at which the documents below it hold `data.val_tokens`
-    predicted tokens (seq_len + 1 tokens per seq_len predicted)."""
+    order, the number of validation documents, the hash cut, the rule in words). With
+    `data.val_fraction` the cut is that fraction of hashes. Otherwise only documents
+    below a hash cap (expected to hold 32x the tokens needed; raised 8x at a time when
+    they do not) are tokenized, and the cut is the smallest hash at which the documents
+    below it hold `data.val_tokens` predicted tokens (seq_len + 1 tokens per seq_len
+    predicted). An empty corpus stops here."""
+
+    def nonempty(res):
+        if not any(r["bytes"] for r in res):
+            raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
+        return res
+
     if cfg.data.val_fraction is not None:
         cut = int(cfg.data.val_fraction * _HASHES)
-        res = list(shard_map([(sh, "val", dtype, cut, False) for sh in shards]))
+        res = nonempty(list(shard_map([(sh, "val", dtype, cut, False) for sh in shards])))
         arrays = [r["ids"] for r in res]
-        return (
-            res,
-            arrays,
-            sum(r["docs"] for r in res),
-            cut,
-            f"data.val_fraction {cfg.data.val_fraction}",
-        )
+        n_docs = sum(r["docs"] for r in res)
+        return res, arrays, n_docs, cut, f"data.val_fraction {cfg.data.val_fraction}"
     seq = cfg.model.seq_len
     target = -(-cfg.data.val_tokens // seq) * (seq + 1)
     share = _VAL_CAP_FACTOR * target / max(total_bytes, 1)
     while True:
         cap = _HASHES if share >= 1 else int(share * _HASHES)
-        res = list(shard_map([(sh, "val", dtype, cap, True) for sh in shards]))
+        res = nonempty(list(shard_map([(sh, "val", dtype, cap, True) for sh in shards])))
         got = sum(len(ids) for r in res for _, ids in r["ids"])
         if got >= target or cap == _HASHES:
             break
         share *= 8
     rule = f"data.val_tokens {cfg.data.val_tokens:,}"
     if got < target:
-        if not any(r["bytes"] for r in res):
-            raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
         raise UserError(
             f"data: the whole corpus holds {got:,} tokens, fewer than the validation split "
             f"needs ({target:,} for {rule} at seq_len {seq}); lower data.val_tokens and "
@@ -679,8 +679,6 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) 
         first, arrays, docs["val"], cut, rule = _validation_split(
             cfg, shards, dtype, total, shard_map
         )
-        if not any(r["bytes"] for r in first):
-            raise UserError(f"data: the corpus at {cfg.data.path} is empty (no text)")
         with (folder / "val.bin").open("wb") as fh:
             for ids in arrays:
                 fh.write(ids.tobytes())
