@@ -383,7 +383,7 @@ def train_run(
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # map_location moved it to the device
         start = state["step"]
         result.curve = state["curve"]
         prior |= state["timers"]

@@ -79,6 +79,49 @@ def test_resume_continues_the_same_curve(micro, tmp_path, monkeypatch):
     assert resumed.loss == pytest.approx(full.loss, rel=1e-5)
 
 
+def test_resume_takes_the_rng_state_back_from_the_device(micro, tmp_path, monkeypatch):
+    """On CUDA the checkpoint is loaded with map_location='cuda', which moves the CPU RNG
+    state onto the GPU too; torch.set_rng_state refuses it there (found on an H200: every
+    resumed run failed with 'RNG state must be a torch.ByteTensor'). Emulated here: the
+    loaded RNG state is an object that only `.cpu()` turns back into the ByteTensor."""
+    import dataclasses
+
+    import chinchilla.train as train_mod
+
+    class OnDevice:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def cpu(self):
+            return self.tensor
+
+    loader = train_mod.load_checkpoint
+
+    def load_to_device(path, device):
+        state = loader(path, device)
+        if state is not None:
+            state["rng"] = OnDevice(state["rng"])
+        return state
+
+    cfg, run, data = micro
+    full = train_run(run, cfg, data)
+    every_step = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, checkpoint_every_s=1e-9)
+    )
+    ckpt = tmp_path / "run.pt"
+
+    def stop_midway(info):
+        if info["step"] >= run.steps // 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(run, every_step, data, checkpoint=ckpt, on_progress=stop_midway)
+    monkeypatch.setattr(train_mod, "load_checkpoint", load_to_device)
+    resumed = train_run(run, every_step, data, checkpoint=ckpt)
+    assert resumed.resumed_from is not None and resumed.status == "ok"
+    assert resumed.loss == pytest.approx(full.loss, rel=1e-5)
+
+
 def test_divergence_is_reported_with_the_partial_curve(micro):
     cfg, run, data = micro
     import dataclasses
