@@ -144,3 +144,32 @@ def test_sigkill_then_rerun_finishes_exactly_once(micro_config, tmp_path, arch):
         assert steps == sorted(steps)
         expected = list(range(2, steps[-1] + 1, 2))
         assert [s for s in steps if s % 2 == 0] == expected
+
+
+def test_the_gpu_validation_script_runs_its_resume_part_on_cpu(tmp_path):
+    """benchmarks/gpu_validate.py is run only where a GPU is lent; its --smoke mode keeps
+    it working in between: two uninterrupted one-run sweeps and one SIGKILLed after a
+    checkpoint and rerun, on CPU, where training is deterministic."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_validate.py", "--out", str(out), "--smoke"]
+        + ["--only", "resume", "--kill-after", "0.5"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads((out / "resume.json").read_text())
+    assert "error" not in res, res
+    assert res["straight_rc"] == res["again_rc"] == res["rerun_rc"] == 0
+    assert not res["finished_before_kill"] and res["processes_left_after_kill"] == 0
+    assert res["resumed_from"] not in (None, "no column")
+    assert res["duplicate_curve_rows"] == 0 and res["checkpoints_left"] == 0
+    assert res["loss_diff"] == 0.0 and res["noise_loss_diff"] == 0.0
