@@ -17,7 +17,7 @@ TORCH_INDEX ?=
 .PHONY: help install test demo lint bench sweep fit plan clean
 
 help:
-	@echo "make demo                  sweep configs/tiny.yaml on CPU, fit it, verify a prediction"
+	@echo "make demo                  sweep configs/tiny.yaml on CPU, fit it (loss, a task metric), verify a prediction"
 	@echo "make test                  run the test suite"
 	@echo "make lint                  ruff"
 	@echo "make bench                 speed and memory benchmarks (ratios)"
@@ -51,6 +51,7 @@ demo: $(STAMP)
 	$(CLI) plan $(CONFIG)
 	$(CLI) sweep $(CONFIG) --out $(RUNS)
 	$(CLI) fit $(RUNS)
+	$(CLI) fit $(RUNS) --metric continue/exact_match@8
 	$(CLI) verify $(RUNS)
 
 plan: $(STAMP)

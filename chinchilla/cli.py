@@ -383,6 +383,14 @@ def fit(
             "approach's N_opt and minimum loss there (0: off).",
         ),
     ] = 0,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="Instead of the loss: a downstream metric of the sweep's tasks, e.g. "
+            "continue/exact_match@8, against compute and loss, with the emergence figure.",
+        ),
+    ] = None,
 ) -> None:
     """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
     from chinchilla.fit.data import load_results
@@ -399,6 +407,9 @@ def fit(
     if any(k not in (1, 2, 3) for k in chosen):
         raise UserError("--approach: expected 1, 2 or 3")
     budgets, sizes = _floats(predict, "--predict"), _floats(predict_n, "--predict-n")
+    if metric is not None:
+        _fit_metric(results, metric, budgets, bootstrap, seed, n_convention, out, as_json, plots)
+        return
     res = load_results(
         results, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, n_convention=n_convention
     )
@@ -430,6 +441,105 @@ def fit(
         print(json.dumps(doc, indent=1, default=_json_default))
         return
     _print_fit(doc, written)
+
+
+def _fit_metric(results: Path, name, budgets, bootstrap, seed, n_convention, out, as_json, plots):
+    from chinchilla.files import atomic_text
+    from chinchilla.fit.metrics import load_metric_table, metric_fit
+
+    if not Path(results).is_dir():
+        raise UserError(f"--metric: {results} is not a sweep directory (metrics.parquet)")
+    table = load_metric_table(results, n_convention)
+    doc = metric_fit(table, name, targets=budgets or None, bootstrap=bootstrap, seed=seed)
+    target = out if out is not None else Path(results)
+    target.mkdir(parents=True, exist_ok=True)
+    stem = doc["metric"].replace("/", "_").replace("@", "_at_")
+    written = [target / f"metric_{stem}.json"]
+    atomic_text(written[0], json.dumps(doc, indent=1, default=_json_default))
+    if plots:
+        from chinchilla.plots import save_emergence
+
+        task = doc["metric"].split("/", 1)[0]
+        written.append(save_emergence(table, doc, target / f"fit_emergence_{task}.png"))
+    if as_json:
+        print(json.dumps(doc, indent=1, default=_json_default))
+        return
+    _print_metric(doc, table, written)
+
+
+def _interval(iv, fmt="{:.3g}") -> str:
+    return "" if not iv else " [" + ", ".join(fmt.format(v) for v in iv) + "]"
+
+
+def _print_metric(doc: dict, table, written) -> None:
+    from rich.table import Table
+
+    from chinchilla.fit.metrics import related
+
+    name = doc["metric"]
+    sharp, smooth = related(table, name)
+    shown = list(dict.fromkeys([name, *sharp[-1:], *smooth[-1:]]))
+    t = Table(
+        title=f"{name} against compute: per budget, the run with the lowest final loss "
+        f"(C = 6ND, N {table.n_convention}; {doc['n_runs']} runs)",
+        title_justify="left",
+    )
+    for col in ("budget", "C [FLOPs]", "N", "D", "loss", *shown):
+        t.add_column(col, justify="right")
+    by_id = table.runs.set_index("run_id")
+    for r in doc["frontier"]:
+        row = by_id.loc[r["run_id"]]
+        t.add_row(
+            f"{r['budget']:.3g}",
+            f"{r['C']:.3g}",
+            console.si(r["N"]),
+            console.si(r["D"]),
+            f"{r['loss']:.4f}",
+            *(f"{row[m]:.4f}" for m in shown),
+        )
+    console.stdout.print(t)
+    p = doc["params"]
+    if doc["kind"] == "sharp":
+        console.stdout.print(
+            f"fit ({doc['kind']}): over every run, {name} = sigmoid of loss with midpoint "
+            f"{p['loss_mid']['value']:.4f}{_interval(p['loss_mid']['interval'], '{:.4f}')} "
+            f"nats and width {p['loss_width']['value']:.4f}; on the frontier, a sigmoid of "
+            f"log10 C with midpoint {p['log10c_mid']['value']:.3f}"
+            f"{_interval(p['log10c_mid']['interval'])}; frontier loss = "
+            f"{doc['conventions']['loss_floor']:.4g} + {p['loss_A']['value']:.4g}·C^-"
+            f"{p['loss_b']['value']:.4f} (chance level {doc['chance']:.3g})"
+        )
+    else:
+        console.stdout.print(
+            f"fit ({doc['kind']}): on the frontier, the error left (|{name} - "
+            f"{doc['conventions']['best_score']:.4g}|, the best score) = {p['A']['value']:.4g}·C^-"
+            f"{p['b']['value']:.4f}{_interval(p['b']['interval'], '{:.4f}')}; over every run, "
+            f"{name} = {p['loss_intercept']['value']:.4f} + {p['loss_slope']['value']:.4f}·loss"
+        )
+    if doc.get("ceiling") is not None:
+        console.stdout.print(f"Bayes-optimal model's {name}: {doc['ceiling']:.4f}")
+    t = Table(
+        title=f"{name} predicted (80% bootstrap intervals; x data: C over the largest budget's C)",
+        title_justify="left",
+    )
+    two_step = doc["kind"] == "sharp"
+    cols = ["C [FLOPs]", "x data", "frontier loss"] if two_step else ["C [FLOPs]", "x data"]
+    cols += ["via loss (two-step)", "sigmoid of log C"] if two_step else [name]
+    for col in cols:
+        t.add_column(col, justify="right")
+    for r in doc["predictions"]:
+        cells = [f"{r['C']:.3g}", f"{r['x_data']:.3g}"]
+        if two_step:
+            cells.append(f"{r['loss']:.4f}")
+        cells.append(f"{r['value']:.4f}{_interval(r['interval'], '{:.3f}')}")
+        if two_step:
+            cells.append(f"{r['value_direct']:.4f}{_interval(r['interval_direct'], '{:.3f}')}")
+        t.add_row(*cells)
+    console.stdout.print(t)
+    b = doc["bootstrap"]
+    if b["failed"]:
+        console.stdout.print(f"bootstrap: {b['failed']} of {b['resamples']} resamples failed")
+    console.stdout.print("wrote " + ", ".join(str(w) for w in written))
 
 
 def _run_backtest(res, opts, k: int, target: Path | None, as_json: bool, plots: bool) -> None:

@@ -23,6 +23,14 @@ import yaml
 from chinchilla.errors import UserError
 
 
+def _at_least(section: str, obj: Any, **minimum: float) -> None:
+    """Each named field of `obj` is at least its minimum, else one line naming it."""
+    for name, low in minimum.items():
+        value = getattr(obj, name)
+        if value < low:
+            _fail(f"{section}.{name}", f"must be >= {low}, got {value}")
+
+
 def _fail(key: str, problem: str) -> typing.NoReturn:
     raise UserError(f"config: {key}: {problem}")
 
@@ -174,20 +182,18 @@ class GridConfig:
         for n in self.model_sizes:
             if not n > 0:
                 _fail("grid.model_sizes", f"sizes must be > 0 parameters, got {n:g}")
-        if self.sizes_per_budget < 1:
-            _fail("grid.sizes_per_budget", f"must be >= 1, got {self.sizes_per_budget}")
-        if self.size_span < 1:
-            _fail("grid.size_span", f"must be >= 1, got {self.size_span}")
+        _at_least(
+            "grid",
+            self,
+            sizes_per_budget=1,
+            size_span=1,
+            horizons=1,
+            horizon_span=1,
+            repeats=0,
+            adaptive_extra=0,
+        )
         if self.tokens_per_param <= 0:
             _fail("grid.tokens_per_param", f"must be > 0, got {self.tokens_per_param}")
-        if self.horizons < 1:
-            _fail("grid.horizons", f"must be >= 1, got {self.horizons}")
-        if self.horizon_span < 1:
-            _fail("grid.horizon_span", f"must be >= 1, got {self.horizon_span}")
-        if self.repeats < 0:
-            _fail("grid.repeats", f"must be >= 0, got {self.repeats}")
-        if self.adaptive_extra < 0:
-            _fail("grid.adaptive_extra", f"must be >= 0, got {self.adaptive_extra}")
         if self.adaptive and self.kind != "isoflop":
             _fail("grid.adaptive", "adaptive grids are IsoFLOP grids (grid.kind: isoflop)")
         if not 0 < self.budget_tolerance < 1:
@@ -432,6 +438,37 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class TasksConfig:
+    """Downstream tasks scored after training (see chinchilla/tasks.py): the same runs
+    under sharp metrics (exact match, accuracy) and smooth ones (per-token
+    log-probability, token edit distance, Brier score)."""
+
+    continue_k: int = 0
+    """Synthetic data: the built-in task `continue`, with answers of this many tokens
+    (0: off). A prompt is the start of a held-out document; its answer is the source's
+    most likely next token, k times over (greedy under the true distribution), so exact
+    match on k tokens needs k right tokens in a row; scored for every k = 1..K."""
+    prompts: int = 256
+    """Built-in task: number of prompts."""
+    prompt_len: int = 16
+    """Built-in task: prompt length in tokens (BOS included)."""
+    file: str | None = None
+    """A JSONL task file: one object per line, {"prompt", "answer"} (greedy generation)
+    or {"prompt", "choices", "answer"} (log-likelihood of each choice; answer = the
+    correct choice's index or text). Text is tokenized with the sweep's tokenizer; lists
+    of integers are token ids. Checked before any training."""
+    name: str | None = None
+    """Name of the file's task in metrics.parquet (default: the file's stem)."""
+    every_eval: bool = False
+    """Score the tasks at every evaluation, not only at the end of each run."""
+
+    def __post_init__(self) -> None:
+        _at_least("tasks", self, continue_k=0, prompts=1, prompt_len=1)
+        if self.name is not None and (not self.name or "/" in self.name):
+            _fail("tasks.name", f"must be a non-empty name without '/', got {self.name!r}")
+
+
+@dataclass(frozen=True)
 class ExecutionConfig:
     """How a sweep spreads runs over processes, GPUs and nodes (no effect on results)."""
 
@@ -473,6 +510,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
     """Folder of the YAML file, for relative paths (not a YAML key)."""
@@ -487,6 +525,19 @@ class Config:
                 f"{self.data.copy_lag} is not below model.seq_len {self.model.seq_len}: "
                 "no document would reach it",
             )
+        if self.tasks.continue_k:
+            if self.data.kind != "synthetic":
+                _fail(
+                    "tasks.continue_k",
+                    "the built-in task needs the synthetic source's rules (data.kind: "
+                    "synthetic); for a corpus give a JSONL file (tasks.file)",
+                )
+            if self.tasks.prompt_len + self.tasks.continue_k > self.model.seq_len:
+                _fail(
+                    "tasks.continue_k",
+                    f"prompt ({self.tasks.prompt_len}) + answer ({self.tasks.continue_k}) "
+                    f"tokens exceed model.seq_len {self.model.seq_len}",
+                )
         if sized and self.train.eval_tokens > self.data.val_tokens:
             _fail(
                 "train.eval_tokens",

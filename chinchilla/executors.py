@@ -120,16 +120,18 @@ def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) 
     """Device, mapped data, provenance and peak FLOP/s of this worker process, built once
     per sweep (a process, local or Ray, trains many runs; the parent built the cache)."""
     from chinchilla.data import load_data
-    from chinchilla.runs import sweep_environment
+    from chinchilla.runs import attach_tasks, sweep_environment
     from chinchilla.train import peak_flops, resolve_device
 
     key = (out, cfg.fingerprint())
     if _WORKER.get("key") != key:
         device = resolve_device(cfg)
+        data = load_data(cfg, Path(out) / "data", min_train_tokens=need)
+        attach_tasks(cfg, data)  # the driver checked them; here they are read back
         _WORKER.update(
             key=key,
             device=device,
-            data=load_data(cfg, Path(out) / "data", min_train_tokens=need),
+            data=data,
             env=sweep_environment(cfg, device, irreducible),
             peak=peak_flops(cfg, device),
         )
@@ -141,13 +143,13 @@ def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float 
     from chinchilla.runs import record
 
     w = _process_state(cfg, out, need, irreducible)
-    row, curve, seconds = _train_here(run, cfg, out, w, w["label"], w["events"].put)
-    record(Path(out), row, curve)
+    row, tables, seconds = _train_here(run, cfg, out, w, w["label"], w["events"].put)
+    record(Path(out), row, tables)
     return row, seconds, w["label"]
 
 
 def _train_here(run: PlannedRun, cfg: Config, out: str, w: dict, label: str, put):
-    """Announce, train (with retries) and return (row, curve, seconds) in this process;
+    """Announce, train (with retries) and return (row, tables, seconds) in this process;
     `put` sends start and progress events to the driver."""
     from chinchilla.runs import attempt_run
 
@@ -354,8 +356,8 @@ def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, th
         f"/gpu {','.join(gpus)}" if gpus else ""
     )
     w = _process_state(cfg, out, need, irreducible)  # Ray reuses worker processes
-    row, curve, seconds = _train_here(run, cfg, out, w, label, lambda ev: _put(events, ev))
-    return row, curve, seconds, label
+    row, tables, seconds = _train_here(run, cfg, out, w, label, lambda ev: _put(events, ev))
+    return row, tables, seconds, label
 
 
 def _put(events, item) -> None:
@@ -435,7 +437,7 @@ def run_ray(
                 for ref in done:
                     run = refs.pop(ref)
                     try:
-                        row, curve, seconds, label = ray.get(ref)
+                        row, tables, seconds, label = ray.get(ref)
                     except Exception as exc:  # the task was lost: worker or node died
                         lost[run.run_id] = lost.get(run.run_id, 0) + 1
                         if lost[run.run_id] <= cfg.execution.retries:
@@ -449,9 +451,9 @@ def run_ray(
                         message = f"Ray task lost: {type(exc).__name__}: {exc}"
                         no_env = {"device": None, "host": None}  # it never reported
                         row = failed_record(run, message, no_env, lost[run.run_id])
-                        curve, seconds = [], (0.0, 0.0)
+                        tables, seconds = {}, (0.0, 0.0)
                         label = inflight.get(run.run_id, "?")
-                    record(out, row, curve)
+                    record(out, row, tables)
                     tally.add(label, seconds)
                     by_id.pop(run.run_id, None)
                     inflight.pop(run.run_id, None)

@@ -390,3 +390,55 @@ def save_compare(doc: dict, path: Path) -> Path:
             0.5, 0.5, "no run recorded train.position_loss", ha="center", transform=right.transAxes
         )
     return _save(fig, path)
+
+
+def save_emergence(table, doc: dict, path: Path) -> Path:
+    """Schaeffer et al. 2023 in form: the same runs under a sharp metric (exact match or
+    accuracy, every k) and a smooth one (per-token log-probability) against compute,
+    frontier runs joined, every run a faint dot; and the requested metric against loss
+    with its fit."""
+    from matplotlib.cm import viridis
+
+    from chinchilla.fit.metrics import _sigmoid, frontier, is_sharp, related
+
+    name = doc["metric"]
+    sharp, smooth = related(table, name)
+    fig = Figure(figsize=(14.5, 4.3), layout="constrained")
+    axes = fig.subplots(1, 3)
+    df = table.runs
+    front = frontier(df)
+    c_label = f"training compute C = 6ND (N {table.n_convention}), FLOPs"
+    for ax, names, ylabel in (
+        (axes[0], sharp, "sharp: exact match / accuracy"),
+        (axes[1], smooth, "smooth: mean log-probability per answer token, nats"),
+    ):
+        for i, m in enumerate(names):
+            color = viridis(i / max(1, len(names) - 1))
+            label = m.split("/", 1)[1]
+            ax.plot(df["C"], df[m], ".", color=color, alpha=0.25)
+            ax.plot(front["C"], front[m], "o-", color=color, label=label)
+            ceiling = table.ceilings.get(m)
+            if ceiling is not None and ax is axes[1]:
+                ax.axhline(ceiling, color=color, ls=":", lw=0.7)
+        _log_x(ax)
+        ax.set_xlabel(c_label)
+        ax.set_ylabel(ylabel)
+        if names:
+            ax.legend(fontsize=7, ncol=2)
+    axes[0].set_title("sharp metric (lines: lowest-loss run per budget)", fontsize=10)
+    axes[1].set_title("smooth metric, same runs (dotted: Bayes-optimal)", fontsize=10)
+    ax = axes[2]
+    ax.plot(df["loss"], df[name], "o", color="#555555", label="every run")
+    grid = np.linspace(df["loss"].min(), df["loss"].max(), 200)
+    p = {k: v["value"] for k, v in doc["params"].items()}
+    if is_sharp(name):
+        ax.plot(grid, _sigmoid(grid, p["loss_mid"], p["loss_width"], doc["chance"]), "-", c="C3")
+        fit = "sigmoid of loss"
+    else:
+        ax.plot(grid, p["loss_intercept"] + p["loss_slope"] * grid, "-", c="C3")
+        fit = "straight line in loss"
+    ax.set_xlabel("final validation loss, nats/token")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name.split('/', 1)[1]} against loss ({fit})", fontsize=10)
+    ax.invert_xaxis()
+    return _save(fig, path)

@@ -7,6 +7,7 @@ arrows point sweep -> executors -> runs -> train.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import socket
 import subprocess
@@ -70,6 +71,7 @@ def run_record(run: PlannedRun, result, env: dict[str, Any]) -> dict[str, Any]:
             "mfu": result.mfu,
             "error": result.error,
             "resumed_from": result.resumed_from,
+            "task_seconds": result.task_seconds,
             "loss_by_position": (
                 None
                 if result.loss_by_position is None
@@ -144,6 +146,12 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     need = tokens_needed(runs)
     data = load_data(cfg, out / "data", min_train_tokens=need, min_val_tokens=cfg.train.eval_tokens)
     data.check_eval(cfg.train.eval_tokens)
+    attach_tasks(cfg, data)
+    if data.meta["tasks"]:
+        from chinchilla.tasks import describe
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_text(out / "tasks.json", json.dumps(describe(data.meta["tasks"]), indent=1))
     print(
         f"data ({cfg.data.kind}): {data.train_tokens:,} training and "
         f"{data.n_val_chunks * data.seq_len:,} validation tokens in chunks of "
@@ -160,6 +168,14 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     return data
 
 
+def attach_tasks(cfg: Config, data) -> None:
+    """Build and check the configured tasks (a bad task file stops the sweep here, before
+    any training) and hand them to `train_run` through the data's metadata."""
+    from chinchilla.tasks import load_tasks
+
+    data.meta["tasks"] = load_tasks(cfg, data)
+
+
 def attempt_run(
     run: PlannedRun,
     cfg: Config,
@@ -174,8 +190,9 @@ def attempt_run(
 ):
     """Train one run (resuming its checkpoint, retrying failures as configured).
 
-    Returns the run's row, its curve and the (step, eval) seconds this call spent;
-    an exception becomes a failed row with its message (the traceback beside it)."""
+    Returns the run's row, its tables ({"curve": rows, "metrics": rows}) and the
+    (step, eval) seconds this call spent; an exception becomes a failed row with its
+    message (the traceback beside it)."""
     from chinchilla.train import RunResult, train_run
 
     ckpt_dir = out / CHECKPOINTS
@@ -198,18 +215,18 @@ def attempt_run(
 
                 torch.cuda.empty_cache()
     row = run_record(run, result, env) | {"attempts": attempt + 1} | (extra or {})
-    return row, result.curve, result.segment_seconds
+    return row, {"curve": result.curve, "metrics": result.metrics}, result.segment_seconds
 
 
-def record(out: Path, row: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+def record(out: Path, row: dict[str, Any], tables: dict[str, list]) -> None:
     """Write a run's part; a run that did not fail no longer needs its checkpoint."""
-    write_part(out, row, curve)
+    write_part(out, row, tables.get("curve", []), tables.get("metrics"))
     if row["status"] != "failed":
         (out / CHECKPOINTS / f"{row['run_id']}.pt").unlink(missing_ok=True)
 
 
 def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, **kwargs):
     """`attempt_run`, then `record`; returns the row and this call's (step, eval) seconds."""
-    row, curve, seconds = attempt_run(run, cfg, out, data, **kwargs)
-    record(out, row, curve)
+    row, tables, seconds = attempt_run(run, cfg, out, data, **kwargs)
+    record(out, row, tables)
     return row, seconds

@@ -4,8 +4,9 @@ A sweep directory holds:
 - `parts/<run_id>.curve.parquet`, then `parts/<run_id>.run.parquet`: each finished
   run's record, written by whichever process trained it; the run file is written
   last, so its presence means the run is complete;
-- `runs.parquet` (one row per run) and `curves.parquet` (one row per logged step),
-  merged from the parts; rebuilt at most every 30 s during a sweep (`Merger`), at its
+- `parts/<run_id>.metrics.parquet`, when tasks are configured: the run's task metrics;
+- `runs.parquet` (one row per run), `curves.parquet` (one row per logged step) and
+  `metrics.parquet` (one row per task metric and scored step), merged from the parts; rebuilt at most every 30 s during a sweep (`Merger`), at its
   end and at the start of every sweep, so
   a crash between the two leaves nothing missing or duplicated.
 Every file is written through `chinchilla.files.atomic_write` (temporary file, then
@@ -24,6 +25,7 @@ from chinchilla.files import atomic_write
 
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
+METRICS_FILE = "metrics.parquet"
 PARTS_DIR = "parts"
 FINISHED = ("ok", "diverged")  # statuses a rerun does not train again
 
@@ -36,24 +38,44 @@ CURVE_COLUMNS = {
     "eval_loss": "float64",
     "lr": "float64",
 }
+METRIC_COLUMNS = {
+    "run_id": "string",
+    "step": "int64",
+    "tokens": "int64",
+    "task": "string",
+    "metric": "string",
+    "value": "float64",
+}
 
 
 def atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def curve_frame(run_id: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=[c for c in CURVE_COLUMNS if c != "run_id"])
+def _frame(run_id: str, rows: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=[c for c in columns if c != "run_id"])
     df.insert(0, "run_id", run_id)
-    return df.astype(CURVE_COLUMNS)
+    return df.astype(columns)
 
 
-def write_part(out: Path, row: dict[str, Any], curve: list[dict[str, Any]]) -> None:
-    """Record one finished (or failed) run: its curve first, then its row."""
+def curve_frame(run_id: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return _frame(run_id, rows, CURVE_COLUMNS)
+
+
+def write_part(
+    out: Path,
+    row: dict[str, Any],
+    curve: list[dict[str, Any]],
+    metrics: list[dict[str, Any]] | None = None,
+) -> None:
+    """Record one finished (or failed) run: its curve and task metrics first, then its
+    row (whose presence marks the run complete)."""
     parts = out / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
     run_id = row["run_id"]
     atomic_parquet(curve_frame(run_id, curve), parts / f"{run_id}.curve.parquet")
+    if metrics:
+        atomic_parquet(_frame(run_id, metrics, METRIC_COLUMNS), parts / f"{run_id}.metrics.parquet")
     atomic_parquet(pd.DataFrame([row]), parts / f"{run_id}.run.parquet")
 
 
@@ -65,22 +87,27 @@ def _part_ids(out: Path) -> list[str]:
 
 
 def merge(out: Path) -> pd.DataFrame:
-    """Rebuild runs.parquet and curves.parquet from the parts; return the runs."""
+    """Rebuild runs.parquet, curves.parquet and (with tasks) metrics.parquet from the
+    parts; return the runs."""
     ids = _part_ids(out)
     parts = out / PARTS_DIR
     runs = [pd.read_parquet(parts / f"{i}.run.parquet") for i in ids]
     runs_df = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
-    curves = []
-    for i in ids:
-        path = parts / f"{i}.curve.parquet"
-        if path.exists():
-            curves.append(pd.read_parquet(path))
-    curves_df = pd.concat(curves, ignore_index=True) if curves else curve_frame("", []).iloc[:0]
+
+    def gather(suffix: str, columns: dict[str, str]) -> pd.DataFrame:
+        found = [parts / f"{i}.{suffix}.parquet" for i in ids]
+        frames = [pd.read_parquet(p) for p in found if p.exists()]
+        return pd.concat(frames, ignore_index=True) if frames else _frame("", [], columns)
+
+    curves_df = gather("curve", CURVE_COLUMNS)
+    metrics_df = gather("metrics", METRIC_COLUMNS)
     if len(runs_df):
         runs_df = runs_df.sort_values(["budget", "n_params", "n_tokens"], kind="stable")
         runs_df = runs_df.reset_index(drop=True)
     atomic_parquet(runs_df, out / RUNS_FILE)
     atomic_parquet(curves_df, out / CURVES_FILE)
+    if len(metrics_df) or (out / METRICS_FILE).exists():
+        atomic_parquet(metrics_df, out / METRICS_FILE)
     return runs_df
 
 

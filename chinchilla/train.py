@@ -31,6 +31,7 @@ from chinchilla.data import TokenData
 from chinchilla.files import atomic_write
 from chinchilla.grid import PlannedRun, warmup_steps
 from chinchilla.model import build_model
+from chinchilla.tasks import metric_rows
 
 # bf16 dense peak FLOP/s per device (vendor datasheets, without sparsity).
 GPU_PEAK_FLOPS = {
@@ -64,6 +65,8 @@ class RunResult:
     mfu: float = math.nan  # Appendix F FLOPs per second / device peak
     resumed_from: int | None = None  # step the last segment resumed from
     loss_by_position: list[float] | None = None  # final evaluation, per context position
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # task metrics (long rows)
+    task_seconds: float = 0.0  # scoring tasks (chinchilla/tasks.py), all segments
     segment_seconds: tuple[float, float] = (0.0, 0.0)  # (steps, evals) of this segment only
     error: str | None = None
     curve: list[dict[str, Any]] = field(default_factory=list)
@@ -378,7 +381,13 @@ def train_run(
     # 2. resume: model, optimizer, step, curve so far, RNG and timers
     result = RunResult(run_id=run.run_id, status="ok")
     start = 0
-    prior = {"seconds": 0.0, "step_seconds": 0.0, "eval_seconds": 0.0, "warmup_seconds": 0.0}
+    prior = {
+        "seconds": 0.0,
+        "step_seconds": 0.0,
+        "eval_seconds": 0.0,
+        "warmup_seconds": 0.0,
+        "task_seconds": 0.0,
+    }
     state = load_checkpoint(checkpoint, device)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -386,10 +395,13 @@ def train_run(
         torch.set_rng_state(state["rng"].cpu())  # map_location moved it to the device
         start = state["step"]
         result.curve = state["curve"]
+        result.metrics = state.get("metrics", [])
         prior |= state["timers"]
         result.resumed_from = start
     result.step_seconds, result.eval_seconds = prior["step_seconds"], prior["eval_seconds"]
     result.warmup_seconds = prior["warmup_seconds"]
+    result.task_seconds = prior["task_seconds"]
+    tasks = data.meta.get("tasks") or []
     stepper = Stepper(model, opt, cfg, device, initial_micro_batch(run, cfg, device), batch_size)
 
     # 3. the loop; losses are summed on the device and read only when logged
@@ -450,6 +462,10 @@ def train_run(
                     result.status = "diverged"
                     result.steps_done = done
                     break
+                if tasks and (done == steps or cfg.tasks.every_eval):
+                    tt = time.perf_counter()
+                    result.metrics += metric_rows(tasks, model, device, done, row["tokens"])
+                    result.task_seconds += time.perf_counter() - tt
             result.curve.append(row)
             result.steps_done = done
             if on_progress is not None:
@@ -476,12 +492,14 @@ def train_run(
                         "optimizer": opt.state_dict(),
                         "step": done,
                         "curve": result.curve,
+                        "metrics": result.metrics,
                         "rng": torch.get_rng_state(),
                         "timers": {
                             "seconds": elapsed,
                             "step_seconds": result.step_seconds,
                             "eval_seconds": result.eval_seconds,
                             "warmup_seconds": result.warmup_seconds,
+                            "task_seconds": result.task_seconds,
                         },
                     },
                 )

@@ -404,6 +404,22 @@ def _tokenizer(cfg, corpus_key: str, cache: Path):
     return _HF(tok, eod, f"file-{digest}")
 
 
+def text_encoder(cfg):
+    """(encode, unknown-token id) of the sweep's tokenizer for task text: encode(str) ->
+    ids without the end-of-document token; (None, None) for kinds without a tokenizer
+    (token files, the synthetic source). Call after the data are prepared (a BPE
+    tokenizer is then read from its cache)."""
+    if cfg.data.kind in ("synthetic", "tokens"):
+        return None, None
+    tok = _tokenizer(cfg, _corpus_key(cfg), _cache_root(cfg))
+    if isinstance(tok, _Bytes):
+        return (lambda text: tok.encode(text)[:-1]), None
+    model = tok.tok.get_vocab()
+    unk_token = getattr(tok.tok.model, "unk_token", None)
+    unk = model.get(unk_token) if unk_token else None
+    return (lambda text: tok.tok.encode(text, add_special_tokens=False).ids), unk
+
+
 # ----------------------------------------------------------------------------- cache
 
 

@@ -103,6 +103,19 @@ class SyntheticSource:
             h ^= h >> np.uint64(15)
         return (h % np.uint64(n_rules)).astype(np.int64)
 
+    def next_probs(self, toks: np.ndarray, t: int) -> np.ndarray:
+        """(B, V) exact distribution of the token at position t >= 1 given toks[:, :t]."""
+        B = toks.shape[0]
+        rows = np.arange(B)[:, None]
+        p = np.zeros((B, self.vocab_size))
+        for j in range(len(self.orders)):
+            r = self._rule(j, toks, t)
+            np.add.at(p, (rows, self.support[j][r]), self.weights[j] * self.prob[j][r])
+        if self.copy_weight > 0 and t - self.copy_lag >= 1:
+            p *= 1.0 - self.copy_weight
+            p[np.arange(B), toks[:, t - self.copy_lag]] += self.copy_weight
+        return p
+
     def generate(self, n_docs: int, doc_len: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(n_docs, doc_len) ids starting with BOS, and (n_docs, doc_len - 1) exact
         -log p(x_t | x_<t) in nats of every token after BOS."""
