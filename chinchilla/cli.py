@@ -117,10 +117,20 @@ def _print_plan(p) -> None:
         "est. memory",
         "est. time",
         "planned by",
+        *(["trunk@step"] if g.share_trunks else []),
     ):
         t.add_column(col, justify="left" if col == "run_id" else "right")
     for r in p.runs:
         micro, need, fits = p.memory(r)
+        shared = []
+        if g.share_trunks:
+            shared = [
+                f"trunk of {len(r.branches)}"
+                if r.is_trunk
+                else f"{r.trunk}@{r.branch_step}"
+                if r.trunk
+                else "-"
+            ]
         t.add_row(
             r.run_id,
             f"{r.budget:.3g}",
@@ -140,12 +150,22 @@ def _print_plan(p) -> None:
             f"{need / 2**30:.1f} GiB" + ("" if fits else " !"),
             console.duration(p.estimated_seconds(r)),
             r.planned_by,
+            *shared,
         )
     console.stdout.print(t)
     dev = p.config.device
+    if g.share_trunks:
+        trunks = [r for r in p.runs if r.is_trunk]
+        ratio = p.total_flops / p.unshared_flops
+        console.stdout.print(
+            f"shared trunks: {len(p.points)} points from {len(trunks)} trunks; "
+            f"{p.total_flops:.3g} FLOPs ({c_name}) trained for points that cost "
+            f"{p.unshared_flops:.3g} trained one by one: {ratio:.3f}x, {1 - ratio:.1%} fewer "
+            "(a branch trains only its decay, train.decay_frac of its steps)"
+        )
     console.stdout.print(
         f"total: {p.total_flops:.3g} FLOPs ({c_name}), "
-        f"{sum(r.flops_chinchilla for r in p.runs):.3g} FLOPs (App. F); "
+        f"{sum(r.flops_chinchilla * r.trained_fraction for r in p.runs):.3g} FLOPs (App. F); "
         f"estimated {p.estimated_hours:.2f} h at {dev.plan_peak_flops:.3g} FLOP/s peak and "
         f"{dev.plan_utilization:.0%} utilisation (N total = all parameters; "
         f"N non-emb = without vocabulary and position embeddings); micro-batches sized "

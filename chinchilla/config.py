@@ -171,6 +171,12 @@ class GridConfig:
     first budget, centred on a guess, may need them all, and is the cheapest; later ones,
     centred on a prediction, rarely need any)."""
 
+    share_trunks: bool = False
+    """With train.schedule wsd: runs of one shape, batch, learning rate and seed share
+    one warmup-stable trunk; each run is a branch that decays from the trunk's
+    checkpoint at its own decay start (Hägele et al. 2024). An IsoFLOP grid shares
+    where sizes repeat across budgets (the generated families reuse their shapes)."""
+
     def __post_init__(self) -> None:
         if self.kind == "isoflop" and not self.budgets:
             _fail("grid.budgets", "kind 'isoflop' needs at least one budget")
@@ -196,6 +202,8 @@ class GridConfig:
             _fail("grid.tokens_per_param", f"must be > 0, got {self.tokens_per_param}")
         if self.adaptive and self.kind != "isoflop":
             _fail("grid.adaptive", "adaptive grids are IsoFLOP grids (grid.kind: isoflop)")
+        if self.adaptive and self.share_trunks:
+            _fail("grid.share_trunks", "not with grid.adaptive (its budgets are planned late)")
         if not 0 < self.budget_tolerance < 1:
             _fail("grid.budget_tolerance", f"must be in (0, 1), got {self.budget_tolerance}")
 
@@ -524,6 +532,12 @@ class Config:
                 "data.copy_lag",
                 f"{self.data.copy_lag} is not below model.seq_len {self.model.seq_len}: "
                 "no document would reach it",
+            )
+        if self.grid.share_trunks and self.train.schedule != "wsd":
+            _fail(
+                "grid.share_trunks",
+                "a shared trunk is the stable phase of a warmup-stable-decay schedule: set "
+                "train.schedule: wsd",
             )
         if self.tasks.continue_k:
             if self.data.kind != "synthetic":

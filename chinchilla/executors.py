@@ -201,8 +201,11 @@ def run_local_parallel(
     from chinchilla.runs import (
         Tally,
         failed_record,
+        job_order,
         load_sweep_data,
+        stranded_record,
         sweep_environment,
+        take_ready,
         tokens_needed,
     )
     from chinchilla.store import write_part
@@ -244,7 +247,7 @@ def run_local_parallel(
         slot.proc.start()
         slot.run = None
 
-    todo = deque(sorted(pending, key=lambda r: -r.flops_chinchilla))  # largest first
+    todo = deque(job_order(pending))  # trunks, then the largest first
     deaths: dict[str, int] = {}
     inflight: dict[str, str] = {}
     tally = Tally()
@@ -295,10 +298,21 @@ def run_local_parallel(
                     if slot.run is None and todo:
                         if slot.proc is not None and not slot.proc.is_alive():
                             continue  # died idle: handled below, then replaced
+                        run = take_ready(out, todo)  # a branch waits for its trunk
+                        if run is None:
+                            continue
                         if slot.proc is None:
                             spawn(slot)
-                        slot.run = todo.popleft()
+                        slot.run = run
                         slot.tasks.put(slot.run)
+                if todo and not any(s.run for s in slots):  # nothing can ever start them
+                    env = sweep_environment(cfg, device, irreducible)
+                    while todo:
+                        run = todo.popleft()
+                        row = stranded_record(run, env)
+                        write_part(out, row, [])
+                        prog.run_finished(run, row)
+                    break
                 drain(0.2)
                 for slot in slots:  # a dead worker fails (or retries) only its own run
                     if slot.proc is None or slot.proc.is_alive():
@@ -390,7 +404,17 @@ def run_ray(
         ) from None
     from chinchilla.data.synthetic import irreducible_loss
     from chinchilla.progress import SweepProgress
-    from chinchilla.runs import Tally, failed_record, load_sweep_data, record, tokens_needed
+    from chinchilla.runs import (
+        Tally,
+        failed_record,
+        job_order,
+        load_sweep_data,
+        ready,
+        record,
+        stranded_record,
+        sweep_environment,
+        tokens_needed,
+    )
 
     data = load_sweep_data(cfg, out, p.runs)  # builds the cache before any task starts
     need = tokens_needed(p.runs)
@@ -405,12 +429,12 @@ def run_ray(
         gpus = 1 / cfg.execution.runs_per_gpu if ray.cluster_resources().get("GPU") else 0
     events = Queue(maxsize=10_000)
     task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_work)
-    order = sorted(pending, key=lambda r: -r.flops_chinchilla)
+    waiting = job_order(pending)  # branches wait for their trunk's checkpoint
 
     def submit(r: PlannedRun):
         return task.remote(r, cfg, str(out), need, irreducible, 1, events)
 
-    refs = {submit(r): r for r in order}
+    refs: dict = {}
     lost: dict[str, int] = {}
     by_id = {r.run_id: r for r in pending}
     inflight: dict[str, str] = {}
@@ -423,7 +447,17 @@ def run_ray(
             sum(r.flops_chinchilla for r in pending),
             live=live,
         ) as prog:
-            while refs:
+            while refs or waiting:
+                for r in [r for r in waiting if ready(out, r)]:
+                    waiting.remove(r)
+                    refs[submit(r)] = r
+                if not refs:  # nothing in flight can provide the waiting branches' trunks
+                    env = sweep_environment(cfg, "cpu", irreducible) | {"device": None}
+                    for r in waiting:
+                        row = stranded_record(r, env)
+                        record(out, row, {})
+                        prog.run_finished(r, row)
+                    break
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
                 for ev in events.get_nowait_batch(events.qsize()):
                     if ev["run_id"] not in by_id:

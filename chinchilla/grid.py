@@ -53,6 +53,21 @@ class PlannedRun:
     # predict) or extended (added to bracket a budget's minimum)
     planned_by: str = "initial"
     seed: int | None = None  # a repeat's seed (init and data order); None: train.seed
+    # shared trunks (grid.share_trunks): a branch names its trunk and the step it decays
+    # from; a trunk lists (step, branch run id) of its branches; both fix the warm-up
+    warmup: int | None = None  # warm-up steps; None: from the run's own steps
+    trunk: str | None = None
+    branch_step: int | None = None
+    branches: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def is_trunk(self) -> bool:
+        return bool(self.branches)
+
+    @property
+    def trained_fraction(self) -> float:
+        """The part of the run this job trains: a branch only its decay."""
+        return 1.0 if self.branch_step is None else (self.steps - self.branch_step) / self.steps
 
     def row(self) -> dict[str, Any]:
         """Flat record: JSON output and the planned columns of runs.parquet."""
@@ -83,6 +98,8 @@ class PlannedRun:
             "planned_by": self.planned_by,
             "run_seed": self.seed,
             "tokens_per_param": self.n_tokens / self.n_params,
+            "trunk": self.trunk,
+            "branch_step": self.branch_step,
         }
 
 
@@ -94,14 +111,29 @@ class Plan:
     _memory: dict[str, tuple[int, float, bool]] = field(default_factory=dict, repr=False)
 
     @property
+    def points(self) -> list[PlannedRun]:
+        """The runs that are scaling-law points (every run but shared trunks)."""
+        return [r for r in self.runs if not r.is_trunk]
+
+    @property
     def total_flops(self) -> float:
-        return sum(r.flops for r in self.runs)
+        """FLOPs trained (a branch trains only its decay; its trunk the rest)."""
+        return sum(r.flops * r.trained_fraction for r in self.runs)
+
+    @property
+    def unshared_flops(self) -> float:
+        """FLOPs of the same points trained each from scratch."""
+        return sum(r.flops for r in self.points)
 
     def estimated_seconds(self, run: PlannedRun) -> float:
         """Wall time on the planner's assumed device: the FLOPs the hardware really does
         (Appendix F count) over peak * utilisation."""
         dev = self.config.device
-        return run.flops_chinchilla / (dev.plan_peak_flops * dev.plan_utilization)
+        return (
+            run.flops_chinchilla
+            * run.trained_fraction
+            / (dev.plan_peak_flops * dev.plan_utilization)
+        )
 
     def memory(self, run: PlannedRun) -> tuple[int, float, bool]:
         """(micro-batch, estimated peak bytes, fits) of a run on the configured device:
@@ -149,8 +181,12 @@ class Plan:
             ],
             "memory_assumes": {"device_memory_gib": dev.memory_gb, "headroom": 0.85},
             "n_runs": len(self.runs),
+            "n_points": len(self.points),
             "total_flops": self.total_flops,
-            "total_flops_chinchilla": sum(r.flops_chinchilla for r in self.runs),
+            "unshared_flops": self.unshared_flops,
+            "total_flops_chinchilla": sum(
+                r.flops_chinchilla * r.trained_fraction for r in self.runs
+            ),
             "estimated_hours": self.estimated_hours,
             "estimate_assumes": {
                 "peak_flops": dev.plan_peak_flops,
@@ -305,8 +341,11 @@ FEW_STEPS = 100
 FEW_WARMUP = 10
 
 
-def warmup_steps(steps: int, cfg: Config) -> int:
-    """Linear warm-up steps of a run (the schedule of `chinchilla.train.lr_at`)."""
+def warmup_steps(steps: int, cfg: Config, fixed: int | None = None) -> int:
+    """Linear warm-up steps of a run (the schedule of `chinchilla.train.lr_at`); `fixed`:
+    a shared trunk's warm-up, which its branches keep."""
+    if fixed is not None:
+        return fixed
     t = cfg.train
     warmup = max(1, round(t.warmup_frac * steps)) if t.warmup_frac > 0 else 0
     return max(warmup, min(t.warmup_min_steps, steps // 2))
@@ -334,10 +373,15 @@ def batch_size_for(compute: float, n_tokens: float, seq_len: int, cfg: Config) -
 
 
 def run_id(
-    shape: ModelShape, n_tokens: int, lr: float, cfg: Config, seed: int | None = None
+    shape: ModelShape,
+    n_tokens: int,
+    lr: float,
+    cfg: Config,
+    seed: int | None = None,
+    warmup: int | None = None,
 ) -> str:
     """Stable hash of everything that determines a run's result (`seed`: a repeat's
-    own seed, when it is not train.seed)."""
+    own seed, when it is not train.seed; `warmup`: a shared trunk's warm-up)."""
     train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in SPEED_ONLY}
     payload = {
         "shape": shape.as_dict(),
@@ -348,6 +392,8 @@ def run_id(
     }
     if seed is not None:
         payload["seed"] = seed
+    if warmup is not None:
+        payload["warmup"] = warmup
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -454,6 +500,63 @@ def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
             yield _make_run(shape, tokens, None, cfg, horizon=j)
 
 
+def decay_start(steps: int, warmup: int, cfg: Config) -> int:
+    """First step of a WSD run's decay (`chinchilla.train.lr_at`): its branch point."""
+    return max(warmup, steps - max(1, round(cfg.train.decay_frac * steps)))
+
+
+def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
+    """Group runs of one shape, batch, learning rate and seed; a group of two or more
+    gets a trunk (warm-up, then the peak rate, to the latest decay start among them)
+    and its runs become branches decaying from the trunk's checkpoints. The group's
+    warm-up is the one its shortest run would have, so every branch keeps it."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        key = json.dumps([r.shape.as_dict(), r.batch_size, round(r.lr, 12), r.seed], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    out: list[PlannedRun] = []
+    for members in groups.values():
+        if len(members) < 2:
+            out += members
+            continue
+        warmup = warmup_steps(min(r.steps for r in members), cfg)
+        starts = [decay_start(r.steps, warmup, cfg) for r in members]
+        first = members[0]
+        payload = {
+            "trunk_of": run_id(first.shape, 0, first.lr, cfg, seed=first.seed),
+            "batch": first.batch_size,
+            "warmup": warmup,
+            "steps": max(starts),
+        }
+        tid = "t" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:11]
+        branches = []
+        for r, start in zip(members, starts, strict=True):
+            rid = run_id(r.shape, r.n_tokens, r.lr, cfg, seed=r.seed, warmup=warmup)
+            branches.append(
+                dataclasses.replace(r, run_id=rid, warmup=warmup, trunk=tid, branch_step=start)
+            )
+        steps = max(starts)
+        tokens = steps * first.batch_size * first.shape.seq_len
+        scale = tokens / first.n_tokens
+        trunk = dataclasses.replace(
+            first,
+            run_id=tid,
+            budget=first.flops * scale,
+            n_tokens=tokens,
+            steps=steps,
+            flops=first.flops * scale,
+            flops_6nd=first.flops_6nd * scale,
+            flops_6nd_nonembedding=first.flops_6nd_nonembedding * scale,
+            flops_chinchilla=first.flops_chinchilla * scale,
+            horizon=None,
+            planned_by="trunk",
+            warmup=warmup,
+            branches=tuple(sorted((b.branch_step, b.run_id) for b in branches)),
+        )
+        out += [trunk, *branches]
+    return out
+
+
 def plan(cfg: Config) -> Plan:
     """Lay out every run of the experiment, with exact parameter and FLOP counts."""
     warnings: list[str] = []
@@ -473,7 +576,10 @@ def plan(cfg: Config) -> Plan:
         raise UserError(
             "config: grid: no run fits the budgets (see warnings: " + "; ".join(warnings[:2]) + ")"
         )
-    p = Plan(config=cfg, runs=list(seen.values()), warnings=warnings)
+    runs = list(seen.values())
+    if cfg.grid.share_trunks:
+        runs = share_trunks(runs, cfg)
+    p = Plan(config=cfg, runs=runs, warnings=warnings)
     short = [r for r in p.runs if r.steps < cfg.train.min_steps]
     if short:
         warnings.append(

@@ -198,12 +198,31 @@ def attempt_run(
     ckpt_dir = out / CHECKPOINTS
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_dir / f"{run.run_id}.pt"
+    points = None
+    if run.is_trunk:  # branch points of branches not yet recorded
+        from chinchilla.store import FINISHED, finished_ids
+
+        done = {k for k, v in finished_ids(out).items() if v in FINISHED}
+        points = {
+            s: branch_checkpoint(out, run.run_id, s) for s, b in run.branches if b not in done
+        }
+    start_from = None if run.trunk is None else branch_checkpoint(out, run.trunk, run.branch_step)
     attempts = 1 + cfg.execution.retries
     for attempt in range(attempts):  # noqa: B007 (the count is recorded)
         try:
             result = train_run(
-                run, cfg, data, device=device, checkpoint=ckpt, peak=peak, on_progress=on_progress
+                run,
+                cfg,
+                data,
+                device=device,
+                checkpoint=ckpt,
+                peak=peak,
+                on_progress=on_progress,
+                branch_points=points,
+                start_from=start_from,
             )
+            if run.is_trunk and result.status == "ok":
+                result.status = "trunk"  # not a point of the scaling law
             break
         except Exception as exc:  # recorded as failed, the sweep goes on
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
@@ -218,11 +237,52 @@ def attempt_run(
     return row, {"curve": result.curve, "metrics": result.metrics}, result.segment_seconds
 
 
+def branch_checkpoint(out: Path, trunk: str, step: int) -> Path:
+    """A shared trunk's state at a branch point, kept until its branch is recorded."""
+    return out / CHECKPOINTS / f"{trunk}@{step}.pt"
+
+
+def ready(out: Path, run: PlannedRun) -> bool:
+    """Whether a run can start: a branch needs its trunk's checkpoint (or its own)."""
+    if run.trunk is None:
+        return True
+    own = out / CHECKPOINTS / f"{run.run_id}.pt"
+    return own.exists() or branch_checkpoint(out, run.trunk, run.branch_step).exists()
+
+
+def job_order(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Shared trunks first (their branches wait on them), then the largest runs first."""
+    return sorted(runs, key=lambda r: (not r.is_trunk, -r.flops_chinchilla * r.trained_fraction))
+
+
+def take_ready(out: Path, todo) -> PlannedRun | None:
+    """Remove and return the first run of the deque `todo` that can start, or None."""
+    for i, run in enumerate(todo):
+        if ready(out, run):
+            del todo[i]
+            return run
+    return None
+
+
+def stranded_record(run: PlannedRun, env: dict[str, Any]) -> dict[str, Any]:
+    """The failed row of a branch whose trunk left no checkpoint for it."""
+    return failed_record(
+        run,
+        f"its trunk {run.trunk} ended without a checkpoint at step {run.branch_step} "
+        "(see the trunk's row); rerun the sweep to train the trunk again",
+        env,
+        0,
+    )
+
+
 def record(out: Path, row: dict[str, Any], tables: dict[str, list]) -> None:
-    """Write a run's part; a run that did not fail no longer needs its checkpoint."""
+    """Write a run's part; a run that did not fail no longer needs its checkpoint (nor,
+    a branch, its trunk's checkpoint at its branch point)."""
     write_part(out, row, tables.get("curve", []), tables.get("metrics"))
     if row["status"] != "failed":
         (out / CHECKPOINTS / f"{row['run_id']}.pt").unlink(missing_ok=True)
+        if row.get("trunk") is not None and row.get("branch_step") is not None:
+            branch_checkpoint(out, row["trunk"], int(row["branch_step"])).unlink(missing_ok=True)
 
 
 def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, **kwargs):

@@ -27,7 +27,7 @@ RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
 METRICS_FILE = "metrics.parquet"
 PARTS_DIR = "parts"
-FINISHED = ("ok", "diverged")  # statuses a rerun does not train again
+FINISHED = ("ok", "diverged", "trunk")  # statuses a rerun does not train again
 
 CURVE_COLUMNS = {
     "run_id": "string",

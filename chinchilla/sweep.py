@@ -31,6 +31,7 @@ from chinchilla.lock import SweepLock
 from chinchilla.runs import (
     CHECKPOINTS,
     Tally,
+    job_order,
     load_sweep_data,
     sweep_environment,
     train_and_record,
@@ -302,7 +303,7 @@ def _run_serial(
     with SweepProgress(
         len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
     ) as prog:
-        for run in pending:
+        for run in job_order(pending):  # a trunk before its branches
             prog.run_started(run)
             row, seconds = train_and_record(
                 run,

@@ -30,6 +30,7 @@ from chinchilla.config import Config
 from chinchilla.data import TokenData
 from chinchilla.files import atomic_write
 from chinchilla.grid import PlannedRun, warmup_steps
+from chinchilla.grid import decay_start as decay_start_step
 from chinchilla.model import build_model
 from chinchilla.tasks import metric_rows
 
@@ -75,7 +76,14 @@ class RunResult:
 # ----------------------------------------------------------------------------- schedule
 
 
-def lr_at(step: int, steps: int, peak: float, cfg: Config) -> float:
+def lr_at(
+    step: int,
+    steps: int,
+    peak: float,
+    cfg: Config,
+    warmup: int | None = None,
+    stable: bool = False,
+) -> float:
     """Learning rate of optimizer step `step` (0-based) of `steps`.
 
     1. linear warmup over warmup_frac of the steps, at least warmup_min_steps (at most
@@ -83,16 +91,19 @@ def lr_at(step: int, steps: int, peak: float, cfg: Config) -> float:
     2. cosine: decay to final_lr_frac * peak over the remaining steps, so the cosine
        cycle matches the run's tokens (Hoffmann et al. 2022, sec. 3.1 and Fig. A1);
        wsd: hold the peak, then decay linearly over the last decay_frac of the steps.
+    `warmup` fixes the warm-up (a shared trunk's); `stable`: a trunk, which never decays.
     """
     t = cfg.train
-    warmup = warmup_steps(steps, cfg)
+    warmup = warmup_steps(steps, cfg, warmup)
     if step < warmup:
         return peak * (step + 1) / warmup
+    if stable:
+        return peak
     floor = t.final_lr_frac * peak
     if t.schedule == "cosine":
         progress = (step - warmup) / max(1, steps - warmup - 1)
         return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    decay_start = max(warmup, steps - max(1, round(t.decay_frac * steps)))
+    decay_start = decay_start_step(steps, warmup, cfg)
     if step < decay_start:
         return peak
     progress = (step - decay_start) / max(1, steps - decay_start - 1)
@@ -318,10 +329,13 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: Path | None, device: str) -> dict[str, Any] | None:
+def load_checkpoint(
+    path: Path | None, device: str, set_aside: bool = True
+) -> dict[str, Any] | None:
     """A run's checkpoint, or None. One that cannot be read (truncated, corrupt, from an
     incompatible version) is set aside as <name>.bad with a warning and the run starts
-    over: a bad checkpoint must not fail its run on every rerun."""
+    over: a bad checkpoint must not fail its run on every rerun (`set_aside` False: left
+    where it is, None returned)."""
     if path is None or not path.exists():
         return None
     try:
@@ -332,6 +346,9 @@ def load_checkpoint(path: Path | None, device: str) -> dict[str, Any] | None:
         return state
     except Exception as exc:  # torch raises many types for a bad file
         import sys
+
+        if not set_aside:
+            return None
 
         bad = path.with_name(path.name + ".bad")
         path.replace(bad)
@@ -356,6 +373,8 @@ def train_run(
     checkpoint: Path | None = None,
     peak: float | None = None,
     on_progress: ProgressFn | None = None,
+    branch_points: dict[int, Path] | None = None,
+    start_from: Path | None = None,
 ) -> RunResult:
     """Train one planned run to its token budget and evaluate it.
 
@@ -364,6 +383,11 @@ def train_run(
     records them as "failed". Step time is synchronised wall time between logging
     points; the first step of each segment (compilation, allocator warm-up) is timed
     apart as warm-up and left out of tokens/s and MFU.
+
+    Shared trunks: a trunk (`run.branches`) saves its state at each step of
+    `branch_points` to the path given there; a branch without a checkpoint of its own
+    starts from `start_from`, its trunk's state at its branch point (curve included, so
+    the branch's curve continues the trunk's; the trunk's timers are not the branch's).
     """
     t0 = time.perf_counter()
     t = cfg.train
@@ -389,6 +413,15 @@ def train_run(
         "task_seconds": 0.0,
     }
     state = load_checkpoint(checkpoint, device)
+    from_trunk = False
+    if state is None and run.trunk is not None:
+        state = load_checkpoint(start_from, device, set_aside=False)
+        if state is None or state["step"] != run.branch_step:
+            raise RuntimeError(
+                f"the checkpoint of trunk {run.trunk} at step {run.branch_step} is missing "
+                f"or unreadable ({start_from}); rerun the sweep to train the trunk again"
+            )
+        from_trunk = True
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -396,7 +429,8 @@ def train_run(
         start = state["step"]
         result.curve = state["curve"]
         result.metrics = state.get("metrics", [])
-        prior |= state["timers"]
+        if not from_trunk:
+            prior |= state["timers"]
         result.resumed_from = start
     result.step_seconds, result.eval_seconds = prior["step_seconds"], prior["eval_seconds"]
     result.warmup_seconds = prior["warmup_seconds"]
@@ -408,12 +442,36 @@ def train_run(
     evals = eval_steps(steps, t.evals)
     loss_sum = torch.zeros((), device=device)
     n_summed = 0
+    if state is not None:  # training losses since the last log (a branch point's)
+        loss_sum += state.get("loss_sum", 0.0)
+        n_summed = state.get("n_summed", 0)
+
+    def snapshot(done: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": done,
+            "curve": list(result.curve),
+            "metrics": list(result.metrics),
+            "rng": torch.get_rng_state(),
+            "loss_sum": float(loss_sum),
+            "n_summed": n_summed,
+            "timers": {
+                "seconds": prior["seconds"] + time.perf_counter() - t0,
+                "step_seconds": result.step_seconds,
+                "eval_seconds": result.eval_seconds,
+                "warmup_seconds": result.warmup_seconds,
+                "task_seconds": result.task_seconds,
+            },
+        }
+
     last_ckpt = time.perf_counter()
     model.train()
     clock = Clock(device)
     batch = _to_device(data.train_batch(start, batch_size, seed), device)
+    saves = dict(branch_points or {})
     for step in range(start, steps):
-        lr = lr_at(step, steps, run.lr, cfg)
+        lr = lr_at(step, steps, run.lr, cfg, warmup=run.warmup, stable=run.is_trunk)
         for group in opt.param_groups:
             group["lr"] = lr
         loss = stepper.step(batch)
@@ -462,7 +520,7 @@ def train_run(
                     result.status = "diverged"
                     result.steps_done = done
                     break
-                if tasks and (done == steps or cfg.tasks.every_eval):
+                if tasks and not run.is_trunk and (done == steps or cfg.tasks.every_eval):
                     tt = time.perf_counter()
                     result.metrics += metric_rows(tasks, model, device, done, row["tokens"])
                     result.task_seconds += time.perf_counter() - tt
@@ -484,27 +542,12 @@ def train_run(
                 t.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= t.checkpoint_every_s
             )
             if checkpoint is not None and due and done < steps:
-                elapsed = prior["seconds"] + time.perf_counter() - t0
-                _save_checkpoint(
-                    checkpoint,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "step": done,
-                        "curve": result.curve,
-                        "metrics": result.metrics,
-                        "rng": torch.get_rng_state(),
-                        "timers": {
-                            "seconds": elapsed,
-                            "step_seconds": result.step_seconds,
-                            "eval_seconds": result.eval_seconds,
-                            "warmup_seconds": result.warmup_seconds,
-                            "task_seconds": result.task_seconds,
-                        },
-                    },
-                )
+                _save_checkpoint(checkpoint, snapshot(done))
                 last_ckpt = time.perf_counter()
             clock.restart()  # evaluation, logging and checkpoints are not step time
+        if done in saves:  # a trunk's branch point: the state its branch starts from
+            _save_checkpoint(saves.pop(done), snapshot(done))
+            clock.restart()
 
     # 5. summary
     result.seconds = prior["seconds"] + time.perf_counter() - t0
