@@ -105,3 +105,13 @@ def test_compare_two_families_side_by_side(micro_config, tmp_path):
     assert bad.exit_code == 2 and "not a sweep directory" in bad.output
     one = runner.invoke(app, ["compare", dirs[0]])
     assert one.exit_code == 2 and "at least two" in one.output
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_plans(name):
+    r = runner.invoke(app, ["plan", str(ROOT / "configs" / name), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["n_runs"] >= 1 and doc["total_flops"] <= doc["unshared_flops"] * (1 + 1e-12)
+    if name == "trunks.yaml":
+        assert doc["total_flops"] / doc["unshared_flops"] < 0.70

@@ -223,7 +223,7 @@ def load_results(
         status = np.asarray([str(s) for s in table["status"]])
         keep = status == "ok"
         for s in sorted(set(status[~keep])):
-            excluded[s] = int((status == s).sum())
+            excluded[str(s)] = int((status == s).sum())
 
     n = _floats(table, cols["n"], table_path)
     loss = _floats(table, cols["loss"], table_path)
