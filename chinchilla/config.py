@@ -171,6 +171,10 @@ class GridConfig:
     first budget, centred on a guess, may need them all, and is the cheapest; later ones,
     centred on a prediction, rarely need any)."""
 
+    size_ladder: bool = False
+    """Kind isoflop, generated family: take each budget's sizes from one geometric ladder
+    shared by all budgets (rung ratio size_span^(1 / (sizes_per_budget - 1))) instead of
+    a spread centred on each budget, so sizes repeat across budgets (and share trunks)."""
     share_trunks: bool = False
     """With train.schedule wsd: runs of one shape, batch, learning rate and seed share
     one warmup-stable trunk; each run is a branch that decays from the trunk's
@@ -202,6 +206,8 @@ class GridConfig:
             _fail("grid.tokens_per_param", f"must be > 0, got {self.tokens_per_param}")
         if self.adaptive and self.kind != "isoflop":
             _fail("grid.adaptive", "adaptive grids are IsoFLOP grids (grid.kind: isoflop)")
+        if self.size_ladder and self.kind != "isoflop":
+            _fail("grid.size_ladder", "a ladder of sizes across budgets is for kind isoflop")
         if self.adaptive and self.share_trunks:
             _fail("grid.share_trunks", "not with grid.adaptive (its budgets are planned late)")
         if not 0 < self.budget_tolerance < 1:

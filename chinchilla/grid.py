@@ -317,6 +317,21 @@ def _sizes_for_target(targets: list[float], cfg: Config, candidates: list[ModelS
     return chosen
 
 
+def _ladder(centre: float, first_budget: float, cfg: Config) -> list[float]:
+    """grid.size_ladder: the `sizes_per_budget` rungs nearest `centre` of one geometric
+    ladder shared by every budget (rung ratio size_span^(1 / (k - 1)), anchored at the
+    smallest budget's centre), so sizes repeat across budgets and can share trunks."""
+    g = cfg.grid
+    k = g.sizes_per_budget
+    if k == 1:
+        return [centre]
+    ratio = g.size_span ** (1 / (k - 1))
+    anchor = _expected_optimal_n(first_budget, cfg)
+    mid = round(math.log(centre / anchor) / math.log(ratio))
+    low = mid - (k - 1) // 2
+    return [anchor * ratio ** (low + i) for i in range(k)]
+
+
 def _log_spread(centre: float, span: float, k: int) -> list[float]:
     if k == 1:
         return [centre]
@@ -439,9 +454,12 @@ def _isoflop_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
             shapes = candidates
         else:
             centre = _expected_optimal_n(budget, cfg)
-            shapes = _sizes_for_target(
-                _log_spread(centre, g.size_span, g.sizes_per_budget), cfg, candidates
+            targets = (
+                _ladder(centre, min(g.budgets), cfg)
+                if g.size_ladder
+                else _log_spread(centre, g.size_span, g.sizes_per_budget)
             )
+            shapes = _sizes_for_target(targets, cfg, candidates)
             if len(shapes) < g.sizes_per_budget:
                 warnings.append(
                     f"budget {budget:.3g}: only {len(shapes)} distinct shapes of the "

@@ -119,8 +119,21 @@ def prepare(
     check_directory(cfg, out, force)
     merge(out)  # a crash between a part and the merge leaves the tables behind
     done = {i for i, s in finished_ids(out).items() if s in FINISHED}
+    remove_finished_checkpoints(out, p.runs, done)
     pending = [r for r in p.runs if r.run_id not in done]
     return p, pending
+
+
+def remove_finished_checkpoints(out: Path, runs: list[PlannedRun], done: set[str]) -> None:
+    """A sweep killed between recording a run and removing its checkpoints leaves them
+    behind: the run's own, and a branch's trunk state at its branch point."""
+    from chinchilla.runs import branch_checkpoint
+
+    for r in runs:
+        if r.run_id in done:
+            (out / CHECKPOINTS / f"{r.run_id}.pt").unlink(missing_ok=True)
+            if r.trunk is not None:
+                branch_checkpoint(out, r.trunk, r.branch_step).unlink(missing_ok=True)
 
 
 def run_sweep(

@@ -6,7 +6,11 @@ From the fit of a sweep, predict the compute-optimal N at a budget beyond the gr
 with the sweep's own recipe (same config, resume, parquet and executors, in
 `RUNS/verify-<C>/`), and compare each approach's prediction with what the three runs
 measured: N_opt (the vertex of the parabola in log N through the three final losses,
-or the best run when the vertex falls outside them) and the minimum loss.
+or the best run when the vertex falls outside them) and the minimum loss. Each
+approach predicts the minimum loss its own way: Approach 3 by L(N, D) at its allocation
+(interval from its bootstrap), Approaches 1 and 2 by L(C) = E + k C^-gamma through their
+own minimum losses against C (the envelope; the parabolas' minima), with an 80%
+interval from a residual bootstrap when more than three points carry the law.
 
 The centre trained is the geometric mean of the approaches' predicted N_opt, so every
 approach's prediction lies near the three sizes. Budgets are in the sweep's compute
@@ -34,6 +38,13 @@ def _measured_optimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, st
         return p.n_opt, p.loss_opt, "parabola vertex through the runs"
     best = int(np.argmin(loss))
     return float(n[best]), float(loss[best]), "best run (the vertex is not bracketed)"
+
+
+def _own_loss(points, c: float) -> float | None:
+    from chinchilla.fit.backtest import _loss_law
+
+    flops, loss = points
+    return None if len(flops) < 3 else _loss_law(flops, loss, c)
 
 
 def _inside(value: float, interval) -> bool | None:
@@ -100,8 +111,17 @@ def verify(
     if len(n) < 2:
         raise UserError(f"verify: {len(n)} of the runs in {vout} finished ok")
     n_meas, loss_meas, how = _measured_optimum(n, loss)
+    from chinchilla.fit.backtest import loss_law_interval, minimum_loss_points
+
     approaches = []
     for r in rows:
+        if r["approach"] in (1, 2):  # its own minimum losses against C, extrapolated
+            pts = minimum_loss_points(rep, r["approach"])
+            law_c = float(r["flops"])
+            r = r | {
+                "loss": _own_loss(pts, law_c),
+                "loss_ci": loss_law_interval(*pts, law_c, n_resamples=bootstrap or 200, seed=seed),
+            }
         approaches.append(
             {
                 "approach": r["approach"],
@@ -127,5 +147,8 @@ def verify(
         "approaches": approaches,
         "skipped": rep.skipped,
         "convention": "C = 6 N D (the sweep's budget convention); N as in the fit",
-        "loss_note": "predicted loss is Approach 3's L(N, D) at each approach's allocation",
+        "loss_note": "predicted minimum loss: Approach 3's L(N, D) at its allocation; "
+        "Approaches 1 and 2: L(C) = E + k C^-gamma through their own minimum losses (the "
+        "envelope, the parabolas' minima), 80% intervals by a residual bootstrap (none "
+        "from 3 points or fewer)",
     }

@@ -109,6 +109,14 @@ def test_branches_are_the_independent_runs_they_replace(trunk_config, tmp_path):
         same = j[~j["step"].isin(after)]
         np.testing.assert_array_equal(same["train_loss_x"], same["train_loss_y"])
     assert not list((tmp_path / "shared" / "checkpoints").glob("*"))
+    # killed between recording a branch and removing its trunk state: the next sweep
+    # removes what a recorded run no longer needs
+    row = points.iloc[0]
+    stale = tmp_path / "shared" / "checkpoints" / f"{row['trunk']}@{int(row['branch_step'])}.pt"
+    stale.write_bytes(b"left behind")
+    (tmp_path / "shared" / "checkpoints" / f"{row['run_id']}.pt").write_bytes(b"x")
+    _sweep(trunk_config, tmp_path / "shared")
+    assert not list((tmp_path / "shared" / "checkpoints").glob("*"))
     assert set(points["trunk"]) == set(runs.loc[runs["status"] == "trunk", "run_id"])
     fit = runner.invoke(
         app, ["fit", str(tmp_path / "shared"), "--approach", "1", "--bootstrap", "20"]
@@ -198,3 +206,38 @@ def test_a_ray_sweep_runs_trunks_before_their_branches(trunk_config, tmp_path):
     ok = ref[ref["status"] == "ok"].index
     np.testing.assert_array_equal(runs.loc[ok, "loss"], ref.loc[ok, "loss"])
     assert not list((out / "checkpoints").glob("*.pt"))
+
+
+def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
+    from chinchilla.grid import _expected_optimal_n
+
+    root = Path(__file__).resolve().parents[1]
+    over = ["train.schedule=wsd", "grid.share_trunks=true", "grid.repeats=0"]
+    spread = plan(load_config(root / "configs" / "tiny.yaml", over))
+    ladder = plan(load_config(root / "configs" / "tiny.yaml", [*over, "grid.size_ladder=true"]))
+    cfg = ladder.config
+    by_budget: dict[float, list[int]] = {}
+    for r in ladder.points:
+        by_budget.setdefault(r.budget, []).append(r.n_params)
+    assert all(len(v) == 5 for v in by_budget.values())
+    for b, sizes in by_budget.items():  # still around each budget's centre, over ~size_span
+        centre = _expected_optimal_n(b, cfg)
+        assert min(sizes) < centre < max(sizes)
+        assert 4 < max(sizes) / min(sizes) < 16
+    shared = set.intersection(*(set(v) for v in by_budget.values()))
+    assert len(shared) >= 3  # a size of every budget
+    assert ladder.total_flops / ladder.unshared_flops < spread.total_flops / spread.unshared_flops
+    r = runner.invoke(
+        app,
+        [
+            "plan",
+            str(root / "configs" / "tiny.yaml"),
+            "--set",
+            "grid.kind=horizons",
+            "--set",
+            "grid.model_sizes=[3e3]",
+            "--set",
+            "grid.size_ladder=true",
+        ],
+    )
+    assert r.exit_code == 2 and "grid.size_ladder" in r.output

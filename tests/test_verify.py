@@ -50,6 +50,8 @@ def test_verify_trains_the_predicted_optimum_and_compares(micro_config, tmp_path
     ns = [x["n_params"] for x in doc["runs"]]
     assert ns == sorted(ns) and ns[-1] / ns[0] > 2  # N/2, N, 2N (nearest shapes)
     assert {a["approach"] for a in doc["approaches"]} >= {2, 3}
+    for a in doc["approaches"]:  # each approach predicts the minimum loss its own way
+        assert a["loss_predicted"] is not None and np.isfinite(a["loss_predicted"])
     for a in doc["approaches"]:
         assert a["n_opt_ratio"] > 0 and a["n_opt_ci"] is not None
     vdir = out / "verify-2e+09"
@@ -65,3 +67,20 @@ def test_verify_trains_the_predicted_optimum_and_compares(micro_config, tmp_path
 def test_verify_needs_a_sweep_directory(tmp_path):
     r = CliRunner().invoke(app, ["verify", str(tmp_path)])
     assert r.exit_code == 2 and "not a sweep directory" in r.output
+
+
+def test_the_minimum_loss_law_and_its_interval():
+    """L(C) = E + k C^-gamma through minimum losses: recovered from exact points, an
+    interval that holds the truth from noisy ones, none from three points."""
+    from chinchilla.fit.backtest import _loss_law, loss_law_interval
+
+    c = np.logspace(10, 12, 6)
+
+    def truth(x):
+        return 1.5 + 40 * x**-0.15
+
+    assert _loss_law(c, truth(c), 4e12) == __import__("pytest").approx(truth(4e12), rel=1e-6)
+    noisy = truth(c) * np.exp(np.random.default_rng(0).normal(0, 0.004, len(c)))
+    lo, hi = loss_law_interval(c, noisy, 4e12, n_resamples=200)
+    assert lo < truth(4e12) < hi and hi - lo < 0.2
+    assert loss_law_interval(c[:3], truth(c[:3]), 4e12) is None

@@ -42,10 +42,9 @@ def observed_optimum(budget: float, res: Results, sel: np.ndarray) -> HeldOut:
     return HeldOut(budget, c, float(n[best]), float(loss[best]), how)
 
 
-def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
-    """Minimum loss extrapolated by L(C) = E + k C^-gamma (least squares on log L, E in
-    [0, min loss)): a pure power law has no floor and overshoots downward. None when the
-    fit does not converge."""
+def _fit_loss_law(flops: np.ndarray, loss: np.ndarray):
+    """L(C) = E + k C^-gamma by least squares on log L (E in [0, min loss)): the fitted
+    law as a function of C, or None when the fit does not converge."""
     from scipy.optimize import least_squares
 
     x, y = np.log(flops / flops.max()), np.log(loss)
@@ -55,12 +54,54 @@ def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
         return np.log(e + np.exp(log_k - gamma * x)) - y
 
     e0 = 0.5 * float(loss.min())
-    start = [e0, float(np.log(loss.max() - e0)), 0.1]
+    start = [e0, float(np.log(max(loss.max() - e0, 1e-12))), 0.1]
     fit = least_squares(resid, start, bounds=([0, -50, 0], [float(loss.min()), 50, 5]))
     if not fit.success:
         return None
     e, log_k, gamma = fit.x
-    return float(e + np.exp(log_k - gamma * np.log(at / flops.max())))
+    top = flops.max()
+    return lambda c: e + np.exp(log_k - gamma * np.log(np.asarray(c, float) / top))
+
+
+def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
+    """Minimum loss extrapolated by L(C) = E + k C^-gamma (least squares on log L, E in
+    [0, min loss)): a pure power law has no floor and overshoots downward. None when the
+    fit does not converge."""
+    law = _fit_loss_law(flops, loss)
+    return None if law is None else float(law(at))
+
+
+def loss_law_interval(
+    flops: np.ndarray, loss: np.ndarray, at: float, n_resamples: int = 200, seed: int = 0
+) -> list[float] | None:
+    """80% interval of `_loss_law` at `at` by a residual bootstrap (the fitted law plus
+    resampled residuals of log L, refitted). None with 3 points or fewer (the law's three
+    parameters go through them exactly: no residuals to resample) or when over 10% of
+    the refits fail."""
+    law = _fit_loss_law(flops, loss)
+    if law is None or len(flops) <= 3:
+        return None
+    fitted = np.log(law(flops))
+    resid = np.log(loss) - fitted
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        star = np.exp(fitted + rng.choice(resid, size=len(resid), replace=True))
+        refit = _fit_loss_law(flops, star)
+        if refit is not None:
+            values.append(float(refit(at)))
+    if len(values) < 0.9 * n_resamples:
+        return None
+    return [float(np.percentile(values, 10)), float(np.percentile(values, 90))]
+
+
+def minimum_loss_points(rep: FitReport, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, minimum loss) that approach k (1 or 2) has at each compute: the envelope's
+    points, or the usable IsoFLOP parabolas' minima."""
+    if k == 1:
+        return np.asarray(rep.approach1.flops), np.asarray(rep.approach1.loss)
+    used = [p for p in rep.approach2.parabolas if p.usable]
+    return np.array([p.flops for p in used]), np.array([p.loss_opt for p in used])
 
 
 def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
@@ -71,13 +112,7 @@ def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
     _, n_opt, d_opt = (float(v) for v in _allocate(k, point, flops=c))
     if k == 3:
         return n_opt, float(rep.approach3.loss(n_opt, d_opt))
-    if k == 1:
-        env = rep.approach1
-        return n_opt, _loss_law(env.flops, env.loss, c)
-    used = [p for p in rep.approach2.parabolas if p.usable]
-    return n_opt, _loss_law(
-        np.array([p.flops for p in used]), np.array([p.loss_opt for p in used]), c
-    )
+    return n_opt, _loss_law(*minimum_loss_points(rep, k), c)
 
 
 def backtest(res: Results, opts: FitOptions, k: int = 1) -> dict[str, Any]:
