@@ -10,7 +10,8 @@ or the best run when the vertex falls outside them) and the minimum loss. Each
 approach predicts the minimum loss its own way: Approach 3 by L(N, D) at its allocation
 (interval from its bootstrap), Approaches 1 and 2 by L(C) = E + k C^-gamma through their
 own minimum losses against C (the envelope; the parabolas' minima), with an 80%
-interval from a residual bootstrap when more than three points carry the law.
+interval from Approach 1's own run bootstrap, or for Approach 2 a residual bootstrap of
+the minima when more than three budgets carry the law.
 
 The centre trained is the geometric mean of the approaches' predicted N_opt, so every
 approach's prediction lies near the three sizes. Budgets are in the sweep's compute
@@ -38,6 +39,30 @@ def _measured_optimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, st
         return p.n_opt, p.loss_opt, "parabola vertex through the runs"
     best = int(np.argmin(loss))
     return float(n[best]), float(loss[best]), "best run (the vertex is not bracketed)"
+
+
+def _envelope_loss_interval(rep, c: float, n: int, seed: int) -> list[float] | None:
+    """80% interval of Approach 1's minimum-loss law at c, by Approach 1's own bootstrap
+    (runs resampled, within sizes for finished runs): the envelope is a grid of points
+    interpolated from the same curves, so its residuals are not independent draws."""
+    from chinchilla.fit.backtest import _loss_law
+    from chinchilla.fit.bootstrap import bootstrap_loop
+    from chinchilla.fit.envelope import FINISHED
+    from chinchilla.fit.results import _approach1
+
+    if not n:
+        return None
+    res = rep.results
+
+    def one(idx):
+        env = _approach1(res, idx)
+        value = _loss_law(env.flops, env.loss, c)
+        if value is None:
+            raise ValueError("the loss law did not converge")
+        return {"loss": value}
+
+    groups = res.n_params if rep.approach1.source == FINISHED else None
+    return bootstrap_loop(len(res), n, seed + 1, one, groups=groups).interval("loss")
 
 
 def _own_loss(points, c: float) -> float | None:
@@ -118,10 +143,11 @@ def verify(
         if r["approach"] in (1, 2):  # its own minimum losses against C, extrapolated
             pts = minimum_loss_points(rep, r["approach"])
             law_c = float(r["flops"])
-            r = r | {
-                "loss": _own_loss(pts, law_c),
-                "loss_ci": loss_law_interval(*pts, law_c, n_resamples=bootstrap or 200, seed=seed),
-            }
+            if r["approach"] == 1:  # the envelope's points are not independent
+                ci = _envelope_loss_interval(rep, law_c, bootstrap, seed)
+            else:  # one minimum per budget
+                ci = loss_law_interval(*pts, law_c, n_resamples=bootstrap or 200, seed=seed)
+            r = r | {"loss": _own_loss(pts, law_c), "loss_ci": ci}
         approaches.append(
             {
                 "approach": r["approach"],
@@ -149,6 +175,6 @@ def verify(
         "convention": "C = 6 N D (the sweep's budget convention); N as in the fit",
         "loss_note": "predicted minimum loss: Approach 3's L(N, D) at its allocation; "
         "Approaches 1 and 2: L(C) = E + k C^-gamma through their own minimum losses (the "
-        "envelope, the parabolas' minima), 80% intervals by a residual bootstrap (none "
-        "from 3 points or fewer)",
+        "envelope, the parabolas' minima), 80% intervals by Approach 1's run bootstrap and "
+        "a residual bootstrap of Approach 2's minima (none from 3 budgets or fewer)",
     }
