@@ -84,3 +84,51 @@ def test_the_minimum_loss_law_and_its_interval():
     lo, hi = loss_law_interval(c, noisy, 4e12, n_resamples=200)
     assert lo < truth(4e12) < hi and hi - lo < 0.2
     assert loss_law_interval(c[:3], truth(c[:3]), 4e12) is None
+
+
+def test_verify_resumes_after_sigkill(micro_config, tmp_path):
+    """Killed (with its workers) once a verification run has a checkpoint, then rerun:
+    the three runs are each recorded once, and the answer is the uninterrupted one's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for out in (clean, killed):
+        _sweep_from_a_law(micro_config, out)
+        cfg = (
+            (out / "config.yaml")
+            .read_text()
+            .replace("checkpoint_every_s: 60.0", "checkpoint_every_s: 0.05")
+        )
+        (out / "config.yaml").write_text(cfg)
+    args = ["verify", "--budget", "4e9", "--bootstrap", "20", "--json"]
+    ref = json.loads(CliRunner().invoke(app, [args[0], str(clean), *args[1:]]).stdout)
+    cmd = [sys.executable, "-m", "chinchilla", args[0], str(killed), *args[1:]]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    vdir = killed / "verify-4e+09"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if list((vdir / "checkpoints").glob("*.pt")) if (vdir / "checkpoints").exists() else []:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "verify ended before a checkpoint was seen"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    again = json.loads(CliRunner().invoke(app, [args[0], str(killed), *args[1:]]).stdout)
+    runs = pd.read_parquet(vdir / "runs.parquet")
+    curves = pd.read_parquet(vdir / "curves.parquet")
+    assert len(runs) == 3 and runs["run_id"].is_unique and (runs["status"] == "ok").all()
+    assert not curves.duplicated(["run_id", "step"]).any()
+    assert runs["resumed_from"].notna().any()  # the killed run continued, not restarted
+    np.testing.assert_allclose(
+        [r["loss"] for r in again["runs"]], [r["loss"] for r in ref["runs"]], rtol=1e-5
+    )
+    assert again["measured"]["n_opt"] == ref["measured"]["n_opt"]
