@@ -40,10 +40,6 @@ import numpy as np
 
 from chinchilla.errors import UserError
 
-SHARP = ("exact_match", "accuracy")  # metrics that jump: right or wrong as a whole
-# a smooth metric of the same outputs, for each sharp one
-SMOOTH_OF = {"exact_match": "logprob", "accuracy": "logprob"}
-
 
 @dataclass
 class Task:
@@ -281,7 +277,7 @@ def _log_softmax_after(model, prompt, following):
     return torch.log_softmax(model(x)[:, prompt.shape[1] - 1 :].float(), dim=-1)
 
 
-def _logprobs(model, prompt, target, device):
+def _logprobs(model, prompt, target):
     """(B, len(target)) log-probabilities of `target` after `prompt` (teacher-forced)."""
     return _log_softmax_after(model, prompt, target).gather(-1, target[..., None])[..., 0]
 
@@ -331,7 +327,7 @@ def _score_answers(model, task: Task, device: str, batch: int) -> dict[str, floa
             logp = logsm.gather(-1, target[..., None])[..., 0].double().cpu().numpy()
             gen = logsm.argmax(dim=-1).cpu().numpy()
         else:  # greedy generation from the prompt
-            logp = _logprobs(model, prompt, target, device).double().cpu().numpy()
+            logp = _logprobs(model, prompt, target).double().cpu().numpy()
             gen = _greedy(model, prompt, target.shape[1]).cpu().numpy()
         ans = target.cpu().numpy()
         for k in ks:
@@ -360,7 +356,7 @@ def _score_choice(model, task: Task, device: str, batch: int) -> dict[str, float
         sel = [pairs[g] for g in group]
         prompt = torch.as_tensor(np.stack([task.prompts[i] for i, _ in sel]), device=device)
         target = torch.as_tensor(np.stack([task.choices[i][j] for i, j in sel]), device=device)
-        logp = _logprobs(model, prompt, target, device).double().cpu().numpy()
+        logp = _logprobs(model, prompt, target).double().cpu().numpy()
         for (i, j), row in zip(sel, logp, strict=True):
             totals[i][j], means[i][j] = float(row.sum()), float(row.mean())
     acc, lp, brier = np.zeros(n), np.zeros(n), np.zeros(n)
