@@ -487,10 +487,6 @@ def _fit_metric(results: Path, name, budgets, bootstrap, seed, n_convention, out
     _print_metric(doc, table, written)
 
 
-def _interval(iv, fmt="{:.3g}") -> str:
-    return "" if not iv else " [" + ", ".join(fmt.format(v) for v in iv) + "]"
-
-
 def _print_metric(doc: dict, table, written) -> None:
     from rich.table import Table
 
@@ -522,10 +518,10 @@ def _print_metric(doc: dict, table, written) -> None:
     if doc["kind"] == "sharp":
         console.stdout.print(
             f"fit ({doc['kind']}): over every run, {name} = sigmoid of loss with midpoint "
-            f"{p['loss_mid']['value']:.4f}{_interval(p['loss_mid']['interval'], '{:.4f}')} "
+            f"{p['loss_mid']['value']:.4f}{_ci(p['loss_mid']['interval'], '{:.4f}')} "
             f"nats and width {p['loss_width']['value']:.4f}; on the frontier, a sigmoid of "
             f"log10 C with midpoint {p['log10c_mid']['value']:.3f}"
-            f"{_interval(p['log10c_mid']['interval'])}; frontier loss = "
+            f"{_ci(p['log10c_mid']['interval'])}; frontier loss = "
             f"{doc['conventions']['loss_floor']:.4g} + {p['loss_A']['value']:.4g}·C^-"
             f"{p['loss_b']['value']:.4f} (chance level {doc['chance']:.3g})"
         )
@@ -533,7 +529,7 @@ def _print_metric(doc: dict, table, written) -> None:
         console.stdout.print(
             f"fit ({doc['kind']}): on the frontier, the error left (|{name} - "
             f"{doc['conventions']['best_score']:.4g}|, the best score) = {p['A']['value']:.4g}·C^-"
-            f"{p['b']['value']:.4f}{_interval(p['b']['interval'], '{:.4f}')}; over every run, "
+            f"{p['b']['value']:.4f}{_ci(p['b']['interval'], '{:.4f}')}; over every run, "
             f"{name} = {p['loss_intercept']['value']:.4f} + {p['loss_slope']['value']:.4f}·loss"
         )
     if doc.get("ceiling") is not None:
@@ -551,9 +547,9 @@ def _print_metric(doc: dict, table, written) -> None:
         cells = [f"{r['C']:.3g}", f"{r['x_data']:.3g}"]
         if two_step:
             cells.append(f"{r['loss']:.4f}")
-        cells.append(f"{r['value']:.4f}{_interval(r['interval'], '{:.3f}')}")
+        cells.append(f"{r['value']:.4f}{_ci(r['interval'], '{:.3f}')}")
         if two_step:
-            cells.append(f"{r['value_direct']:.4f}{_interval(r['interval_direct'], '{:.3f}')}")
+            cells.append(f"{r['value_direct']:.4f}{_ci(r['interval_direct'], '{:.3f}')}")
         t.add_row(*cells)
     console.stdout.print(t)
     b = doc["bootstrap"]
@@ -816,8 +812,9 @@ def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
     return written
 
 
-def _ci(v) -> str:
-    return f" [{v[0]:.3g}, {v[1]:.3g}]" if v else ""
+def _ci(v, fmt: str = "{:.3g}") -> str:
+    """ " [low, high]" of an interval, or "" when there is none."""
+    return f" [{fmt.format(v[0])}, {fmt.format(v[1])}]" if v else ""
 
 
 def _print_fit(doc: dict, written: list[Path]) -> None:

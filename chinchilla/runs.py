@@ -195,9 +195,8 @@ def attempt_run(
     message (the traceback beside it)."""
     from chinchilla.train import RunResult, train_run
 
-    ckpt_dir = out / CHECKPOINTS
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / f"{run.run_id}.pt"
+    ckpt = run_checkpoint(out, run.run_id)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     points = None
     if run.is_trunk:  # branch points of branches not yet recorded
         from chinchilla.store import FINISHED, finished_ids
@@ -237,16 +236,29 @@ def attempt_run(
     return row, {"curve": result.curve, "metrics": result.metrics}, result.segment_seconds
 
 
+def run_checkpoint(out: Path, run_id: str) -> Path:
+    """A run's own checkpoint, kept until the run is recorded."""
+    return out / CHECKPOINTS / f"{run_id}.pt"
+
+
 def branch_checkpoint(out: Path, trunk: str, step: int) -> Path:
     """A shared trunk's state at a branch point, kept until its branch is recorded."""
     return out / CHECKPOINTS / f"{trunk}@{step}.pt"
+
+
+def discard_checkpoints(out: Path, run_id: str, trunk: str | None, branch_step) -> None:
+    """What a recorded run no longer needs: its own checkpoint and, a branch, its
+    trunk's state at its branch point."""
+    run_checkpoint(out, run_id).unlink(missing_ok=True)
+    if trunk is not None and branch_step is not None:
+        branch_checkpoint(out, trunk, int(branch_step)).unlink(missing_ok=True)
 
 
 def ready(out: Path, run: PlannedRun) -> bool:
     """Whether a run can start: a branch needs its trunk's checkpoint (or its own)."""
     if run.trunk is None:
         return True
-    own = out / CHECKPOINTS / f"{run.run_id}.pt"
+    own = run_checkpoint(out, run.run_id)
     return own.exists() or branch_checkpoint(out, run.trunk, run.branch_step).exists()
 
 
@@ -280,9 +292,7 @@ def record(out: Path, row: dict[str, Any], tables: dict[str, list]) -> None:
     a branch, its trunk's checkpoint at its branch point)."""
     write_part(out, row, tables.get("curve", []), tables.get("metrics"))
     if row["status"] != "failed":
-        (out / CHECKPOINTS / f"{row['run_id']}.pt").unlink(missing_ok=True)
-        if row.get("trunk") is not None and row.get("branch_step") is not None:
-            branch_checkpoint(out, row["trunk"], int(row["branch_step"])).unlink(missing_ok=True)
+        discard_checkpoints(out, row["run_id"], row.get("trunk"), row.get("branch_step"))
 
 
 def train_and_record(run: PlannedRun, cfg: Config, out: Path, data, **kwargs):

@@ -6,9 +6,9 @@ A sweep directory holds:
   last, so its presence means the run is complete;
 - `parts/<run_id>.metrics.parquet`, when tasks are configured: the run's task metrics;
 - `runs.parquet` (one row per run), `curves.parquet` (one row per logged step) and
-  `metrics.parquet` (one row per task metric and scored step), merged from the parts; rebuilt at most every 30 s during a sweep (`Merger`), at its
-  end and at the start of every sweep, so
-  a crash between the two leaves nothing missing or duplicated.
+  `metrics.parquet` (one row per task metric and scored step), merged from the parts;
+  rebuilt at most every 30 s during a sweep (`Merger`), at its end and at the start of
+  every sweep, so a crash between the two leaves nothing missing or duplicated.
 Every file is written through `chinchilla.files.atomic_write` (temporary file, then
 `os.replace`).
 """

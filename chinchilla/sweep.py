@@ -127,13 +127,11 @@ def prepare(
 def remove_finished_checkpoints(out: Path, runs: list[PlannedRun], done: set[str]) -> None:
     """A sweep killed between recording a run and removing its checkpoints leaves them
     behind: the run's own, and a branch's trunk state at its branch point."""
-    from chinchilla.runs import branch_checkpoint
+    from chinchilla.runs import discard_checkpoints
 
     for r in runs:
         if r.run_id in done:
-            (out / CHECKPOINTS / f"{r.run_id}.pt").unlink(missing_ok=True)
-            if r.trunk is not None:
-                branch_checkpoint(out, r.trunk, r.branch_step).unlink(missing_ok=True)
+            discard_checkpoints(out, r.run_id, r.trunk, r.branch_step)
 
 
 def run_sweep(

@@ -232,7 +232,7 @@ def load_tasks(cfg, data) -> list[Task]:
 
         path = cfg.resolve_path(cfg.tasks.file)
         encode, unk = text_encoder(cfg)
-        name = cfg.tasks.name or path.stem.replace("/", "_")
+        name = cfg.tasks.name or path.stem
         if any(t.name == name for t in tasks):
             raise UserError(f"config: tasks.name: '{name}' is the built-in task's name")
         tasks.append(

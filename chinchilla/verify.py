@@ -65,13 +65,6 @@ def _envelope_loss_interval(rep, c: float, n: int, seed: int) -> list[float] | N
     return bootstrap_loop(len(res), n, seed + 1, one, groups=groups).interval("loss")
 
 
-def _own_loss(points, c: float) -> float | None:
-    from chinchilla.fit.backtest import _loss_law
-
-    flops, loss = points
-    return None if len(flops) < 3 else _loss_law(flops, loss, c)
-
-
 def _inside(value: float, interval) -> bool | None:
     return None if not interval else bool(interval[0] <= value <= interval[1])
 
@@ -136,18 +129,18 @@ def verify(
     if len(n) < 2:
         raise UserError(f"verify: {len(n)} of the runs in {vout} finished ok")
     n_meas, loss_meas, how = _measured_optimum(n, loss)
-    from chinchilla.fit.backtest import loss_law_interval, minimum_loss_points
+    from chinchilla.fit.backtest import loss_law_interval, minimum_loss_at, minimum_loss_points
 
     approaches = []
     for r in rows:
         if r["approach"] in (1, 2):  # its own minimum losses against C, extrapolated
-            pts = minimum_loss_points(rep, r["approach"])
             law_c = float(r["flops"])
             if r["approach"] == 1:  # the envelope's points are not independent
                 ci = _envelope_loss_interval(rep, law_c, bootstrap, seed)
             else:  # one minimum per budget
+                pts = minimum_loss_points(rep, 2)
                 ci = loss_law_interval(*pts, law_c, n_resamples=bootstrap or 200, seed=seed)
-            r = r | {"loss": _own_loss(pts, law_c), "loss_ci": ci}
+            r = r | {"loss": minimum_loss_at(rep, r["approach"], law_c), "loss_ci": ci}
         approaches.append(
             {
                 "approach": r["approach"],

@@ -60,3 +60,25 @@ def micro_sweep(tmp_path_factory) -> Path:
     out = folder / "sweep"
     run_sweep(load_config(cfg_path), out, live=False)
     return out
+
+
+def kill_when(cmd: list[str], reached, what: str, timeout: float = 120) -> None:
+    """Start `cmd` in its own process group, SIGKILL the whole group as soon as
+    `reached()` is true, and fail if the command ended before that moment."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None and not reached():
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the command ended before {what}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -2,11 +2,8 @@
 that are the independent runs they replace, and a sweep killed anywhere that still
 trains every point once."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,8 @@ from typer.testing import CliRunner
 from chinchilla.cli import app
 from chinchilla.config import load_config
 from chinchilla.grid import decay_start, plan
+
+from .conftest import kill_when
 
 runner = CliRunner()
 
@@ -143,19 +142,10 @@ def test_a_failed_trunk_fails_its_branches_with_the_reason(trunk_config, tmp_pat
     assert branches["error"].str.contains("checkpoint of trunk").all()
 
 
-def _sweep_proc(cfg_path, out):
-    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(cfg_path), "--out", str(out)]
-    cmd += ["--workers", "2"]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-
-
 @pytest.mark.parametrize("moment", ["branch point written", "first branch recorded"])
 def test_sigkill_anywhere_then_rerun_trains_every_point_once(trunk_config, tmp_path, moment):
     ref_runs, _ = _sweep(trunk_config, tmp_path / "ref", workers=2)
     out = tmp_path / "killed"
-    proc = _sweep_proc(trunk_config, out)
     ckpts, parts = out / "checkpoints", out / "parts"
 
     def reached():
@@ -165,15 +155,8 @@ def test_sigkill_anywhere_then_rerun_trains_every_point_once(trunk_config, tmp_p
             pd.read_parquet(p)["trunk"].notna().any() for p in parts.glob("*.run.parquet")
         )
 
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None and not reached():
-            time.sleep(0.02)
-        assert proc.poll() is None, "the sweep ended before the moment to kill it"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    cmd = [sys.executable, "-m", "chinchilla", "sweep", str(trunk_config), "--out", str(out)]
+    kill_when([*cmd, "--workers", "2"], reached, moment)
     runs, curves = _sweep(trunk_config, out, workers=2)
     assert sorted(runs["run_id"]) == sorted(ref_runs["run_id"])  # every point (and trunk) once
     assert not curves.duplicated(["run_id", "step"]).any()

@@ -11,6 +11,8 @@ from chinchilla.cli import app
 from chinchilla.config import dump_yaml, load_config
 from chinchilla.fit.parametric import parametric_loss
 
+from .conftest import kill_when
+
 LAW = {"E": 1.6, "A": 15.0, "B": 60.0, "alpha": 0.3, "beta": 0.3}
 
 
@@ -89,11 +91,7 @@ def test_the_minimum_loss_law_and_its_interval():
 def test_verify_resumes_after_sigkill(micro_config, tmp_path):
     """Killed (with its workers) once a verification run has a checkpoint, then rerun:
     the three runs are each recorded once, and the answer is the uninterrupted one's."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     for out in (clean, killed):
@@ -107,21 +105,12 @@ def test_verify_resumes_after_sigkill(micro_config, tmp_path):
     args = ["verify", "--budget", "4e9", "--bootstrap", "20", "--json"]
     ref = json.loads(CliRunner().invoke(app, [args[0], str(clean), *args[1:]]).stdout)
     cmd = [sys.executable, "-m", "chinchilla", args[0], str(killed), *args[1:]]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
     vdir = killed / "verify-4e+09"
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if list((vdir / "checkpoints").glob("*.pt")) if (vdir / "checkpoints").exists() else []:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "verify ended before a checkpoint was seen"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when(
+        cmd,
+        lambda: (vdir / "checkpoints").exists() and any((vdir / "checkpoints").glob("*.pt")),
+        "a verification run wrote a checkpoint",
+    )
     again = json.loads(CliRunner().invoke(app, [args[0], str(killed), *args[1:]]).stdout)
     runs = pd.read_parquet(vdir / "runs.parquet")
     curves = pd.read_parquet(vdir / "curves.parquet")

@@ -104,6 +104,13 @@ def minimum_loss_points(rep: FitReport, k: int) -> tuple[np.ndarray, np.ndarray]
     return np.array([p.flops for p in used]), np.array([p.loss_opt for p in used])
 
 
+def minimum_loss_at(rep: FitReport, k: int, c: float) -> float | None:
+    """Approach k's (1 or 2) minimum loss at compute c: `_loss_law` through its own
+    minimum losses; None from fewer than 3 (the law has three parameters)."""
+    flops, loss = minimum_loss_points(rep, k)
+    return None if len(flops) < 3 else _loss_law(flops, loss, c)
+
+
 def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
     """(N_opt, minimum loss) that approach k predicts at compute c."""
     from chinchilla.predict import _allocate, _params
@@ -112,7 +119,7 @@ def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
     _, n_opt, d_opt = (float(v) for v in _allocate(k, point, flops=c))
     if k == 3:
         return n_opt, float(rep.approach3.loss(n_opt, d_opt))
-    return n_opt, _loss_law(*minimum_loss_points(rep, k), c)
+    return n_opt, minimum_loss_at(rep, k, c)
 
 
 def backtest(res: Results, opts: FitOptions, k: int = 1) -> dict[str, Any]:
