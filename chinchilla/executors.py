@@ -203,6 +203,7 @@ def run_local_parallel(
         failed_record,
         job_order,
         load_sweep_data,
+        stranded,
         stranded_record,
         sweep_environment,
         take_ready,
@@ -305,10 +306,10 @@ def run_local_parallel(
                             spawn(slot)
                         slot.run = run
                         slot.tasks.put(slot.run)
-                if todo and not any(s.run for s in slots):  # nothing can ever start them
+                lost_cause = stranded(out, todo, any(s.run for s in slots))
+                if lost_cause:  # branches whose trunk ended without their checkpoint
                     env = sweep_environment(cfg, device, irreducible)
-                    while todo:
-                        run = todo.popleft()
+                    for run in lost_cause:
                         row = stranded_record(run, env)
                         write_part(out, row, [])
                         prog.run_finished(run, row)
@@ -411,6 +412,7 @@ def run_ray(
         load_sweep_data,
         ready,
         record,
+        stranded,
         stranded_record,
         sweep_environment,
         tokens_needed,
@@ -451,9 +453,10 @@ def run_ray(
                 for r in [r for r in waiting if ready(out, r)]:
                     waiting.remove(r)
                     refs[submit(r)] = r
-                if not refs:  # nothing in flight can provide the waiting branches' trunks
+                lost_cause = stranded(out, waiting, bool(refs))
+                if lost_cause:  # branches whose trunk ended without their checkpoint
                     env = sweep_environment(cfg, "cpu", irreducible) | {"device": None}
-                    for r in waiting:
+                    for r in lost_cause:
                         row = stranded_record(r, env)
                         record(out, row, {})
                         prog.run_finished(r, row)

@@ -276,6 +276,15 @@ def take_ready(out: Path, todo) -> PlannedRun | None:
     return None
 
 
+def stranded(out: Path, waiting, in_flight: bool) -> list[PlannedRun]:
+    """The waiting runs that can never start: all of them when nothing is in flight to
+    write a checkpoint and none of them is ready; else none (a run that is ready but
+    found no free worker, say while a dead worker is replaced, is not stranded)."""
+    if in_flight or any(ready(out, r) for r in waiting):
+        return []
+    return list(waiting)
+
+
 def stranded_record(run: PlannedRun, env: dict[str, Any]) -> dict[str, Any]:
     """The failed row of a branch whose trunk left no checkpoint for it."""
     return failed_record(

@@ -224,3 +224,21 @@ def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
         ],
     )
     assert r.exit_code == 2 and "grid.size_ladder" in r.output
+
+
+def test_only_runs_that_can_never_start_are_stranded(trunk_config, tmp_path):
+    """A branch waits while anything is in flight; a ready run waiting for a worker (a
+    dead one being replaced, say) is never failed as stranded."""
+    from chinchilla.runs import branch_checkpoint, stranded
+
+    p = plan(load_config(trunk_config))
+    branch = next(r for r in p.runs if r.trunk is not None)
+    trunk = next(r for r in p.runs if r.is_trunk)
+    out = tmp_path / "s"
+    assert stranded(out, [branch], in_flight=True) == []
+    assert stranded(out, [branch], in_flight=False) == [branch]
+    assert stranded(out, [trunk, branch], in_flight=False) == []  # the trunk can start
+    point = branch_checkpoint(out, branch.trunk, branch.branch_step)
+    point.parent.mkdir(parents=True)
+    point.write_bytes(b"state")
+    assert stranded(out, [branch], in_flight=False) == []
