@@ -539,12 +539,13 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
             continue
         warmup = warmup_steps(min(r.steps for r in members), cfg)
         starts = [decay_start(r.steps, warmup, cfg) for r in members]
+        steps = max(starts)  # the trunk's: the latest branch point
         first = members[0]
         payload = {
             "trunk_of": run_id(first.shape, 0, first.lr, cfg, seed=first.seed),
             "batch": first.batch_size,
             "warmup": warmup,
-            "steps": max(starts),
+            "steps": steps,
         }
         tid = "t" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:11]
         branches = []
@@ -553,7 +554,6 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
             branches.append(
                 dataclasses.replace(r, run_id=rid, warmup=warmup, trunk=tid, branch_step=start)
             )
-        steps = max(starts)
         tokens = steps * first.batch_size * first.shape.seq_len
         scale = tokens / first.n_tokens
         trunk = dataclasses.replace(
