@@ -39,6 +39,7 @@ from chinchilla.runs import (
 from chinchilla.store import FINISHED, Merger, finished_ids, merge, ok_losses
 
 CONFIG_FILE = "config.yaml"
+CONFIG_DIR_KEY = "config_dir"  # in CONFIG_FILE: the folder of the config it copies
 SUMMARY_FILE = "sweep.json"
 
 
@@ -78,7 +79,7 @@ def check_directory(cfg: Config, out: Path, force: bool) -> None:
     path = out / CONFIG_FILE
     if path.exists() and not force:
         try:
-            old = from_dict(yaml.safe_load(path.read_text()) or {}, base_dir=cfg.base_dir)
+            old = from_dict(_read_saved(path)[0], base_dir=cfg.base_dir)
         except (UserError, yaml.YAMLError) as exc:
             raise UserError(
                 f"{path} is not a readable sweep config ({exc}); pass --force to overwrite it"
@@ -92,7 +93,20 @@ def check_directory(cfg: Config, out: Path, force: bool) -> None:
                 "use another --out, or pass --force to add these runs to it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_text(path, dump_yaml(cfg))
+    # where the config's relative paths (shapes_file, data.path, tasks.file, ...) start:
+    # `verify`, `status` and resumes read this copy from any working directory
+    base = yaml.safe_dump({CONFIG_DIR_KEY: str(Path(cfg.base_dir).resolve())})
+    atomic_text(path, dump_yaml(cfg) + base)
+
+
+def _read_saved(path: Path) -> tuple[dict, str]:
+    """A sweep directory's config.yaml: (the config, the folder its relative paths start
+    from; "." for directories written before it was recorded)."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: not a mapping of config sections")
+    base = raw.pop(CONFIG_DIR_KEY, ".")
+    return raw, str(base)
 
 
 def _has_trained(out: Path) -> bool:
@@ -339,7 +353,8 @@ def sweep_config(out: Path) -> Config:
     if not path.exists():
         raise UserError(f"{out} is not a sweep directory (no {CONFIG_FILE})")
     try:
-        return from_dict(yaml.safe_load(path.read_text()) or {}, base_dir=".")
+        raw, base = _read_saved(path)
+        return from_dict(raw, base_dir=base)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML ({exc})") from None
 

@@ -173,3 +173,28 @@ def test_the_gpu_validation_script_runs_its_resume_part_on_cpu(tmp_path):
     assert res["resumed_from"] not in (None, "no column")
     assert res["duplicate_curve_rows"] == 0 and res["checkpoints_left"] == 0
     assert res["loss_diff"] == 0.0 and res["noise_loss_diff"] == 0.0
+
+
+def test_a_sweep_directory_resolves_relative_paths_from_its_configs_folder(tmp_path, monkeypatch):
+    """`verify`, `status` and resumes read the sweep's copy of the config: a relative
+    shapes_file (or data.path) still means the file beside the original config, from
+    any working directory."""
+    from chinchilla.grid import plan
+    from chinchilla.sweep import check_directory, sweep_config
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "shapes.csv").write_text("d_model,n_layers,n_heads\n8,1,2\n16,1,4\n24,1,6\n")
+    (conf / "c.yaml").write_text(
+        "model: {family: table, shapes_file: shapes.csv, seq_len: 16}\n"
+        "grid: {budgets: [2e8], sizes_per_budget: 2, size_span: 2}\n"
+        "data: {vocab_size: 16}\n"
+    )
+    cfg = load_config(conf / "c.yaml")
+    out = tmp_path / "runs"
+    check_directory(cfg, out, force=False)
+    monkeypatch.chdir(tmp_path)
+    again = sweep_config(out)
+    assert again.fingerprint() == cfg.fingerprint()
+    assert [r.run_id for r in plan(again).runs] == [r.run_id for r in plan(cfg).runs]
+    check_directory(cfg, out, force=False)  # the same config is still the same sweep
