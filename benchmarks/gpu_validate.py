@@ -22,7 +22,7 @@ time limit still leaves what it measured:
    test of the executor on CUDA, not a scaling study (its sizes are too small to
    bracket the minima).
 
-`--smoke` runs the same code on CPU at toy sizes (configs/tiny.yaml), to test the
+`--smoke` runs the same code on CPU at toy sizes (configs/markov.yaml), to test the
 script itself; its numbers mean nothing.
 """
 
@@ -118,7 +118,7 @@ def part_steady(args, out: Path) -> dict:
     from chinchilla.grid import plan
     from chinchilla.train import initial_micro_batch, peak_flops, resolve_device, train_run
 
-    cfg_path = ROOT / ("configs/tiny.yaml" if args.smoke else "configs/gpu_h100.yaml")
+    cfg_path = ROOT / ("configs/markov.yaml" if args.smoke else "configs/gpu_h100.yaml")
     eval_tokens = 2048 if args.smoke else 131072
     sets = [
         "train.evals=1",
@@ -269,7 +269,7 @@ def timed_cli(res: dict, key: str, args_list: list[str], timeout: float, lines: 
 def resume_sets(smoke: bool) -> tuple[str, list[str]]:
     """A one-run sweep: about 95M parameters and 150 steps of 64 sequences (GPU)."""
     if smoke:
-        return "configs/tiny.yaml", [
+        return "configs/markov.yaml", [
             "grid.budgets=[1e11]",
             "grid.sizes_per_budget=1",
             "train.checkpoint_every_s=1",
@@ -372,7 +372,7 @@ def part_resume(args, out: Path, work: Path) -> dict:
 
 def sweep_sets(smoke: bool) -> tuple[str, list[str]]:
     if smoke:
-        return "configs/tiny.yaml", ["grid.sizes_per_budget=3", "execution.workers=2"]
+        return "configs/markov.yaml", ["grid.sizes_per_budget=3", "execution.workers=2"]
     return "configs/gpu_h100.yaml", [
         "grid.budgets=[1e14,3e14,1e15]",
         "grid.sizes_per_budget=4",

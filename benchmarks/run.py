@@ -213,10 +213,10 @@ def bench_sweep() -> None:
     from chinchilla.sweep import run_sweep
 
     budgets = "[3e10]" if QUICK else "[3e10, 1e11]"
-    print(f"\n4. sweep of configs/tiny.yaml with grid.budgets={budgets}: overhead and memory")
+    print(f"\n4. sweep of configs/markov.yaml with grid.budgets={budgets}: overhead and memory")
     for workers in (1, 2):
         cfg = load_config(
-            ROOT / "configs" / "tiny.yaml",
+            ROOT / "configs" / "markov.yaml",
             [f"grid.budgets={budgets}", f"execution.workers={workers}"],
         )
         rss = []
@@ -371,7 +371,7 @@ def bench_tokenize() -> None:
                     "-m",
                     "chinchilla",
                     "prepare",
-                    str(ROOT / "configs" / "tiny.yaml"),
+                    str(ROOT / "configs" / "markov.yaml"),
                     "--out",
                     str(Path(tmp) / f"out{workers}"),
                     "--set",

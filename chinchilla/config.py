@@ -314,6 +314,10 @@ class TrainConfig:
             _fail("train.checkpoint_every_s", f"must be >= 0, got {self.checkpoint_every_s}")
 
 
+QUANTA_KEYS = ("n_facts", "key_len", "value_len")
+MARKOV_KEYS = ("orders", "order_weights", "support", "n_rules", "copy_lag", "copy_weight")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where tokens come from."""
@@ -353,7 +357,17 @@ class DataConfig:
     UTF-8: strict stops naming the file and byte; replace makes each invalid byte U+FFFD;
     skip leaves the document out. Counted and summarised in one line. Byte tokens read
     files of kind text as raw bytes and need no decoding."""
-    # synthetic source (see chinchilla/data/synthetic.py)
+    # synthetic source (see chinchilla/data/synthetic.py and chinchilla/data/quanta.py)
+    process: Literal["markov", "quanta"] = "markov"
+    """Synthetic: markov, a mixture of sparse Markov rules (orders, order_weights,
+    support, n_rules, copy_*); quanta, Zipf-distributed facts, each a key and a value
+    (n_facts, key_len, value_len), whose loss follows power laws in N and D."""
+    n_facts: int = 4096
+    """Synthetic quanta: number of facts; fact k is used with probability ~ k^-zipf_exponent."""
+    key_len: int = 3
+    """Synthetic quanta: tokens of a fact's key (random: the irreducible loss)."""
+    value_len: int = 2
+    """Synthetic quanta: tokens of a fact's value (determined by the key)."""
     orders: tuple[int, ...] = (1, 2, 3)
     """Synthetic: context lengths of the mixture's Markov components."""
     order_weights: tuple[float, ...] = (0.25, 0.35, 0.4)
@@ -363,7 +377,8 @@ class DataConfig:
     n_rules: int = 4096
     """Synthetic: distinct rules per order above 1 (contexts are hashed onto them)."""
     zipf_exponent: float = 1.1
-    """Synthetic: Zipf exponent of how often each token is a candidate."""
+    """Synthetic: Zipf exponent of how often each token is a candidate (markov) or each
+    fact is used (quanta; above 1 for a power law in N)."""
     copy_lag: int = 0
     """Synthetic: with `copy_weight` > 0, the distance L of the long-range component (the
     next token copies the one L positions back); must be below model.seq_len."""
@@ -401,6 +416,15 @@ class DataConfig:
             _fail("data.copy_weight", f"must be in [0, 1), got {self.copy_weight}")
         if self.copy_weight > 0 and self.copy_lag < 1:
             _fail("data.copy_lag", "copy_weight > 0 needs copy_lag >= 1")
+        if self.n_facts < 1 or self.key_len < 1 or self.value_len < 1:
+            _fail("data.n_facts", "n_facts, key_len and value_len must be >= 1")
+        keys = (self.resolved_vocab_size - 1) ** self.key_len
+        if self.kind == "synthetic" and self.process == "quanta" and self.n_facts > keys:
+            _fail(
+                "data.n_facts",
+                f"{self.n_facts} facts need distinct keys, but {self.resolved_vocab_size - 1} "
+                f"tokens make only {keys} keys of {self.key_len} tokens",
+            )
         if self.zipf_exponent < 0:
             _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         if self.workers is not None and self.workers < 1:
@@ -580,7 +604,14 @@ class Config:
     def data_identity(self) -> dict[str, Any]:
         """The data section less what changes only speed (data.workers): what run ids,
         fingerprints and data caches depend on."""
-        return {k: v for k, v in self.to_dict()["data"].items() if k != "workers"}
+        d = {k: v for k, v in self.to_dict()["data"].items() if k != "workers"}
+        if self.data.process == "markov":  # identities from before quanta existed
+            for k in ("process", *QUANTA_KEYS):
+                d.pop(k)
+        else:
+            for k in MARKOV_KEYS:
+                d.pop(k)
+        return d
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results (the execution section and the

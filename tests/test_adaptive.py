@@ -43,7 +43,7 @@ class Law:
 
 def _tiny(tokens_per_param):
     return load_config(
-        ROOT / "configs" / "tiny.yaml",
+        ROOT / "configs" / "markov.yaml",
         [f"grid.tokens_per_param={tokens_per_param}", "grid.adaptive=true"],
     )
 
@@ -65,7 +65,7 @@ def test_a_wrong_centre_ends_bracketed_within_1_5x_the_fixed_grid(tokens_per_par
         assert side is None, budget  # lowest loss interior, >= 2 sizes each side
         assert vertex is not None and (n < vertex).sum() >= 2 and (n > vertex).sum() >= 2
     fixed = plan(
-        load_config(ROOT / "configs" / "tiny.yaml", [f"grid.tokens_per_param={tokens_per_param}"])
+        load_config(ROOT / "configs" / "markov.yaml", [f"grid.tokens_per_param={tokens_per_param}"])
     )
     assert sum(r.flops for r in runs) <= 1.5 * fixed.total_flops
     assert {r.planned_by for r in runs} >= {"initial", "recentred"}

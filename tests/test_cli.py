@@ -15,7 +15,7 @@ runner = CliRunner()
 
 
 def test_plan_json_document():
-    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "tiny.yaml"), "--json"])
+    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "markov.yaml"), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert {"runs", "total_flops", "estimated_hours"} <= set(doc)
@@ -44,7 +44,7 @@ def test_plan_json_document():
 
 
 def test_plan_table_names_units():
-    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "tiny.yaml")])
+    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "markov.yaml")])
     assert r.exit_code == 0
     assert "N total" in r.stdout and "6ND" in r.stdout and "[FLOPs]" in r.stdout
 

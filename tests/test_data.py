@@ -148,7 +148,7 @@ def test_synthetic_training_data_is_the_same_on_any_number_of_processes(tmp_path
 
     from .conftest import ROOT
 
-    cfg = load(ROOT / "configs" / "tiny.yaml")
+    cfg = load(ROOT / "configs" / "markov.yaml")
     files = []
     for workers in (1, 2):
         monkeypatch.setattr(synthetic, "generation_workers", lambda w=workers: w)

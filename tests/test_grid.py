@@ -9,7 +9,7 @@ from .conftest import ROOT, reference_file
 
 
 def test_tiny_plan_meets_the_design_card():
-    p = plan(load_config(ROOT / "configs" / "tiny.yaml"))
+    p = plan(load_config(ROOT / "configs" / "markov.yaml"))
     budgets = sorted({r.budget for r in p.runs})
     assert len(budgets) >= 3
     for c in budgets:
@@ -25,7 +25,7 @@ def test_tiny_plan_meets_the_design_card():
 
 
 def test_run_ids_are_stable_and_ignore_logistics():
-    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    cfg = load_config(ROOT / "configs" / "markov.yaml")
     ids = [r.run_id for r in plan(cfg).runs]
     assert ids == [r.run_id for r in plan(cfg).runs]
     logistic = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every_s=5))
@@ -35,7 +35,7 @@ def test_run_ids_are_stable_and_ignore_logistics():
 
 
 def test_chinchilla_flops_convention_defines_the_budget(tmp_path):
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["grid.flops_convention=chinchilla"])
+    cfg = load_config(ROOT / "configs" / "markov.yaml", ["grid.flops_convention=chinchilla"])
     for r in plan(cfg).runs:
         assert r.flops == r.flops_chinchilla
         assert abs(r.flops - r.budget) / r.budget <= 0.02
@@ -43,7 +43,7 @@ def test_chinchilla_flops_convention_defines_the_budget(tmp_path):
 
 def test_horizons_grid(tmp_path):
     cfg = load_config(
-        ROOT / "configs" / "tiny.yaml",
+        ROOT / "configs" / "markov.yaml",
         [
             "grid.kind=horizons",
             "grid.model_sizes=[5e3, 2e4]",

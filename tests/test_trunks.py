@@ -196,8 +196,8 @@ def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     over = ["train.schedule=wsd", "grid.share_trunks=true", "grid.repeats=0"]
-    spread = plan(load_config(root / "configs" / "tiny.yaml", over))
-    ladder = plan(load_config(root / "configs" / "tiny.yaml", [*over, "grid.size_ladder=true"]))
+    spread = plan(load_config(root / "configs" / "markov.yaml", over))
+    ladder = plan(load_config(root / "configs" / "markov.yaml", [*over, "grid.size_ladder=true"]))
     cfg = ladder.config
     by_budget: dict[float, list[int]] = {}
     for r in ladder.points:
@@ -214,7 +214,7 @@ def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
         app,
         [
             "plan",
-            str(root / "configs" / "tiny.yaml"),
+            str(root / "configs" / "markov.yaml"),
             "--set",
             "grid.kind=horizons",
             "--set",

@@ -182,8 +182,20 @@ def _draw_supports(rng, zipf: np.ndarray, n: int, support: int) -> np.ndarray:
     return out
 
 
-def _source(cfg) -> SyntheticSource:
+def _source(cfg):
+    """The configured process: `SyntheticSource` (markov) or `QuantaSource` (quanta)."""
     d = cfg.data
+    if d.process == "quanta":
+        from chinchilla.data.quanta import QuantaSource
+
+        return QuantaSource(
+            d.resolved_vocab_size,
+            d.n_facts,
+            d.key_len,
+            d.value_len,
+            d.zipf_exponent,
+            seed=cfg.train.seed,
+        )
     return SyntheticSource(
         d.resolved_vocab_size,
         d.orders,
