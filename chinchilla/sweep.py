@@ -281,6 +281,13 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
         summary.planned = len(run_adaptive(cfg, train, losses))
     else:
         execute(p, pending)
+    # A trunk resumed from a checkpoint before one of its branch points writes that point
+    # again when its branch was not yet recorded as the trunk restarted; if the branch,
+    # resumed from its own checkpoint on another worker, is recorded before the trunk
+    # gets there, nothing reads or removes that point. Every run has ended here.
+    remove_finished_checkpoints(
+        out, p.runs, {i for i, s in finished_ids(out).items() if s in FINISHED}
+    )
     runs = merge(out)
     if len(runs):
         summary.statuses = runs["status"].value_counts().to_dict()
