@@ -416,15 +416,11 @@ class DataConfig:
             _fail("data.copy_weight", f"must be in [0, 1), got {self.copy_weight}")
         if self.copy_weight > 0 and self.copy_lag < 1:
             _fail("data.copy_lag", "copy_weight > 0 needs copy_lag >= 1")
-        if self.n_facts < 1 or self.key_len < 1 or self.value_len < 1:
-            _fail("data.n_facts", "n_facts, key_len and value_len must be >= 1")
-        keys = (self.resolved_vocab_size - 1) ** self.key_len
-        if self.kind == "synthetic" and self.process == "quanta" and self.n_facts > keys:
-            _fail(
-                "data.n_facts",
-                f"{self.n_facts} facts need distinct keys, but {self.resolved_vocab_size - 1} "
-                f"tokens make only {keys} keys of {self.key_len} tokens",
-            )
+        _at_least("data", self, n_facts=1, key_len=1, value_len=1)
+        if self.kind == "synthetic" and self.process == "quanta":
+            from chinchilla.data.quanta import check_keys
+
+            check_keys(self.resolved_vocab_size, self.n_facts, self.key_len)
         if self.zipf_exponent < 0:
             _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         if self.workers is not None and self.workers < 1:

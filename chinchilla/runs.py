@@ -199,9 +199,9 @@ def attempt_run(
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     points = None
     if run.is_trunk:  # branch points of branches not yet recorded
-        from chinchilla.store import FINISHED, finished_ids
+        from chinchilla.store import done_ids
 
-        done = {k for k, v in finished_ids(out).items() if v in FINISHED}
+        done = done_ids(out)
         points = {
             s: branch_checkpoint(out, run.run_id, s) for s, b in run.branches if b not in done
         }

@@ -144,6 +144,11 @@ def finished_ids(out: Path) -> dict[str, str]:
     return statuses
 
 
+def done_ids(out: Path) -> set[str]:
+    """Ids of the runs recorded with a finished status (FINISHED: not to be trained again)."""
+    return {i for i, s in finished_ids(out).items() if s in FINISHED}
+
+
 def load_runs(out: Path) -> pd.DataFrame:
     return pd.read_parquet(Path(out) / RUNS_FILE)
 

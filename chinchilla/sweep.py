@@ -36,7 +36,7 @@ from chinchilla.runs import (
     sweep_environment,
     train_and_record,
 )
-from chinchilla.store import FINISHED, Merger, finished_ids, merge, ok_losses
+from chinchilla.store import Merger, done_ids, finished_ids, merge, ok_losses
 
 CONFIG_FILE = "config.yaml"
 CONFIG_DIR_KEY = "config_dir"  # in CONFIG_FILE: the folder of the config it copies
@@ -132,7 +132,7 @@ def prepare(
     p = plan(cfg) if runs is None else Plan(config=cfg, runs=list(runs))
     check_directory(cfg, out, force)
     merge(out)  # a crash between a part and the merge leaves the tables behind
-    done = {i for i, s in finished_ids(out).items() if s in FINISHED}
+    done = done_ids(out)
     remove_finished_checkpoints(out, p.runs, done)
     pending = [r for r in p.runs if r.run_id not in done]
     return p, pending
@@ -272,7 +272,7 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
         from chinchilla.adaptive import run_adaptive
 
         def train(runs: list[PlannedRun]) -> None:
-            done = {i for i, s in finished_ids(out).items() if s in FINISHED}
+            done = done_ids(out)
             execute(Plan(config=cfg, runs=runs), [r for r in runs if r.run_id not in done])
 
         def losses(runs: list[PlannedRun]) -> dict[str, float]:
@@ -285,9 +285,7 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
     # again when its branch was not yet recorded as the trunk restarted; if the branch,
     # resumed from its own checkpoint on another worker, is recorded before the trunk
     # gets there, nothing reads or removes that point. Every run has ended here.
-    remove_finished_checkpoints(
-        out, p.runs, {i for i, s in finished_ids(out).items() if s in FINISHED}
-    )
+    remove_finished_checkpoints(out, p.runs, done_ids(out))
     runs = merge(out)
     if len(runs):
         summary.statuses = runs["status"].value_counts().to_dict()

@@ -35,7 +35,16 @@ import numpy as np
 
 from chinchilla.errors import UserError
 
-BOS = 0
+
+def check_keys(vocab_size: int, n_facts: int, key_len: int) -> None:
+    """Every fact needs its own key of `key_len` tokens from 1..V-1: one line naming
+    data.n_facts when there are fewer keys than facts."""
+    keys = (vocab_size - 1) ** key_len
+    if n_facts > keys:
+        raise UserError(
+            f"config: data.n_facts: {n_facts} facts need distinct keys, but "
+            f"{vocab_size - 1} tokens make only {keys} keys of {key_len} tokens"
+        )
 
 
 class QuantaSource:
@@ -54,13 +63,9 @@ class QuantaSource:
         V = vocab_size - 1  # tokens 1..V-1 (0 is BOS)
         if vocab_size < 3:
             raise UserError("config: data.vocab_size: the quanta source needs >= 3 tokens")
-        if key_len < 1 or value_len < 1:
-            raise UserError("config: data.key_len and data.value_len must be >= 1")
-        if n_facts < 1 or n_facts > V**key_len:
-            raise UserError(
-                f"config: data.n_facts: {n_facts} facts need distinct keys, but "
-                f"{vocab_size - 1} tokens make only {V**key_len} keys of {key_len} tokens"
-            )
+        if min(n_facts, key_len, value_len) < 1:
+            raise UserError("config: data.n_facts, key_len and value_len must be >= 1")
+        check_keys(vocab_size, n_facts, key_len)
         self.vocab_size = vocab_size
         self.key_len, self.value_len = int(key_len), int(value_len)
         self.seg = self.key_len + self.value_len
@@ -94,10 +99,6 @@ class QuantaSource:
         for i in range(toks.shape[1]):
             code = code * V + (toks[:, i] - 1)
         return code
-
-    def entropy_per_token(self) -> float:
-        """Expected -log p per token of an uncut fact (nats)."""
-        return float((self.p * self.key_nll.sum(axis=1)).sum() / self.seg)
 
     def generate(self, n_docs: int, doc_len: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(n_docs, doc_len) ids starting with BOS, and (n_docs, doc_len - 1) exact
