@@ -832,6 +832,8 @@ def _print_fit(doc: dict, written: list[Path]) -> None:
                 f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{_ci(a['a_ci'])}, "
                 f"D_opt ∝ C^{a['b']:.3f}{_ci(a['b_ci'])}  (80% bootstrap intervals)"
             )
+            if a.get("bootstrap_method"):
+                p(f"  intervals: {a['bootstrap_method']}")
             for note in a.get("notes", []) + [a.get("bootstrap_withheld")]:
                 if note:
                     p(f"  note: {note}")

@@ -43,26 +43,22 @@ def _measured_optimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, st
 
 def _envelope_loss_interval(rep, c: float, n: int, seed: int) -> list[float] | None:
     """80% interval of Approach 1's minimum-loss law at c, by Approach 1's own bootstrap
-    (runs resampled, within sizes for finished runs): the envelope is a grid of points
-    interpolated from the same curves, so its residuals are not independent draws."""
+    (`approach1_samples`: final losses redrawn with the measured noise, or runs
+    resampled): the envelope is a grid of points interpolated from the same curves, so
+    its residuals are not independent draws."""
     from chinchilla.fit.backtest import _loss_law
-    from chinchilla.fit.bootstrap import bootstrap_loop
-    from chinchilla.fit.envelope import FINISHED
-    from chinchilla.fit.results import _approach1
+    from chinchilla.fit.results import approach1_samples
 
     if not n:
         return None
-    res = rep.results
 
-    def one(idx):
-        env = _approach1(res, idx)
+    def one(env):
         value = _loss_law(env.flops, env.loss, c)
         if value is None:
             raise ValueError("the loss law did not converge")
         return {"loss": value}
 
-    groups = res.n_params if rep.approach1.source == FINISHED else None
-    return bootstrap_loop(len(res), n, seed + 1, one, groups=groups).interval("loss")
+    return approach1_samples(rep, n, seed + 1, one).interval("loss")
 
 
 def _inside(value: float, interval) -> bool | None:
@@ -168,6 +164,7 @@ def verify(
         "convention": "C = 6 N D (the sweep's budget convention); N as in the fit",
         "loss_note": "predicted minimum loss: Approach 3's L(N, D) at its allocation; "
         "Approaches 1 and 2: L(C) = E + k C^-gamma through their own minimum losses (the "
-        "envelope, the parabolas' minima), 80% intervals by Approach 1's run bootstrap and "
-        "a residual bootstrap of Approach 2's minima (none from 3 budgets or fewer)",
+        "envelope, the parabolas' minima), 80% intervals by Approach 1's bootstrap (as in "
+        "its fit) and a residual bootstrap of Approach 2's minima (none from 3 budgets or "
+        "fewer)",
     }

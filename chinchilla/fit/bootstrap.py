@@ -1,12 +1,20 @@
-"""Bootstrap intervals: resample runs with replacement, refit, take percentiles.
+"""Bootstrap intervals: redraw the data, refit, take percentiles.
 
-Seeded and reproducible. Approach 3 refits every resample at once (one weight vector
-of resample counts per resample, warm-started from the full fit's local optima);
-Approaches 1 and 2 refit in a loop (each fit is a few small numpy operations).
-Approach 2 resamples runs within each budget (every IsoFLOP profile keeps its number of
-runs; resampling all runs together leaves budgets with too few sizes and most resamples
-fail). Intervals are withheld when more than `MAX_FAILED` of the resamples fail: the
-survivors are not a sample of the fit's sampling distribution.
+Seeded and reproducible. What a resample redraws differs by approach, and each fit
+records it (`Samples.method`):
+- Approach 1 (finished horizons): with repeats, every run's final loss is redrawn around
+  its measured value with its budget's run-to-run noise, the design fixed (`noise_loop`);
+  without repeats, runs are resampled within each model size. Resampling runs deletes a
+  size's curve whenever a size with two horizons draws one of them twice (half the time):
+  such a resample is no experiment the sweep could have produced, and on the demo the run
+  bootstrap's intervals were 5 times wider than the spread of the exponent over 10
+  reruns with other seeds (README, "How wide should the intervals be").
+- Approach 2 resamples each parabola's residuals within its budget
+  (`isoflop.residual_bootstrap`: every profile keeps its sizes).
+- Approach 3 refits every resample of the runs at once (one weight vector of resample
+  counts per resample, warm-started from the full fit's local optima).
+Intervals are withheld when more than `MAX_FAILED` of the resamples fail: the survivors
+are not a sample of the fit's sampling distribution.
 Percentiles: 10th-90th as in the paper's Table 2, and 2.5th-97.5th (95%).
 """
 
@@ -40,6 +48,7 @@ class Samples:
     values: dict[str, np.ndarray]  # name -> (R,)
     n_resamples: int
     n_failed: int
+    method: str | None = None  # what each resample redraws, in words
 
     @property
     def withheld(self) -> str | None:
@@ -84,12 +93,35 @@ def bootstrap_loop(
         if groups is None
         else [np.nonzero(groups == g)[0] for g in np.unique(groups)]
     )
+    return _refit_loop(
+        n_resamples,
+        lambda: np.concatenate([m[rng.integers(0, len(m), size=len(m))] for m in members]),
+        fit_one,
+    )
+
+
+def noise_loop(
+    sigma: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    fit_one: Callable[[np.ndarray], dict[str, float]],
+) -> Samples:
+    """A parametric bootstrap with the design fixed: call `fit_one(noise)` with noise
+    drawn from N(0, sigma**2) independently per point (`sigma`: each point's standard
+    deviation, e.g. its run-to-run noise measured by repeats)."""
+    rng = np.random.default_rng(seed)
+    sigma = np.asarray(sigma, dtype=float)
+    return _refit_loop(n_resamples, lambda: sigma * rng.standard_normal(len(sigma)), fit_one)
+
+
+def _refit_loop(n_resamples: int, draw: Callable[[], np.ndarray], fit_one) -> Samples:
+    """`fit_one(draw())` per resample; failures (NotEnoughData, numerical errors) count
+    as failed and leave NaN."""
     values: dict[str, list[float]] = {}
     failed = 0
     for r in range(n_resamples):
-        idx = np.concatenate([m[rng.integers(0, len(m), size=len(m))] for m in members])
         try:
-            out = fit_one(idx)
+            out = fit_one(draw())
         except (NotEnoughData, np.linalg.LinAlgError, ValueError, FloatingPointError):
             failed += 1
             out = {}

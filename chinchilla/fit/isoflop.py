@@ -265,4 +265,6 @@ def residual_bootstrap(
             out["log10_k_d"][r] = np.log10(dl.coefficient)
             continue
         failed += 1
-    return Samples(out, n_resamples, failed)
+    return Samples(
+        out, n_resamples, failed, method="each parabola's residuals resampled within its budget"
+    )

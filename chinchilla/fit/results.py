@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from chinchilla.fit.bootstrap import Samples, bootstrap_loop, resample_counts
+from chinchilla.fit.bootstrap import Samples, bootstrap_loop, noise_loop, resample_counts
 from chinchilla.fit.data import Results, group_budgets
 from chinchilla.fit.envelope import (
     FINISHED,
@@ -64,6 +65,7 @@ class FitReport:
             "ci": {name: ci[name] for name in ("a", "b") if name in ci},
             "bootstrap_failed": s.n_failed if s else None,
             "bootstrap_withheld": s.withheld if s else None,
+            "bootstrap_method": s.method if s else None,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +110,7 @@ class FitReport:
                 "ci": s.intervals() if s else {},
                 "bootstrap_failed": s.n_failed if s else None,
                 "bootstrap_withheld": s.withheld if s else None,
+                "bootstrap_method": s.method if s else None,
                 "warnings": self.approach3_warnings(),
             }
         out["noise"] = {f"{b:.6g}": v for b, v in sorted(self.noise.items())} | (
@@ -157,14 +160,18 @@ class FitReport:
 # ---------------------------------------------------------------------- approaches
 
 
-def _approach1(res: Results, idx: np.ndarray | None = None) -> EnvelopeFit:
+def _approach1(
+    res: Results, idx: np.ndarray | None = None, loss: np.ndarray | None = None
+) -> EnvelopeFit:
     """From finished runs when sizes were trained to several horizons, else (warned) from
-    the logged curves."""
+    the logged curves. `idx`: resampled runs; `loss`: redrawn final losses (finished
+    runs only)."""
     if len(horizon_sizes(res.n_params, res.n_tokens)) >= 2:
         sel = slice(None) if idx is None else idx
-        return fit_envelope_finished(
-            res.n_params[sel], res.flops[sel], res.n_tokens[sel], res.loss[sel]
-        )
+        y = res.loss if loss is None else loss
+        return fit_envelope_finished(res.n_params[sel], res.flops[sel], res.n_tokens[sel], y[sel])
+    if loss is not None:
+        raise ValueError("redrawn final losses need finished horizons")
     cv = res.curves
     if cv is None:
         raise NotEnoughData("no training curves (a results table has only final losses)")
@@ -222,9 +229,69 @@ def run_noise(res: Results, budgets: np.ndarray) -> dict[float, dict[str, float]
         out[float(b)] = {
             "std": pooled,
             "runs": int(sum(len(v) for v in reps)),
+            "dof": int(dof),
             "depth": max(means) - min(means),
         }
     return out
+
+
+def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.ndarray | None:
+    """Each run's run-to-run standard deviation, from the repeats' pooled seed std per
+    budget (`noise`). The noise falls with compute (on the demo, over 10 reruns: 0.038
+    nats at 3e9 FLOPs to 0.0037 at 3e11, close to a line in log-log), and a budget's
+    estimate from one pair of seeds has a single degree of freedom (it is often several
+    times too small or too large). So with 3 or more budgets with repeats, log sigma is
+    a line in log C fitted to them (each log variance corrected for its chi-square bias,
+    weighted by the inverse of its variance); with fewer, each run takes its own budget's
+    estimate, or the nearest budget's in log C. None without repeats."""
+    if not noise:
+        return None
+    from scipy.special import digamma, polygamma
+
+    have = np.array(sorted(noise))
+    std = np.array([noise[b]["std"] for b in have])
+    x = np.log(np.asarray(budgets, dtype=float))
+    if len(have) < 3:
+        nearest = np.abs(x[:, None] - np.log(have)[None, :]).argmin(axis=1)
+        return std[nearest]
+    k = np.array([noise[b].get("dof", 1) for b in have], dtype=float)
+    # log s^2 = log sigma^2 + log(chi2_k / k): mean psi(k/2) + log(2/k), var psi'(k/2)
+    z = 2 * np.log(np.maximum(std, 1e-12)) - (digamma(k / 2) + np.log(2 / k))
+    w = 1 / polygamma(1, k / 2)
+    slope, intercept = np.polyfit(np.log(have), z, 1, w=np.sqrt(w))
+    return np.exp(0.5 * (intercept + slope * x))
+
+
+RUNS_METHOD = "runs resampled within each model size"
+NOISE_METHOD = (
+    "final losses redrawn around their measured values with each budget's run-to-run "
+    "std from the repeats (the design fixed)"
+)
+
+
+def approach1_samples(
+    rep: FitReport, n_resamples: int, seed: int, stat: Callable[[EnvelopeFit], dict]
+) -> Samples:
+    """Approach 1's bootstrap of `stat(envelope fit)`. Finished horizons with repeats:
+    the final losses redrawn with the measured noise, the design fixed (see
+    chinchilla/fit/bootstrap.py for why not runs); else runs resampled (within sizes for
+    finished horizons)."""
+    res = rep.results
+    finished = rep.approach1 is not None and rep.approach1.source == FINISHED
+    sigma = run_sigma(rep.budgets, rep.noise) if finished else None
+    if sigma is not None:
+        s = noise_loop(sigma, n_resamples, seed, lambda e: stat(_approach1(res, loss=res.loss + e)))
+        s.method = NOISE_METHOD
+        return s
+    s = bootstrap_loop(
+        len(res),
+        n_resamples,
+        seed,
+        lambda i: stat(_approach1(res, i)),
+        groups=res.n_params if finished else None,
+    )
+    s.method = RUNS_METHOD if finished else "runs resampled"
+    return s
 
 
 def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
@@ -239,14 +306,7 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
         try:
             rep.approach1 = _approach1(res)
             if opts.bootstrap:
-                rep.samples[1] = bootstrap_loop(
-                    n,
-                    opts.bootstrap,
-                    opts.seed + 1,
-                    lambda i: _law_params(_approach1(res, i)),
-                    # finished runs: every size keeps its number of horizons
-                    groups=res.n_params if rep.approach1.source == FINISHED else None,
-                )
+                rep.samples[1] = approach1_samples(rep, opts.bootstrap, opts.seed + 1, _law_params)
         except NotEnoughData as exc:
             rep.skipped["approach1"] = str(exc)
         rep.seconds["approach1"] = time.perf_counter() - t
@@ -338,5 +398,8 @@ def _parametric_samples(thetas: np.ndarray) -> Samples:
         }
     bad = ~np.all(np.isfinite(thetas), axis=1) | (alpha <= 0) | (beta <= 0)
     return Samples(
-        {k: np.where(bad, np.nan, v) for k, v in vals.items()}, len(thetas), int(bad.sum())
+        {k: np.where(bad, np.nan, v) for k, v in vals.items()},
+        len(thetas),
+        int(bad.sum()),
+        method="runs resampled",
     )
