@@ -93,6 +93,10 @@ def test_run_sigma_recovers_a_noise_law_from_single_pairs():
     got = run_sigma(np.array([1e18, 3e18, 5e19, 1e20]), noise)
     assert np.allclose(got, [0.05, 0.05, 0.004, 0.004])
     assert run_sigma(budgets, {}) is None
+    # identical repeats (duplicated rows) say nothing of the noise: no zero-width interval
+    dup = {1e18: {"std": 0.0, "dof": 1}, 1e19: {"std": 0.0, "dof": 2}}
+    assert run_sigma(budgets, dup) is None
+    assert np.allclose(run_sigma(np.array([1e18]), dup | {1e20: {"std": 0.01, "dof": 1}}), 0.01)
 
 
 def test_approach1_intervals_redraw_noise_with_repeats_and_resample_runs_without():

@@ -237,13 +237,16 @@ def run_noise(res: Results, budgets: np.ndarray) -> dict[float, dict[str, float]
 
 def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.ndarray | None:
     """Each run's run-to-run standard deviation, from the repeats' pooled seed std per
-    budget (`noise`). The noise falls with compute (on the demo, over 10 reruns: 0.038
-    nats at 3e9 FLOPs to 0.0037 at 3e11, close to a line in log-log), and a budget's
-    estimate from one pair of seeds has a single degree of freedom (it is often several
-    times too small or too large). So with 3 or more budgets with repeats, log sigma is
-    a line in log C fitted to them (each log variance corrected for its chi-square bias,
-    weighted by the inverse of its variance); with fewer, each run takes its own budget's
-    estimate, or the nearest budget's in log C. None without repeats."""
+    budget (`noise`). The noise falls with compute (on the demo's 5-budget design, over
+    10 reruns: 0.038 nats at 3e9 FLOPs to 0.0037 at 3e11, close to a line in log-log),
+    and a budget's estimate from one pair of seeds has a single degree of freedom (it is
+    often several times too small or too large). So with 3 or more budgets with repeats,
+    log sigma is a line in log C fitted to them (each log variance corrected for its
+    chi-square bias, weighted by the inverse of its variance); with fewer, each run takes
+    its own budget's estimate, or the nearest budget's in log C. Repeats with identical
+    losses (duplicated rows of a table) say nothing of the noise and are left out. None
+    without usable repeats."""
+    noise = {b: v for b, v in noise.items() if v["std"] > 0}
     if not noise:
         return None
     from scipy.special import digamma, polygamma
@@ -256,7 +259,7 @@ def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.n
         return std[nearest]
     k = np.array([noise[b].get("dof", 1) for b in have], dtype=float)
     # log s^2 = log sigma^2 + log(chi2_k / k): mean psi(k/2) + log(2/k), var psi'(k/2)
-    z = 2 * np.log(np.maximum(std, 1e-12)) - (digamma(k / 2) + np.log(2 / k))
+    z = 2 * np.log(std) - (digamma(k / 2) + np.log(2 / k))
     w = 1 / polygamma(1, k / 2)
     slope, intercept = np.polyfit(np.log(have), z, 1, w=np.sqrt(w))
     return np.exp(0.5 * (intercept + slope * x))
