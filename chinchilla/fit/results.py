@@ -238,7 +238,7 @@ def run_noise(res: Results, budgets: np.ndarray) -> dict[float, dict[str, float]
 def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.ndarray | None:
     """Each run's run-to-run standard deviation, from the repeats' pooled seed std per
     budget (`noise`). The noise falls with compute (on the demo's 5-budget design, over
-    10 reruns: 0.038 nats at 3e9 FLOPs to 0.0037 at 3e11, close to a line in log-log),
+    10 reruns: 0.035 nats at 3e9 FLOPs to 0.0037 at 3e11, close to a line in log-log),
     and a budget's estimate from one pair of seeds has a single degree of freedom (it is
     often several times too small or too large). So with 3 or more budgets with repeats,
     log sigma is a line in log C fitted to them (each log variance corrected for its
