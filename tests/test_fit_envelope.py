@@ -48,3 +48,24 @@ def test_mid_schedule_curves_are_used_with_a_warning():
     env = fit_envelope(np.array(runs), np.array(flops), np.array(tokens), np.array(loss), sizes)
     assert env.source == MID_SCHEDULE
     assert env.warnings and "mid-schedule" in env.warnings[0]
+
+
+def test_repeats_enter_the_envelope_as_their_mean_whatever_the_row_order():
+    # 9 sizes x 4 horizons over 16x, the second horizon of each size trained twice
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in np.logspace(7.5, 9.5, 9):
+        for j, d in enumerate(n * 20 * np.logspace(-0.6, 0.6, 4)):
+            rows += [(n, d)] * (2 if j == 1 else 1)
+    n, d = np.array(rows).T
+    loss = parametric_loss(n, d, **TRUE) + rng.normal(0, 0.02, len(n))
+    ref = fit_envelope_finished(n, 6 * n * d, d, loss)
+    for seed in range(5):
+        p = np.random.default_rng(seed).permutation(len(n))
+        env = fit_envelope_finished(n[p], 6 * n[p] * d[p], d[p], loss[p])
+        assert env.a == ref.a and np.array_equal(env.loss, ref.loss)
+    # the same envelope as from the repeats' means, one row per (N, D)
+    keys = sorted(set(zip(n, d, strict=True)))
+    mean = np.array([loss[(n == a) & (d == b)].mean() for a, b in keys])
+    mn, md = np.array(keys).T
+    assert fit_envelope_finished(mn, 6 * mn * md, md, mean).a == pytest.approx(ref.a, abs=1e-12)

@@ -110,15 +110,20 @@ def fit_envelope_finished(
     n_grid: int = 1500,
 ) -> EnvelopeFit:
     """Approach 1 from finished runs: per model size, a curve of final loss against C
-    through its horizons (interpolated in log C), then the envelope over sizes."""
+    through its horizons (interpolated in log C), then the envelope over sizes. Runs of
+    one size and horizon (repeats with other seeds) enter as their mean: interpolating
+    through two points at one C would read whichever the row order put first."""
     sizes = horizon_sizes(n_params, n_tokens)
     if len(sizes) < 2:
         raise NotEnoughData("fewer than 2 model sizes trained to 2 or more horizons")
     curves = []
     for k, s in enumerate(sizes):
         sel = np.nonzero(n_params == s)[0]
-        order = sel[np.argsort(flops[sel])]
-        curves.append((k, np.log(flops[order]), n_tokens[order], loss[order]))
+        tokens, which = np.unique(n_tokens[sel], return_inverse=True)  # ascending: C too
+        count = np.bincount(which)
+        mean_loss = np.bincount(which, weights=loss[sel]) / count
+        mean_flops = np.bincount(which, weights=flops[sel]) / count
+        curves.append((k, np.log(mean_flops), tokens, mean_loss))
     return _envelope(curves, sizes, n_grid, FINISHED)
 
 
