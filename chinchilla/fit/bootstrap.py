@@ -7,7 +7,7 @@ records it (`Samples.method`):
   without repeats, runs are resampled within each model size. Resampling runs deletes a
   size's curve whenever a size with two horizons draws one of them twice (half the time):
   such a resample is no experiment the sweep could have produced, and on the demo the run
-  bootstrap's intervals were 5 times wider than the spread of the exponent over 10
+  bootstrap's intervals were 4.5 times wider than the spread of the exponent over 10
   reruns with other seeds (README, "How wide should the intervals be").
 - Approach 2 resamples each parabola's residuals within its budget
   (`isoflop.residual_bootstrap`: every profile keeps its sizes).
