@@ -266,10 +266,9 @@ def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.n
 
 
 RUNS_METHOD = "runs resampled within each model size"
-NOISE_METHOD = (
-    "final losses redrawn around their measured values with each budget's run-to-run "
-    "std from the repeats (the design fixed)"
-)
+NOISE_METHOD = "final losses redrawn around their measured values with the run-to-run noise "
+NOISE_LINE = "of a line in log C through the repeats' seed std per budget (the design fixed)"
+NOISE_NEAREST = "of the repeats' seed std at the nearest budget with repeats (the design fixed)"
 
 
 def approach1_samples(
@@ -284,7 +283,8 @@ def approach1_samples(
     sigma = run_sigma(rep.budgets, rep.noise) if finished else None
     if sigma is not None:
         s = noise_loop(sigma, n_resamples, seed, lambda e: stat(_approach1(res, loss=res.loss + e)))
-        s.method = NOISE_METHOD
+        usable = sum(1 for v in rep.noise.values() if v["std"] > 0)
+        s.method = NOISE_METHOD + (NOISE_LINE if usable >= 3 else NOISE_NEAREST)
         return s
     s = bootstrap_loop(
         len(res),
