@@ -59,11 +59,11 @@ def fit(d: Path) -> None:
     subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
 
 
-def summarise(fit: dict) -> dict:
+def summarise(doc: dict) -> dict:
     """Per approach: a, its 80% interval and width, failed resamples; the demo's bars."""
     row: dict = {}
     for name in APPROACHES:
-        v = fit.get(name)
+        v = doc.get(name)
         if not v:
             row[name] = None
             continue
@@ -75,9 +75,9 @@ def summarise(fit: dict) -> dict:
             "failed": v.get("bootstrap_failed"),
             "method": v.get("bootstrap_method"),
         }
-    resamples = fit["bootstrap"]["resamples"]
+    resamples = doc["bootstrap"]["resamples"]
     fits = [row[n] for n in APPROACHES]
-    a3, bayes = fit.get("approach3"), fit.get("irreducible_loss")
+    a3, bayes = doc.get("approach3"), doc.get("irreducible_loss")
     e_ci = (a3 or {}).get("ci", {}).get("E", {}).get("80")
     row["bars"] = {
         "agree_within_0.1": all(fits)
@@ -114,8 +114,6 @@ def noise_structure(dirs: list[Path], draws: int = 400, seed: int = 0) -> dict:
     across replicates, Approach 1's spread when every run's loss is drawn independently
     from its own replicates (independent noise at the measured level), and the median
     width of the run bootstrap Approach 1 used before (runs resampled within sizes)."""
-    from dataclasses import replace
-
     from chinchilla.fit.bootstrap import bootstrap_loop
     from chinchilla.fit.results import _approach1
 
@@ -125,7 +123,8 @@ def noise_structure(dirs: list[Path], draws: int = 400, seed: int = 0) -> dict:
     keep = np.array([k in common for k in base_keys])
     base = base.subset(keep)
     keys = [k for k in base_keys if k in common]
-    table = np.array([[dict(zip(k, r.loss, strict=True))[x] for x in keys] for r, k in loaded])
+    by_key = [dict(zip(k, r.loss, strict=True)) for r, k in loaded]
+    table = np.array([[losses[x] for x in keys] for losses in by_key])
     std = table.std(axis=0, ddof=1)
     budgets = sorted({k[0] for k in keys})
     by_budget = {
@@ -141,7 +140,7 @@ def noise_structure(dirs: list[Path], draws: int = 400, seed: int = 0) -> dict:
     for _ in range(draws):
         pick = rng.integers(0, len(dirs), size=len(keys))
         y = table[pick, np.arange(len(keys))]
-        mixed.append(_approach1(replace(base, loss=y)).a)
+        mixed.append(_approach1(dataclasses.replace(base, loss=y)).a)
     old = []
     for res, _ in loaded:
         s = bootstrap_loop(

@@ -235,6 +235,15 @@ def run_noise(res: Results, budgets: np.ndarray) -> dict[float, dict[str, float]
     return out
 
 
+LINE_MIN_BUDGETS = 3  # budgets with usable repeats for run_sigma's line in log C
+
+
+def _usable_noise(noise: dict[float, dict[str, float]]) -> dict[float, dict[str, float]]:
+    """Budgets whose repeats differ: identical ones (duplicated rows of a table) say
+    nothing of the noise."""
+    return {b: v for b, v in noise.items() if v["std"] > 0}
+
+
 def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.ndarray | None:
     """Each run's run-to-run standard deviation, from the repeats' pooled seed std per
     budget (`noise`). The noise falls with compute (on the demo's 5-budget design, over
@@ -246,7 +255,7 @@ def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.n
     its own budget's estimate, or the nearest budget's in log C. Repeats with identical
     losses (duplicated rows of a table) say nothing of the noise and are left out. None
     without usable repeats."""
-    noise = {b: v for b, v in noise.items() if v["std"] > 0}
+    noise = _usable_noise(noise)
     if not noise:
         return None
     from scipy.special import digamma, polygamma
@@ -254,7 +263,7 @@ def run_sigma(budgets: np.ndarray, noise: dict[float, dict[str, float]]) -> np.n
     have = np.array(sorted(noise))
     std = np.array([noise[b]["std"] for b in have])
     x = np.log(np.asarray(budgets, dtype=float))
-    if len(have) < 3:
+    if len(have) < LINE_MIN_BUDGETS:
         nearest = np.abs(x[:, None] - np.log(have)[None, :]).argmin(axis=1)
         return std[nearest]
     k = np.array([noise[b].get("dof", 1) for b in have], dtype=float)
@@ -283,8 +292,8 @@ def approach1_samples(
     sigma = run_sigma(rep.budgets, rep.noise) if finished else None
     if sigma is not None:
         s = noise_loop(sigma, n_resamples, seed, lambda e: stat(_approach1(res, loss=res.loss + e)))
-        usable = sum(1 for v in rep.noise.values() if v["std"] > 0)
-        s.method = NOISE_METHOD + (NOISE_LINE if usable >= 3 else NOISE_NEAREST)
+        line = len(_usable_noise(rep.noise)) >= LINE_MIN_BUDGETS
+        s.method = NOISE_METHOD + (NOISE_LINE if line else NOISE_NEAREST)
         return s
     s = bootstrap_loop(
         len(res),
