@@ -1,4 +1,4 @@
-"""Typer commands: plan, prepare, sweep, status, fit. Each parses, calls one function, prints.
+"""Typer commands: plan, prepare, sweep, status, fit, tune. Each parses, calls one function, prints.
 
 Bad input of any kind (a `UserError`) becomes `error: <one line>` on stderr and exit 2.
 Heavy libraries (torch, matplotlib) are imported inside the commands that need them.
@@ -461,6 +461,112 @@ def fit(
         print(json.dumps(doc, indent=1, default=_json_default))
         return
     _print_fit(doc, written)
+
+
+@app.command()
+@_user_errors
+def tune(
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="A tuning sweep's directory (grid.kind hparams), or a CSV / parquet table "
+            "with columns flops, lr, batch_tokens, loss (optional n_params, status).",
+            show_default=False,
+        ),
+    ],
+    as_json: JsonOpt = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where hparams.json and the figures go (default: the sweep directory; "
+            "nothing is written for a table unless given).",
+        ),
+    ] = None,
+    bootstrap: BootstrapOpt = 200,
+    seed: SeedOpt = 0,
+    near: Annotated[
+        float,
+        typer.Option(
+            "--near",
+            help="Near-optimal tolerance: runs within this fraction of the minimum loss "
+            "(DeepSeek LLM: 0.0025).",
+        ),
+    ] = 0.0025,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG figures.")] = True,
+) -> None:
+    """Fit learning-rate and batch laws, eta_opt = c C^e and B_opt = c C^e, to a tuning
+    grid; `train.hparams: PATH` then trains an IsoFLOP sweep with them."""
+    from chinchilla.fit.tune import load_tune_table
+    from chinchilla.fit.tune import tune as fit_tune
+
+    rep = fit_tune(load_tune_table(results), bootstrap=bootstrap, seed=seed, near=near)
+    doc = rep.to_json()
+    if as_json:
+        print(json.dumps(doc, indent=1, default=_json_default))
+    else:
+        _print_tune(rep)
+    target = out if out is not None else rep.table.sweep_dir
+    if target is None:
+        return
+    from chinchilla.files import atomic_text
+
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        written = [
+            atomic_text(target / "hparams.json", json.dumps(doc, indent=1, default=_json_default))
+        ]
+        if plots:
+            from chinchilla.plots import save_tune
+
+            written += save_tune(rep, target)
+    except OSError as exc:
+        raise UserError(
+            f"could not write to {target}: {exc.strerror or exc} (the results are printed "
+            "above; pass --out to write them elsewhere)"
+        ) from None
+    if not as_json:
+        console.stdout.print("wrote " + ", ".join(str(w) for w in written))
+
+
+def _print_tune(rep) -> None:
+    from rich.table import Table
+
+    sizes = any(f.n_params is not None for f in rep.budgets)
+    t = Table(
+        title=f"{len(rep.table.loss)} runs from {rep.table.source}: each budget's optimum from its "
+        f"fitted loss surface (80% bootstrap intervals; near-optimal: within {rep.near:.2%} "
+        "of the fitted minimum)",
+        title_justify="left",
+    )
+    cols = ["C [FLOPs]", *(["N"] if sizes else []), "runs", "diverged", "best run: lr",
+            "batch [tok]", "loss", "lr_opt", "batch_opt [tok]", "loss_opt",
+            "near-opt. lr", "edge"]  # fmt: skip
+    for col in cols:
+        t.add_column(col, justify="right")
+    for f in rep.budgets:
+        j = f.to_json()
+        band = f.near.get("lr_band")
+        edge = ", ".join(f"{k} {v}" for k, v in f.edge.items() if v) or (f.note or "-")
+        t.add_row(
+            f"{f.flops:.3g}",
+            *([console.si(f.n_params)] if sizes else []),
+            str(f.runs),
+            str(f.diverged),
+            f"{f.best['lr']:.3g}" if f.best else "-",
+            console.si(f.best["batch_tokens"]) if f.best else "-",
+            f"{f.best['loss']:.4f}" if f.best else "-",
+            "-" if f.lr_opt is None else f"{f.lr_opt:.3g}" + _ci(j["lr_interval"]),
+            "-"
+            if f.batch_opt is None
+            else console.si(f.batch_opt) + _ci(j["batch_interval"], "{:.3g}"),
+            "-" if f.loss_opt is None else f"{f.loss_opt:.4f}",
+            "-" if not band else f"{band[0]:.3g}-{band[1]:.3g}",
+            edge,
+        )
+    console.stdout.print(t)
+    for line in rep.summary():
+        console.stdout.print(line)
 
 
 def _fit_metric(results: Path, name, budgets, bootstrap, seed, n_convention, out, as_json, plots):

@@ -130,11 +130,23 @@ class ModelConfig:
 class GridConfig:
     """Which runs to plan."""
 
-    kind: Literal["isoflop", "horizons"] = "isoflop"
+    kind: Literal["isoflop", "horizons", "hparams"] = "isoflop"
     """isoflop: budgets x model sizes, D = C / FLOPs per token (Approach 2);
-    horizons: model sizes x cosine cycle lengths (Approach 1)."""
+    horizons: model sizes x cosine cycle lengths (Approach 1); hparams: a tuning grid,
+    budgets x peak learning rates (`lrs`) x batches (`batches`) at the expected
+    compute-optimal size (`tune_sizes` sizes around it), for `chinchilla tune`."""
     budgets: tuple[float, ...] = ()
-    """Kind isoflop: compute budgets C in FLOPs, under `flops_convention`."""
+    """Kinds isoflop and hparams: compute budgets C in FLOPs, under `flops_convention`."""
+    lrs: tuple[float, ...] = ()
+    """Kind hparams: the peak learning rates tried at every budget (AdamW, the
+    schedule's maximum); spread them evenly in log, e.g. factors of 2."""
+    batches: tuple[int, ...] = ()
+    """Kind hparams: the batches tried at every budget, in sequences per optimizer step
+    (tokens = sequences x model.seq_len); empty: train.batch_size alone."""
+    tune_sizes: int = 1
+    """Kind hparams: model sizes per budget, spread over `size_span` around the expected
+    compute-optimal N (1: that size alone); with several, `chinchilla tune` also fits
+    the laws in N."""
     sizes_per_budget: int = 5
     """Kind isoflop with a generated family: model sizes per budget."""
     size_span: float = 8.0
@@ -182,8 +194,20 @@ class GridConfig:
     where sizes repeat across budgets (the generated families reuse their shapes)."""
 
     def __post_init__(self) -> None:
-        if self.kind == "isoflop" and not self.budgets:
-            _fail("grid.budgets", "kind 'isoflop' needs at least one budget")
+        if self.kind in ("isoflop", "hparams") and not self.budgets:
+            _fail("grid.budgets", f"kind '{self.kind}' needs at least one budget")
+        if self.kind == "hparams" and not self.lrs:
+            _fail("grid.lrs", "kind 'hparams' needs the peak learning rates to try")
+        for lr in self.lrs:
+            if not lr > 0:
+                _fail("grid.lrs", f"learning rates must be > 0, got {lr:g}")
+        for b in self.batches:
+            if b < 1:
+                _fail("grid.batches", f"batches must be >= 1 sequence, got {b}")
+        if len(set(self.lrs)) != len(self.lrs) or len(set(self.batches)) != len(self.batches):
+            _fail("grid.lrs", "learning rates and batches must not repeat")
+        if (self.lrs or self.batches) and self.kind != "hparams":
+            _fail("grid.lrs", "lrs and batches are the axes of a tuning grid (grid.kind: hparams)")
         for c in self.budgets:
             if not c > 0:
                 _fail("grid.budgets", f"budgets must be > 0 FLOPs, got {c:g}")
@@ -201,11 +225,12 @@ class GridConfig:
             horizon_span=1,
             repeats=0,
             adaptive_extra=0,
+            tune_sizes=1,
         )
         if self.tokens_per_param <= 0:
             _fail("grid.tokens_per_param", f"must be > 0, got {self.tokens_per_param}")
-        if self.adaptive and self.kind != "isoflop":
-            _fail("grid.adaptive", "adaptive grids are IsoFLOP grids (grid.kind: isoflop)")
+        if self.adaptive and self.kind == "horizons":
+            _fail("grid.adaptive", "adaptive grids are IsoFLOP or tuning grids (grid.kind)")
         if self.size_ladder and self.kind != "isoflop":
             _fail("grid.size_ladder", "a ladder of sizes across budgets is for kind isoflop")
         if self.adaptive and self.share_trunks:
@@ -249,6 +274,12 @@ class TrainConfig:
     lr_exponent: float = 0.25
     lr_min: float = 1e-4
     lr_max: float = 3e-3
+    hparams: str | None = None
+    """The hparams.json of `chinchilla tune` (or the folder holding it): every run's peak
+    learning rate and batch then come from the fitted laws at the run's budget,
+    eta_opt(C) and B_opt(C) (batch rounded to whole sequences); a law the file lacks
+    falls back to the rule above / batch_size. Relative paths start at the config's
+    folder."""
     schedule: Literal["cosine", "wsd"] = "cosine"
     """cosine: linear warmup then cosine decay over the run's whole token budget
     (Chinchilla); wsd: warmup, stable, then linear decay over the last `decay_frac`."""
@@ -559,6 +590,13 @@ class Config:
                 f"{self.data.copy_lag} is not below model.seq_len {self.model.seq_len}: "
                 "no document would reach it",
             )
+        if self.train.hparams is not None:
+            if self.grid.kind == "hparams":
+                _fail("train.hparams", "a tuning grid sets its own lrs and batches (grid.kind)")
+            if self.train.lr is not None:
+                _fail("train.hparams", "the laws set the learning rate: drop train.lr")
+            if self.train.batch_rule != "fixed":
+                _fail("train.hparams", "the laws set the batch: drop train.batch_rule")
         if self.grid.share_trunks and self.train.schedule != "wsd":
             _fail(
                 "grid.share_trunks",

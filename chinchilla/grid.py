@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from chinchilla.accounting import (
 )
 from chinchilla.config import SPEED_ONLY, Config, ShapeSpec
 from chinchilla.errors import UserError
+from chinchilla.hparams import HparamLaws, load_laws
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class PlannedRun:
     # budget not yet re-planned), recentred (around the optimum the trained budgets
     # predict) or extended (added to bracket a budget's minimum)
     planned_by: str = "initial"
+    # where lr and batch came from: rule (train.lr_base's size rule or train.lr, and
+    # batch_size / batch_rule), grid (a tuning grid's axes) or laws (train.hparams)
+    hparams_from: str = "rule"
     seed: int | None = None  # a repeat's seed (init and data order); None: train.seed
     # shared trunks (grid.share_trunks): a branch names its trunk and the step it decays
     # from; a trunk lists (step, branch run id) of its branches; both fix the warm-up
@@ -92,8 +97,10 @@ class PlannedRun:
             "tied_embeddings": self.shape.tied_embeddings,
             "position": self.shape.position,
             "batch_size": self.batch_size,
+            "batch_tokens": self.batch_size * self.shape.seq_len,
             "steps": self.steps,
             "lr": self.lr,
+            "hparams_from": self.hparams_from,
             "horizon": self.horizon,
             "planned_by": self.planned_by,
             "run_seed": self.seed,
@@ -373,15 +380,19 @@ def deepseek_batch_tokens(compute: float) -> float:
     return 0.2920 * compute**0.3271
 
 
-def batch_size_for(compute: float, n_tokens: float, seq_len: int, cfg: Config) -> int:
-    """Sequences per step of a run: train.batch_size, or under batch_rule deepseek the
-    power of two nearest B_opt(C) / seq_len (at most batch_size); then halved until the
-    run takes train.min_steps steps."""
+def batch_size_for(
+    compute: float, n_tokens: float, seq_len: int, cfg: Config, batch: int | None = None
+) -> int:
+    """Sequences per step of a run: `batch` when a tuning grid or tuned laws chose it,
+    else train.batch_size, or under batch_rule deepseek the power of two nearest
+    B_opt(C) / seq_len (at most batch_size); then halved until the run takes
+    train.min_steps steps."""
     t = cfg.train
-    batch = t.batch_size
-    if t.batch_rule == "deepseek":
-        seqs = max(1.0, deepseek_batch_tokens(compute) / seq_len)
-        batch = min(t.batch_size, 2 ** round(math.log2(seqs)))
+    if batch is None:
+        batch = t.batch_size
+        if t.batch_rule == "deepseek":
+            seqs = max(1.0, deepseek_batch_tokens(compute) / seq_len)
+            batch = min(t.batch_size, 2 ** round(math.log2(seqs)))
     while batch > 1 and n_tokens / (batch * seq_len) < t.min_steps:
         batch //= 2
     return batch
@@ -394,10 +405,14 @@ def run_id(
     cfg: Config,
     seed: int | None = None,
     warmup: int | None = None,
+    batch: int | None = None,
 ) -> str:
     """Stable hash of everything that determines a run's result (`seed`: a repeat's
-    own seed, when it is not train.seed; `warmup`: a shared trunk's warm-up)."""
+    own seed, when it is not train.seed; `warmup`: a shared trunk's warm-up; `batch`:
+    a batch set by a tuning grid or tuned laws rather than the train section)."""
     train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in SPEED_ONLY}
+    if train.get("hparams") is None:
+        train.pop("hparams", None)  # ids of sweeps from before tuned laws stay the same
     payload = {
         "shape": shape.as_dict(),
         "n_tokens": n_tokens,
@@ -409,8 +424,35 @@ def run_id(
         payload["seed"] = seed
     if warmup is not None:
         payload["warmup"] = warmup
+    if batch is not None:
+        payload["batch"] = batch
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def tuned_laws(cfg: Config) -> HparamLaws | None:
+    """The laws of train.hparams (read once per file version), checked against the
+    grid's FLOP convention; None when unset."""
+    if cfg.train.hparams is None:
+        return None
+    path = cfg.resolve_path(cfg.train.hparams)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    laws = _read_laws(str(path), stamp)
+    conv = laws.flops_convention
+    if conv is not None and conv != cfg.grid.flops_convention:
+        raise UserError(
+            f"train.hparams: the laws in {laws.path} are in C as {conv} FLOPs, this grid's "
+            f"budgets as {cfg.grid.flops_convention} (grid.flops_convention)"
+        )
+    return laws
+
+
+@functools.lru_cache(maxsize=8)
+def _read_laws(path: str, stamp: int | None) -> HparamLaws:
+    return load_laws(path)
 
 
 def _make_run(
@@ -419,18 +461,29 @@ def _make_run(
     budget: float | None,
     cfg: Config,
     horizon: int | None = None,
+    setting: tuple[float, int] | None = None,
 ) -> PlannedRun:
+    """One run; `setting`: a tuning grid's (peak lr, batch in sequences)."""
     g = cfg.grid
-    compute = budget if budget is not None else 6.0 * count_params(shape).total * n_tokens_wanted
-    batch = batch_size_for(compute, n_tokens_wanted, shape.seq_len, cfg)
+    counts = count_params(shape)
+    compute = budget if budget is not None else 6.0 * counts.total * n_tokens_wanted
+    laws = tuned_laws(cfg)
+    lr, batch, source = learning_rate(counts.total, cfg), None, "rule"
+    if setting is not None:
+        (lr, batch), source = setting, "grid"
+    elif laws is not None:
+        source = "laws"
+        if laws.lr is not None:
+            lr = laws.lr(compute)
+        if laws.batch is not None:
+            batch = max(1, round(laws.batch(compute) / shape.seq_len))
+    batch = batch_size_for(compute, n_tokens_wanted, shape.seq_len, cfg, batch)
     tokens_per_step = batch * shape.seq_len
     steps = max(1, round(n_tokens_wanted / tokens_per_step))
     n_tokens = steps * tokens_per_step
-    counts = count_params(shape)
     flops = flops_per_token(shape, g.n_convention, g.flops_convention) * n_tokens
-    lr = learning_rate(counts.total, cfg)
     return PlannedRun(
-        run_id=run_id(shape, n_tokens, lr, cfg),
+        run_id=run_id(shape, n_tokens, lr, cfg, batch=batch if source != "rule" else None),
         budget=budget if budget is not None else flops,
         shape=shape,
         n_params=counts.total,
@@ -444,6 +497,7 @@ def _make_run(
         flops_6nd_nonembedding=flops_per_token_6n(counts.nonembedding) * n_tokens,
         flops_chinchilla=chinchilla_flops_per_token(shape) * n_tokens,
         horizon=horizon,
+        hparams_from=source,
     )
 
 
@@ -475,33 +529,76 @@ def with_repeats(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
     measure run-to-run noise next to the profile's depth."""
     if not cfg.grid.repeats or not runs:
         return runs
-    middle = sorted(runs, key=lambda r: r.n_params)[len(runs) // 2]
+    middle = sorted(runs, key=lambda r: (r.n_params, r.lr, r.batch_size))[len(runs) // 2]
     extra = []
     for j in range(1, cfg.grid.repeats + 1):
         seed = cfg.train.seed + j
-        rid = run_id(middle.shape, middle.n_tokens, middle.lr, cfg, seed=seed)
+        rid = run_id(
+            middle.shape, middle.n_tokens, middle.lr, cfg, seed=seed, batch=id_batch(middle)
+        )
         extra.append(dataclasses.replace(middle, run_id=rid, seed=seed, planned_by="repeat"))
     return runs + extra
 
 
+def id_batch(run: PlannedRun) -> int | None:
+    """The batch a run's id names: one a tuning grid or tuned laws set (the train
+    section's own batch is in the id through the config)."""
+    return None if run.hparams_from == "rule" else run.batch_size
+
+
 def budget_runs(
-    cfg: Config, shapes: list[ModelShape], budget: float, warnings: list[str], planned_by: str
+    cfg: Config,
+    shapes: list[ModelShape],
+    budget: float,
+    warnings: list[str],
+    planned_by: str,
+    settings: list[tuple[float, int]] | None = None,
 ):
     """The runs of one IsoFLOP budget for these shapes (D = budget / FLOPs per token),
-    smallest first; a run whose whole steps miss the budget is dropped with a warning."""
+    smallest first, each under every (peak lr, batch) of `settings` (a tuning grid;
+    None: the train section's); a run whose whole steps miss the budget is dropped with
+    a warning."""
     g = cfg.grid
     for shape in sorted(shapes, key=lambda s: count_params(s).total):
         fpt = flops_per_token(shape, g.n_convention, g.flops_convention)
-        run = _make_run(shape, budget / fpt, budget, cfg)
-        miss = abs(run.flops - budget) / budget
-        if miss > g.budget_tolerance:
-            warnings.append(
-                f"budget {budget:.3g}: dropped d_model={shape.d_model} "
-                f"n_layers={shape.n_layers} (N={run.n_params:,}): {run.steps} whole steps "
-                f"miss the budget by {miss:.1%} (> {g.budget_tolerance:.0%})"
-            )
-            continue
-        yield dataclasses.replace(run, planned_by=planned_by)
+        for setting in settings or [None]:
+            run = _make_run(shape, budget / fpt, budget, cfg, setting=setting)
+            miss = abs(run.flops - budget) / budget
+            if miss > g.budget_tolerance:
+                warnings.append(
+                    f"budget {budget:.3g}: dropped d_model={shape.d_model} "
+                    f"n_layers={shape.n_layers} (N={run.n_params:,})"
+                    + (f" at lr {run.lr:.3g}, batch {run.batch_size}" if setting else "")
+                    + f": {run.steps} whole steps miss the budget by {miss:.1%} "
+                    f"(> {g.budget_tolerance:.0%})"
+                )
+                continue
+            yield dataclasses.replace(run, planned_by=planned_by)
+
+
+def tuning_settings(cfg: Config) -> list[tuple[float, int]]:
+    """Kind hparams: every (peak lr, batch in sequences) of the grid's axes."""
+    batches = cfg.grid.batches or (cfg.train.batch_size,)
+    return [(lr, b) for b in sorted(batches) for lr in sorted(cfg.grid.lrs)]
+
+
+def tuning_shapes(budget: float, cfg: Config, candidates: list[ModelShape]) -> list[ModelShape]:
+    """Kind hparams: the expected compute-optimal size at this budget, or
+    `grid.tune_sizes` sizes spread over `grid.size_span` around it."""
+    g = cfg.grid
+    centre = _expected_optimal_n(budget, cfg)
+    return _sizes_for_target(_log_spread(centre, g.size_span, g.tune_sizes), cfg, candidates)
+
+
+def _hparam_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
+    g = cfg.grid
+    for i, budget in enumerate(sorted(g.budgets)):
+        shapes = (
+            candidates if cfg.model.family == "explicit" else tuning_shapes(budget, cfg, candidates)
+        )
+        why = "provisional" if g.adaptive and i > 0 else "initial"
+        runs = list(budget_runs(cfg, shapes, budget, warnings, why, tuning_settings(cfg)))
+        yield from with_repeats(runs, cfg)
 
 
 def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
@@ -542,7 +639,9 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
         steps = max(starts)  # the trunk's: the latest branch point
         first = members[0]
         payload = {
-            "trunk_of": run_id(first.shape, 0, first.lr, cfg, seed=first.seed),
+            "trunk_of": run_id(
+                first.shape, 0, first.lr, cfg, seed=first.seed, batch=id_batch(first)
+            ),
             "batch": first.batch_size,
             "warmup": warmup,
             "steps": steps,
@@ -550,7 +649,9 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
         tid = "t" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:11]
         branches = []
         for r, start in zip(members, starts, strict=True):
-            rid = run_id(r.shape, r.n_tokens, r.lr, cfg, seed=r.seed, warmup=warmup)
+            rid = run_id(
+                r.shape, r.n_tokens, r.lr, cfg, seed=r.seed, warmup=warmup, batch=id_batch(r)
+            )
             branches.append(
                 dataclasses.replace(r, run_id=rid, warmup=warmup, trunk=tid, branch_step=start)
             )
@@ -579,7 +680,9 @@ def plan(cfg: Config) -> Plan:
     """Lay out every run of the experiment, with exact parameter and FLOP counts."""
     warnings: list[str] = []
     candidates = candidate_shapes(cfg, n_cap=4 * _largest_target(cfg))
-    make = _isoflop_runs if cfg.grid.kind == "isoflop" else _horizon_runs
+    make = {"isoflop": _isoflop_runs, "horizons": _horizon_runs, "hparams": _hparam_runs}[
+        cfg.grid.kind
+    ]
     runs = list(make(cfg, candidates, warnings))
     seen: dict[str, PlannedRun] = {}
     for r in runs:
@@ -598,6 +701,18 @@ def plan(cfg: Config) -> Plan:
     if cfg.grid.share_trunks:
         runs = share_trunks(runs, cfg)
     p = Plan(config=cfg, runs=runs, warnings=warnings)
+    laws = tuned_laws(cfg)
+    if laws is not None:
+        far = max(
+            max(law.extrapolation(r.budget) for r in p.runs)
+            for law in (laws.lr, laws.batch)
+            if law is not None
+        )
+        if far > 1.0:
+            warnings.append(
+                f"train.hparams: some runs' budgets lie outside the budgets the laws were "
+                f"tuned at (up to {far:.3g}x beyond): their lr and batch are extrapolated"
+            )
     short = [r for r in p.runs if r.steps < cfg.train.min_steps]
     if short:
         warnings.append(

@@ -442,3 +442,149 @@ def save_emergence(table, doc: dict, path: Path) -> Path:
     ax.set_title(f"{name.split('/', 1)[1]} against loss ({fit})", fontsize=10)
     ax.invert_xaxis()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def plot_tune_lr(rep, ax: Axes | None = None) -> Axes:
+    """Final loss against peak learning rate, one colour per budget: the runs at the
+    batch nearest each budget's fitted optimum (filled; other batches faint), the fitted
+    surface along lr at the optimal batch, the optimum (star) and the near-optimal lr
+    band (shaded); diverged runs as x at the top, runs above the axes as ^."""
+    from chinchilla.fit.tune import surface
+
+    ax = _axes(ax, (6.4, 4.6))
+    t = rep.table
+    cmap = _budget_colours(rep)
+    tops = []
+    for f in rep.budgets:
+        if not f.best:
+            continue
+        sel = _same_group(t.flops, f.flops)
+        if f.n_params is not None:
+            sel &= np.isclose(t.n_params, f.n_params)
+        lr, batch, loss = t.lr[sel], t.batch_tokens[sel], t.loss[sel]
+        b_star = f.batch_opt or f.best["batch_tokens"]
+        near_b = batch == batch[np.argmin(np.abs(np.log(batch / b_star)))]
+        c = cmap(f.flops)
+        ok = np.isfinite(loss)
+        ax.plot(lr[ok & ~near_b], loss[ok & ~near_b], ".", color=c, alpha=0.25, ms=4)
+        ax.plot(lr[ok & near_b], loss[ok & near_b], "o", color=c, ms=4)
+        tops.append(loss[ok & near_b])
+        if f.params is not None and f.fitted["lr"]:
+            xs = np.linspace(np.log(lr.min()), np.log(lr.max()), 200)
+            P = f.params.copy()
+            ys = surface(P[None, :], xs, np.full_like(xs, P[2]))[0]
+            ax.plot(np.exp(xs), ys, "-", color=c, lw=1)
+            band = f.near.get("lr_band")
+            if band:
+                ax.axvspan(band[0], band[1], color=c, alpha=0.08, lw=0)
+            ax.plot([f.lr_opt], [f.loss_opt], "*", color=c, ms=11, mec="k", mew=0.5)
+        label = f"C = {f.flops:.2g}" + ("" if f.n_params is None else f", N = {f.n_params:.3g}")
+        if f.edge.get("lr"):
+            label += f" (lr at grid edge: {f.edge['lr']})"
+        ax.plot([], [], "o-", color=c, ms=4, label=label)
+    low = min(float(np.min(v)) for v in tops if len(v)) if tops else 0.0
+    # the axes hold every budget's basin: the 60% lowest plotted runs of each budget set
+    # the top, so that a blown-up learning rate does not flatten the others
+    high = max(float(np.percentile(v, 60)) for v in tops if len(v)) if tops else 1.0
+    span = max(high - low, 1e-6)
+    top = high + 0.6 * span
+    ax.set_ylim(low - 0.08 * span, top)
+    for f in rep.budgets:
+        sel = _same_group(t.flops, f.flops)
+        c = cmap(f.flops)
+        above = sel & np.isfinite(t.loss) & (t.loss > top)
+        ax.plot(t.lr[above], np.full(above.sum(), top), "^", color=c, ms=5, clip_on=False)
+        dead = sel & ~np.isfinite(t.loss)
+        ax.plot(t.lr[dead], np.full(dead.sum(), top), "x", color=c, ms=6, clip_on=False)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate (AdamW)")
+    ax.set_ylabel("final validation loss, nats/token")
+    ax.set_title(
+        f"loss against lr at each budget's best batch (band: within {rep.near:.2%})", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    return ax
+
+
+def _same_group(flops: np.ndarray, value: float) -> np.ndarray:
+    """Runs whose budget is within 10% (in log, the tune's grouping gap) of `value`."""
+    return np.abs(np.log10(flops / value)) < 0.1
+
+
+def _budget_colours(rep):
+    from matplotlib import colormaps
+
+    logs = np.log([f.flops for f in rep.budgets])
+    lo, hi = logs.min(), max(logs.max(), logs.min() + 1e-9)
+    cmap = colormaps["viridis"]
+    return lambda c: cmap(0.85 * (np.log(c) - lo) / (hi - lo))
+
+
+def plot_tune_law(rep, which: str, ax: Axes | None = None) -> Axes:
+    """One law (which: "lr" or "batch") against C: each budget's optimum with its 80%
+    bootstrap interval (open markers: left out, at the grid's edge), the fitted power
+    law and its 80% band."""
+    ax = _axes(ax)
+    law = rep.lr if which == "lr" else rep.batch
+    for f in rep.budgets:
+        v = f.lr_opt if which == "lr" else f.batch_opt
+        if v is None:
+            continue
+        iv = f.to_json()[f"{which}_interval"]
+        yerr = None if iv is None else [[v - iv[0]], [iv[1] - v]]
+        used = f.usable(which)
+        ax.errorbar(
+            [f.flops],
+            [v],
+            yerr=yerr,
+            fmt="o",
+            mfc="C0" if used else "white",
+            color="C0",
+            capsize=3,
+        )
+    if law is not None:
+        xs = np.array([p[0] for p in law.points])
+        grid = np.geomspace(xs.min() / 2, xs.max() * 2, 50)
+        ax.plot(
+            grid, law(grid), "-", color="C3", label=f"{law.coefficient:.3g} C^{law.exponent:.3f}"
+        )
+        lo_e = law.interval.get("exponent") if law.interval else None
+        if lo_e:
+            mid = law.middle
+            at = law.interval["at_middle"]
+            # the band through the interval of the value at the middle budget, its slope
+            # spread by the exponent's interval away from it
+            lo = np.minimum(at[0] * (grid / mid) ** lo_e[0], at[0] * (grid / mid) ** lo_e[1])
+            hi = np.maximum(at[1] * (grid / mid) ** lo_e[0], at[1] * (grid / mid) ** lo_e[1])
+            ax.fill_between(grid, lo, hi, color="C3", alpha=0.15, lw=0, label="80% band")
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    conv = {"6nd": "6ND", "chinchilla": "Chinchilla App. F"}.get(
+        rep.table.flops_convention or "", "as given"
+    )
+    ax.set_xlabel(f"training compute C, FLOPs ({conv})")
+    ax.set_ylabel("optimal peak learning rate" if which == "lr" else "optimal batch, tokens")
+    ax.set_title(
+        ("learning-rate" if which == "lr" else "batch")
+        + " law (open: left out, at the grid's edge)",
+        fontsize=9,
+    )
+    return ax
+
+
+def save_tune(rep, out: Path) -> list[Path]:
+    """tune_lr.png and tune_laws.png (150 dpi); returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6.6, 4.8), layout="constrained")
+    plot_tune_lr(rep, fig.add_subplot())
+    written = [_save(fig, out / "tune_lr.png")]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    plot_tune_law(rep, "lr", left)
+    plot_tune_law(rep, "batch", right)
+    written.append(_save(fig, out / "tune_laws.png"))
+    return written

@@ -126,7 +126,8 @@ def _find(columns: list[str], key: str, override: str | None) -> str | None:
     return None
 
 
-def _read_table(path: Path) -> dict[str, list]:
+def read_table(path: Path) -> dict[str, list]:
+    """A CSV, TSV or parquet table as {column: values}; one line on a bad file."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -156,7 +157,8 @@ def _read_table(path: Path) -> dict[str, list]:
     return table
 
 
-def _floats(table: dict[str, list], column: str, path: Path) -> np.ndarray:
+def float_column(table: dict[str, list], column: str, path: Path) -> np.ndarray:
+    """A column as floats (empty cells NaN); one line naming the row of a non-number."""
     out = np.empty(len(table[column]))
     for i, v in enumerate(table[column]):
         try:
@@ -186,7 +188,7 @@ def load_results(
     table_path = p / "runs.parquet" if p.is_dir() else p
     if p.is_dir() and not table_path.exists():
         raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
-    table = _read_table(table_path)
+    table = read_table(table_path)
     columns = list(table)
     if not columns or not len(next(iter(table.values()))):
         raise UserError(f"{table_path}: no rows")
@@ -225,10 +227,10 @@ def load_results(
         for s in sorted(set(status[~keep])):
             excluded[str(s)] = int((status == s).sum())
 
-    n = _floats(table, cols["n"], table_path)
-    loss = _floats(table, cols["loss"], table_path)
-    c = _floats(table, cols["c"], table_path) if cols["c"] else None
-    d = _floats(table, cols["d"], table_path) if cols["d"] else None
+    n = float_column(table, cols["n"], table_path)
+    loss = float_column(table, cols["loss"], table_path)
+    c = float_column(table, cols["c"], table_path) if cols["c"] else None
+    d = float_column(table, cols["d"], table_path) if cols["d"] else None
     derived = d is None
     if d is None:
         d = c / (6.0 * n)  # C = 6ND (Kaplan et al. 2020, eq. 2.1)
@@ -251,7 +253,7 @@ def load_results(
             )
 
     run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
-    budget = _floats(table, "budget", table_path) if "budget" in columns else None
+    budget = float_column(table, "budget", table_path) if "budget" in columns else None
     sel = np.nonzero(keep)[0]
     flops_conv = "none given" if given_c is None else "as given"
     if "flops_convention" in columns and len(sel):
