@@ -37,6 +37,8 @@ from chinchilla.grid import (
     _sizes_for_target,
     budget_runs,
     candidate_shapes,
+    tuning_settings,
+    tuning_shapes,
     with_repeats,
 )
 
@@ -141,5 +143,79 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
             _, _, vertex = bracket(n, loss)
             # centre the next budget on this one's vertex, else its lowest-loss size
             minima.append((budget, vertex if vertex else float(n[np.argmin(loss)])))
+        every += runs
+    return every
+
+
+def edge_side(values: list[float], best: float) -> str | None:
+    """'larger' / 'smaller' when `best` is the largest / smallest of the values tried
+    (the rule `chinchilla tune` leaves a budget out of a law by), else None."""
+    if len(values) < 2:
+        return None
+    if best >= max(values):
+        return "larger"
+    if best <= min(values):
+        return "smaller"
+    return None
+
+
+def _beyond(values: list[float], side: str) -> float:
+    """One grid step past the edge on `side`, at the spacing of the two outermost values."""
+    v = sorted(values)
+    return v[-1] * v[-1] / v[-2] if side == "larger" else v[0] * v[0] / v[1]
+
+
+def _neighbours(values: list[float], best: float) -> list[float]:
+    """`best` and the values next to it among `values` (sorted)."""
+    v = sorted(values)
+    i = v.index(best)
+    return v[max(0, i - 1) : i + 2]
+
+
+def run_adaptive_tuning(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
+    """Kind hparams with grid.adaptive: each budget's grid is trained; while its best run
+    lies at the largest or smallest learning rate (or batch) tried, one more value is
+    tried one grid step beyond that edge, at the best batch (or learning rate) and its
+    neighbours (`planned_by = extended`), at most `grid.adaptive_extra` runs per budget.
+    Decisions depend only on recorded losses, so a rerun after a kill makes the same."""
+    g = cfg.grid
+    candidates = candidate_shapes(cfg, n_cap=4 * math.sqrt(max(g.budgets) / 6.0) * g.size_span)
+    every: list[PlannedRun] = []
+    for budget in sorted(g.budgets):
+        warnings: list[str] = []
+        shapes = tuning_shapes(budget, cfg, candidates)
+        runs = list(budget_runs(cfg, shapes, budget, warnings, "initial", tuning_settings(cfg)))
+        runs = with_repeats(runs, cfg)
+        train(runs)
+        extra = 0
+        while extra < g.adaptive_extra:
+            got = losses(runs)
+            if not got:
+                break
+            best = min((r for r in runs if r.run_id in got), key=lambda r: got[r.run_id])
+            lrs = sorted({r.lr for r in runs})
+            batches = sorted({r.batch_size for r in runs})
+            settings = []
+            side = edge_side(lrs, best.lr)
+            if side:
+                lr = _beyond(lrs, side)
+                settings += [(lr, b) for b in _neighbours(batches, best.batch_size)]
+            side = edge_side(batches, best.batch_size)
+            if side:
+                b = max(1, round(_beyond(batches, side)))
+                if b not in batches:
+                    settings += [(lr, b) for lr in _neighbours(lrs, best.lr)]
+            known = {(r.lr, r.batch_size, r.shape) for r in runs}
+            settings = settings[: g.adaptive_extra - extra]
+            new = [
+                r
+                for r in budget_runs(cfg, [best.shape], budget, warnings, "extended", settings)
+                if (r.lr, r.batch_size, r.shape) not in known
+            ]
+            if not new:
+                break
+            extra += len(new)
+            runs += new
+            train(new)
         every += runs
     return every

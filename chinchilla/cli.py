@@ -172,7 +172,25 @@ def _print_plan(p) -> None:
         f"for {dev.memory_gb:g} GiB per device (device.memory_gb), memory estimated for "
         + ("fp32" if dev.type == "cpu" else "bf16 autocast")
     )
-    if p.config.grid.adaptive:
+    if g.kind == "hparams":
+        console.stdout.print(
+            f"tuning grid: {len(g.lrs)} peak learning rates x "
+            f"{len(g.batches) or 1} batches per size; `chinchilla tune` fits the laws"
+            + (
+                f"; adaptive: a budget whose best run lies at an edge of its lrs or batches "
+                f"gains up to {g.adaptive_extra} runs one step beyond it"
+                if g.adaptive
+                else ""
+            )
+        )
+    elif p.config.train.hparams:
+        from chinchilla.grid import tuned_laws
+
+        console.stdout.print(
+            "peak lr and batch ('of B' in micro-batch: B sequences) from tuned laws: "
+            + tuned_laws(p.config).describe()
+        )
+    if p.config.grid.adaptive and g.kind != "hparams":
         console.stdout.print(
             "adaptive grid: runs marked provisional are re-placed around the optimum that "
             "the budgets before them predict, and any budget may gain up to "
@@ -842,6 +860,23 @@ def compare(
         )
     p = console.stdout.print
     p(t)
+    for s in doc["sweeps"]:
+        tpp = s["tokens_per_param"]
+        p(
+            f"{s['label']}: lr and batch from {', '.join(s['hparams_from'])}; compute-optimal "
+            f"D/N at C = {tpp['flops']:.3g}: "
+            + ", ".join(f"App. {k} {v:.1f}" for k, v in sorted(tpp["by_approach"].items()))
+        )
+    budgets = sorted({c for s in doc["sweeps"] for c in s["best_loss_by_budget"]})
+    if budgets:
+        bt = Table(title="each budget's lowest final loss [nats/token]", title_justify="left")
+        bt.add_column("sweep")
+        for c in budgets:
+            bt.add_column(f"C = {c:.3g}", justify="right")
+        for s in doc["sweeps"]:
+            best = s["best_loss_by_budget"]
+            bt.add_row(s["label"], *(f"{best[c]:.4f}" if c in best else "-" for c in budgets))
+        p(bt)
     for s in doc["sweeps"]:
         for k in (1, 2, 3):
             why = s["laws"][k]["skipped"]

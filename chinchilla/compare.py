@@ -8,6 +8,9 @@ for all: non-embedding by default, as Kaplan compare families) and reported with
 - its frontier in N: the lowest final loss of each model size over its token counts;
 - each approach's compute-optimal exponent a (N_opt ∝ C^a) with its 80% interval, and
   Approach 3's E, alpha and beta;
+- each approach's compute-optimal D/N at the sweep's largest compute, and each budget's
+  lowest final loss (a sweep trained with tuned laws, `train.hparams`, beside one
+  trained with the hand rule: what tuning changed);
 - the loss at each context position (`train.position_loss`) of one run per sweep at a
   matched N: the geometric middle of the N ranges the sweeps share, each sweep's run of
   the nearest N (its lowest loss among those).
@@ -52,6 +55,7 @@ def compare(
 
     from chinchilla.fit.data import load_results
     from chinchilla.fit.results import FitOptions, fit_all
+    from chinchilla.predict import predictions
 
     if len(paths) < 2:
         raise UserError("compare needs at least two sweep directories")
@@ -66,6 +70,8 @@ def compare(
         runs = pd.read_parquet(path / "runs.parquet")
         rep = fit_all(res, FitOptions(bootstrap=bootstrap, seed=seed))
         doc = rep.to_json()
+        top = float(np.max(res.flops))
+        ratio = {int(row["approach"]): row["tokens_per_param"] for row in predictions(rep, [top])}
         ok = runs[runs["status"] == "ok"]
         best = ok.groupby(n_col)["loss"].min().sort_index()
         laws = {}
@@ -90,6 +96,15 @@ def compare(
                 "n_range": [float(best.index.min()), float(best.index.max())],
                 "frontier": [[float(n), float(v)] for n, v in best.items()],
                 "laws": laws,
+                "tokens_per_param": {"flops": top, "by_approach": ratio},
+                "best_loss_by_budget": {
+                    float(c): float(v) for c, v in ok.groupby("budget")["loss"].min().items()
+                }
+                if "budget" in ok
+                else {},
+                "hparams_from": sorted(set(ok["hparams_from"].dropna()))
+                if "hparams_from" in ok
+                else ["rule"],
                 "approach3": None
                 if a3 is None
                 else {k: a3[k] for k in ("E", "A", "B", "alpha", "beta", "success")},

@@ -592,12 +592,11 @@ def tuning_shapes(budget: float, cfg: Config, candidates: list[ModelShape]) -> l
 
 def _hparam_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
     g = cfg.grid
-    for i, budget in enumerate(sorted(g.budgets)):
+    for budget in sorted(g.budgets):
         shapes = (
             candidates if cfg.model.family == "explicit" else tuning_shapes(budget, cfg, candidates)
         )
-        why = "provisional" if g.adaptive and i > 0 else "initial"
-        runs = list(budget_runs(cfg, shapes, budget, warnings, why, tuning_settings(cfg)))
+        runs = list(budget_runs(cfg, shapes, budget, warnings, "initial", tuning_settings(cfg)))
         yield from with_repeats(runs, cfg)
 
 

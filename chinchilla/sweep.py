@@ -269,7 +269,7 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
             summary.busy[k] = summary.busy.get(k, 0.0) + v
 
     if cfg.grid.adaptive and runs is None:
-        from chinchilla.adaptive import run_adaptive
+        from chinchilla.adaptive import run_adaptive, run_adaptive_tuning
 
         def train(runs: list[PlannedRun]) -> None:
             done = done_ids(out)
@@ -278,7 +278,8 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
         def losses(runs: list[PlannedRun]) -> dict[str, float]:
             return ok_losses(out, {r.run_id for r in runs})
 
-        summary.planned = len(run_adaptive(cfg, train, losses))
+        adapt = run_adaptive_tuning if cfg.grid.kind == "hparams" else run_adaptive
+        summary.planned = len(adapt(cfg, train, losses))
     else:
         execute(p, pending)
     # A trunk resumed from a checkpoint before one of its branch points writes that point
