@@ -8,7 +8,9 @@
    and with 2 workers) and memory per run;
 5. peak memory of a sweep over a 10 MB and a 1 GB corpus, and of `prepare` over 100 MB
    and 1 GB; 6. `chinchilla prepare` tokenizing MB/s
-   on one process and on every usable one.
+   on one process and on every usable one; 7. `chinchilla tune` on a 300-row tuning table:
+   whole processes against the 2 s goal, and the batched bootstrap refits against a
+   plain scipy least_squares loop over the same resamples.
 Set BENCH_QUICK=1 to skip the slowest parts.
 """
 
@@ -408,6 +410,71 @@ def bench_tokenize() -> None:
             )
 
 
+def bench_tune() -> None:
+    """7. `chinchilla tune` on a 300-row planted table (5 budgets x 10 lrs x 6 batches)."""
+    sys.path.insert(0, str(ROOT))
+    from scipy.optimize import least_squares
+
+    from chinchilla.fit.tune import _prepare, fit_surfaces, levenberg_marquardt
+    from tests.tune_truth import planted, write_csv
+
+    lrs = tuple(0.0018 * 2.0 ** np.arange(-4.5, 5, 1.0))
+    table = planted(seed=0, lrs=lrs)
+    print(f"7. chinchilla tune on a {len(table.loss)}-row table (5 budgets x 10 lrs x 6 batches)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.csv"
+        write_csv(table, path)
+        for label, flags in (
+            ("print only (200 resamples)", []),
+            ("--out: hparams.json and 2 figures", ["--out", str(Path(tmp) / "out")]),
+        ):
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                cmd = [sys.executable, "-m", "chinchilla", "tune", str(path), *flags]
+                subprocess.run(cmd, check=True, capture_output=True)
+                times.append(time.perf_counter() - t)
+            med = float(np.median(times))
+            print(f"   whole process, {label}: {med:.2f} s (goal 2 s: {med / 2:.2f} of it)")
+    # the bootstrap's refits: one batched solve against scipy's least_squares per resample
+    groups = [
+        _prepare(table.lr[s], table.batch_tokens[s], table.loss[s], c, None, None)
+        for c in np.unique(table.flops)
+        for s in [np.nonzero(table.flops == c)[0]]
+    ]
+    model = fit_surfaces(groups, 0.0025)
+    rng = np.random.default_rng(0)
+    R = 50
+    draws = model.loss + rng.normal(0, 0.002, (R, len(model.loss)))
+    w, free = model.weights, model.active
+    start = np.repeat(model.params[None, :], R, 0)
+    t = time.perf_counter()
+    _, ours = levenberg_marquardt(model, start, draws, w, free, model.low, model.high)
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = []
+    for r in range(R):
+
+        def resid(q, r=r):
+            p = model.params.copy()
+            p[free] = q
+            return np.sqrt(w) * (model(p[None, :])[0][0] - draws[r])
+
+        ref.append(
+            2
+            * least_squares(
+                resid, model.params[free], bounds=(model.low[free], model.high[free])
+            ).cost
+        )
+    t_ref = time.perf_counter() - t
+    worse = int(np.sum(ours > np.array(ref) * (1 + 1e-6)))
+    print(
+        f"   {R} refits of the joint surface ({int(free.sum())} parameters, {len(model.loss)} runs): "
+        f"batched {t_ours:.3f} s, scipy least_squares loop {t_ref:.3f} s: {t_ref / t_ours:.1f}x; "
+        f"objective worse than scipy's in {worse} of {R}"
+    )
+
+
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
     bench_training()
@@ -416,3 +483,4 @@ if __name__ == "__main__":
     if not QUICK:
         bench_corpus_memory()
     bench_tokenize()
+    bench_tune()

@@ -205,6 +205,8 @@ def run_adaptive_tuning(cfg: Config, train: Train, losses: Losses) -> list[Plann
                 b = max(1, round(_beyond(batches, side)))
                 if b not in batches:
                     settings += [(lr, b) for lr in _neighbours(lrs, best.lr)]
+            if not settings:
+                break
             known = {(r.lr, r.batch_size, r.shape) for r in runs}
             settings = settings[: g.adaptive_extra - extra]
             new = [

@@ -561,7 +561,7 @@ def budget_runs(
     g = cfg.grid
     for shape in sorted(shapes, key=lambda s: count_params(s).total):
         fpt = flops_per_token(shape, g.n_convention, g.flops_convention)
-        for setting in settings or [None]:
+        for setting in [None] if settings is None else settings:
             run = _make_run(shape, budget / fpt, budget, cfg, setting=setting)
             miss = abs(run.flops - budget) / budget
             if miss > g.budget_tolerance:

@@ -450,8 +450,9 @@ def save_emergence(table, doc: dict, path: Path) -> Path:
 def plot_tune_lr(rep, ax: Axes | None = None) -> Axes:
     """Final loss against peak learning rate, one colour per budget: the runs at the
     batch nearest each budget's fitted optimum (filled; other batches faint), the fitted
-    surface along lr at the optimal batch, the optimum (star) and the near-optimal lr
-    band (shaded); diverged runs as x at the top, runs above the axes as ^."""
+    surface along lr at the optimal batch over the learning rates it was fitted to, the
+    optimum (star) and the near-optimal lr band (shaded); diverged runs as x at the top,
+    runs above the axes as ^."""
     from chinchilla.fit.tune import surface
 
     ax = _axes(ax, (6.4, 4.6))
@@ -473,7 +474,8 @@ def plot_tune_lr(rep, ax: Axes | None = None) -> Axes:
         ax.plot(lr[ok & near_b], loss[ok & near_b], "o", color=c, ms=4)
         tops.append(loss[ok & near_b])
         if f.params is not None and f.fitted["lr"]:
-            xs = np.linspace(np.log(lr.min()), np.log(lr.max()), 200)
+            fitted = np.log(lr[f.window])  # drawn over the runs it was fitted to
+            xs = np.linspace(fitted.min(), fitted.max(), 200)
             P = f.params.copy()
             ys = surface(P[None, :], xs, np.full_like(xs, P[2]))[0]
             ax.plot(np.exp(xs), ys, "-", color=c, lw=1)
@@ -551,18 +553,26 @@ def plot_tune_law(rep, which: str, ax: Axes | None = None) -> Axes:
         ax.plot(
             grid, law(grid), "-", color="C3", label=f"{law.coefficient:.3g} C^{law.exponent:.3f}"
         )
-        lo_e = law.interval.get("exponent") if law.interval else None
-        if lo_e:
-            mid = law.middle
-            at = law.interval["at_middle"]
-            # the band through the interval of the value at the middle budget, its slope
-            # spread by the exponent's interval away from it
-            lo = np.minimum(at[0] * (grid / mid) ** lo_e[0], at[0] * (grid / mid) ** lo_e[1])
-            hi = np.maximum(at[1] * (grid / mid) ** lo_e[0], at[1] * (grid / mid) ** lo_e[1])
-            ax.fill_between(grid, lo, hi, color="C3", alpha=0.15, lw=0, label="80% band")
+        band = law.band(grid)
+        if band is not None:
+            ax.fill_between(grid, *band, color="C3", alpha=0.15, lw=0, label="80% band")
         ax.legend(fontsize=8)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no law: fewer than two budgets\nwith an optimum inside the grid",
+            ha="center",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     conv = {"6nd": "6ND", "chinchilla": "Chinchilla App. F"}.get(
         rep.table.flops_convention or "", "as given"
     )

@@ -100,8 +100,6 @@ def test_levenberg_marquardt_matches_scipy_least_squares():
         for c in np.unique(t.flops)
         for s in [np.nonzero(t.flops == c)[0]]
     ]
-    for g in groups:
-        g.ids = [str(i) for i in range(len(g.loss))]
     model = fit_surfaces(groups, 0.0025)
     w, loss, P = model.weights, model.loss, model.params
 

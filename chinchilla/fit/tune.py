@@ -13,7 +13,8 @@ How each budget's optimum is read (`_prepare`, `fit_surfaces`):
 1. Runs whose loss is not finite (diverged) never enter a fit; they still count as tried
    when deciding whether the optimum lies at the grid's edge.
 2. The surface is fitted near the budget's best run only: the runs within `STEPS` grid
-   values of it in each dimension (more when that leaves too few), less any far above
+   values of it in each fitted dimension, at its value in another (more steps when that
+   leaves too few), less any far above
    the rest of that window (Tukey's far-out fence): a blown-up learning rate or the
    steep wall of the bowl cannot pull the optimum, and the form need only hold near
    the minimum.
@@ -414,11 +415,15 @@ def _edge(values: np.ndarray, best: float, fitted_at: float, lo: float, hi: floa
     return None
 
 
-def _neighbourhood(x, y, finite, best: int, steps: int) -> np.ndarray:
+def _neighbourhood(x, y, finite, best: int, steps: int, fitted: dict[str, bool]) -> np.ndarray:
     """Indices of the finite runs whose ln lr and ln batch each lie within `steps`
-    distinct values (among the finite runs') of the best run's."""
+    distinct values (among the finite runs') of the best run's; in a dimension that is
+    not fitted, at the best run's value only (the slice through the best run)."""
     keep = finite.copy()
-    for v in (x, y):
+    for v, dim in ((x, "lr"), (y, "batch")):
+        if not fitted[dim]:
+            keep &= v == v[best]
+            continue
         values = np.unique(v[finite])
         i = int(np.searchsorted(values, v[best]))
         lo, hi = values[max(0, i - steps)], values[min(len(values) - 1, i + steps)]
@@ -444,7 +449,7 @@ def _window(x, y, loss, need: int, fit: BudgetFit) -> tuple[np.ndarray, np.ndarr
     finite = np.isfinite(loss)
     b = int(np.nanargmin(loss))
     for steps in range(STEPS, max(len(fit.lr_values), len(fit.batch_values)) + 1):
-        win = _neighbourhood(x, y, finite, b, steps)
+        win = _neighbourhood(x, y, finite, b, steps, fit.fitted)
         if len(win) >= need:
             break
     # runs far above the rest of the window (Tukey's far-out fence on the rise above the
@@ -461,6 +466,7 @@ def _prepare(lr, batch, loss, flops, n_params, ids) -> _Group:
     """Steps 1-2 of the module docstring for one budget: what is fitted, the window."""
     x, y = np.log(lr), np.log(batch)
     finite = np.isfinite(loss)
+    ids = ids if ids is not None else [str(i) for i in range(len(loss))]
     fit = BudgetFit(
         flops=flops,
         n_params=n_params,
@@ -684,6 +690,18 @@ class Law:
     interval: dict[str, list[float] | None] = field(default_factory=dict)
     failed_resamples: int = 0
     resamples: int = 0
+    samples: np.ndarray | None = None  # (R, 2): each resample's exponent and ln coefficient
+    scatter: float | None = None  # tau: the optima's scatter about the line beyond their noise
+
+    def band(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The law's 80% interval at each x (recentred percentiles over the resamples)."""
+        if self.samples is None:
+            return None
+        e, c = self.samples[:, :1], self.samples[:, 1:]
+        ln = c + e * np.log(np.asarray(x, float))[None, :]
+        est = math.log(self.coefficient) + self.exponent * np.log(x)
+        q = np.percentile(ln, [(100 - LEVEL) / 2, 50, 100 - (100 - LEVEL) / 2], axis=0)
+        return np.exp(q[0] - q[1] + est), np.exp(q[2] - q[1] + est)
 
     @property
     def middle(self) -> float:
@@ -707,6 +725,9 @@ class Law:
             f"{'flops' if self.variable == 'flops' else 'n_params'}_range": [min(xs), max(xs)],
             "points": [{"x": a, "optimum": b} for a, b in self.points],
             "left_out": self.left_out,
+            "scatter": self.scatter,
+            "scatter_note": "sd of ln optimum about the line beyond the optima's own bootstrap "
+            "spread; added to the intervals",
             "failed_resamples": self.failed_resamples,
             "resamples": self.resamples,
         }
@@ -719,9 +740,17 @@ def _line(lx: np.ndarray, ly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return slope, ly.mean(-1) - slope * mx
 
 
-def fit_law(name: str, variable: str, fits: list[BudgetFit], xs: list[float]) -> Law | None:
+def fit_law(
+    name: str, variable: str, fits: list[BudgetFit], xs: list[float], rng=None
+) -> Law | None:
     """The power law of `name` over the usable fits (x: their budget or size), with the
-    bootstrap's 80% intervals; None when fewer than two budgets are usable."""
+    bootstrap's 80% intervals; None when fewer than two budgets are usable.
+
+    With three or more budgets, the optima may scatter about the line by more than their
+    own bootstrap spread (the optimum is not exactly a power law in C, or a budget's
+    surface misleads): the excess, tau^2 = max(0, RSS / (g - 2) - the optima's mean
+    bootstrap variance), is added to every resample's optima as N(0, tau^2) noise, so
+    that the intervals also hold what the line does not explain."""
     use = [(f, x) for f, x in zip(fits, xs, strict=True) if f.usable(name)]
     left = [
         f"{variable} {x:.3g}: "
@@ -753,7 +782,16 @@ def fit_law(name: str, variable: str, fits: list[BudgetFit], xs: list[float]) ->
         ok = np.all(np.isfinite(S), axis=-1)
         law.resamples, law.failed_resamples = len(S), int((~ok).sum())
         if ok.sum() >= 10:
-            e, c = _line(lx, S[ok])
+            S = S[ok]
+            if len(use) > 2:
+                rss = float(((np.log(opt) - (icpt + slope * lx)) ** 2).sum())
+                tau2 = max(0.0, rss / (len(use) - 2) - float(S.var(0).mean()))
+                law.scatter = math.sqrt(tau2)
+                if tau2 > 0:
+                    rng = rng if rng is not None else np.random.default_rng(0)
+                    S = S + rng.normal(0.0, law.scatter, S.shape)
+            e, c = _line(lx, S)
+            law.samples = np.stack([e, c], axis=1)
             mid = c + e * math.log(law.middle)
             law.interval = {
                 "exponent": recentred(e, law.exponent),
@@ -834,6 +872,12 @@ class TuneReport:
                     if law.resamples
                     else ""
                 )
+                + (
+                    f"; the optima scatter about the line by {law.scatter:.3f} in ln beyond "
+                    "their own noise (held in the intervals)"
+                    if law.scatter
+                    else ""
+                )
             )
             for why in law.left_out:
                 lines.append(f"  left out of the {law.name} law: {why}")
@@ -891,14 +935,14 @@ def tune(
     rep = TuneReport(
         table=table,
         budgets=fits,
-        lr=fit_law("lr", "flops", chosen, [f.flops for f in chosen]),
-        batch=fit_law("batch", "flops", chosen, [f.flops for f in chosen]),
+        lr=fit_law("lr", "flops", chosen, [f.flops for f in chosen], rng),
+        batch=fit_law("batch", "flops", chosen, [f.flops for f in chosen], rng),
         near=near,
         bootstrap=bootstrap,
     )
     if sizes_vary:
-        rep.lr_in_n = fit_law("lr", "n_params", fits, [f.n_params for f in fits])
-        rep.batch_in_n = fit_law("batch", "n_params", fits, [f.n_params for f in fits])
+        rep.lr_in_n = fit_law("lr", "n_params", fits, [f.n_params for f in fits], rng)
+        rep.batch_in_n = fit_law("batch", "n_params", fits, [f.n_params for f in fits], rng)
     if rep.lr is None and rep.batch is None:
         why = "; ".join(
             f"C {f.flops:.3g}: " + (f.note or f"edge {f.edge}")
