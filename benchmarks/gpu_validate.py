@@ -66,7 +66,7 @@ def matmul_ceiling(device: str) -> float:
     import torch
 
     if device != "cuda":
-        from chinchilla.train import measure_cpu_peak
+        from chinchilla.device import measure_cpu_peak
 
         return measure_cpu_peak()
     n = 8192
@@ -115,8 +115,9 @@ def part_steady(args, out: Path) -> dict:
 
     from chinchilla.accounting import chinchilla_flops_per_token, choose_micro_batch
     from chinchilla.config import load_config
+    from chinchilla.device import peak_flops, resolve_device
     from chinchilla.grid import plan
-    from chinchilla.train import initial_micro_batch, peak_flops, resolve_device, train_run
+    from chinchilla.train import initial_micro_batch, train_run
 
     cfg_path = ROOT / ("configs/markov.yaml" if args.smoke else "configs/gpu_h100.yaml")
     eval_tokens = 2048 if args.smoke else 131072

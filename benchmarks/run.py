@@ -346,7 +346,7 @@ def bench_tokenize() -> None:
     process and on every usable one; the token files must be the same bytes."""
     import tokenizers as tk
 
-    from chinchilla.executors import available_cpus
+    from chinchilla.device import available_cpus
 
     size = 8 << 20 if QUICK else 40 << 20
     print(f"\n6. tokenizing a {size >> 20} MB text corpus (BPE tokenizer file, 4,096 tokens)")
@@ -415,7 +415,7 @@ def bench_tune() -> None:
     sys.path.insert(0, str(ROOT))
     from scipy.optimize import least_squares
 
-    from chinchilla.fit.tune import _prepare, fit_surfaces, levenberg_marquardt
+    from chinchilla.fit.tune import fit_surfaces, levenberg_marquardt, prepare_budget
     from tests.tune_truth import planted, write_csv
 
     lrs = tuple(0.0018 * 2.0 ** np.arange(-4.5, 5, 1.0))
@@ -438,7 +438,7 @@ def bench_tune() -> None:
             print(f"   whole process, {label}: {med:.2f} s (goal 2 s: {med / 2:.2f} of it)")
     # the bootstrap's refits: one batched solve against scipy's least_squares per resample
     groups = [
-        _prepare(table.lr[s], table.batch_tokens[s], table.loss[s], c, None, None)
+        prepare_budget(table.lr[s], table.batch_tokens[s], table.loss[s], c, None, None)
         for c in np.unique(table.flops)
         for s in [np.nonzero(table.flops == c)[0]]
     ]

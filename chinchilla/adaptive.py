@@ -31,12 +31,12 @@ from chinchilla.config import Config
 from chinchilla.fit.isoflop import profile_vertex
 from chinchilla.grid import (
     PlannedRun,
-    _expected_optimal_n,
-    _log_spread,
-    _n_of,
-    _sizes_for_target,
     budget_runs,
     candidate_shapes,
+    expected_optimal_n,
+    log_spread,
+    n_of,
+    sizes_for_target,
     tuning_settings,
     tuning_shapes,
     with_repeats,
@@ -53,7 +53,7 @@ Losses = Callable[[list[PlannedRun]], dict[str, float]]
 def predicted_centre(budget: float, minima: list[tuple[float, float]], cfg: Config):
     """(N at the centre of this budget's sizes, planned_by)."""
     if not minima:
-        return _expected_optimal_n(budget, cfg), "initial"
+        return expected_optimal_n(budget, cfg), "initial"
     if len(minima) == 1:
         c0, n0 = minima[0]
         return n0 * (budget / c0) ** CHINCHILLA_EXPONENT, "recentred"
@@ -91,7 +91,7 @@ def bracket(n: np.ndarray, loss: np.ndarray) -> tuple[str | None, int, float | N
 def profile(runs: list[PlannedRun], got: dict[str, float], n_convention: str):
     """(N, final loss) of the recorded runs among `runs`, in the runs' order."""
     done = [r for r in runs if r.run_id in got]
-    n = np.array([_n_of(r.shape, n_convention) for r in done], dtype=float)
+    n = np.array([n_of(r.shape, n_convention) for r in done], dtype=float)
     return n, np.array([got[r.run_id] for r in done])
 
 
@@ -108,8 +108,8 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
     for budget in sorted(g.budgets):
         warnings: list[str] = []
         centre, why = predicted_centre(budget, minima, cfg)
-        shapes = _sizes_for_target(
-            _log_spread(centre, g.size_span, g.sizes_per_budget), cfg, candidates
+        shapes = sizes_for_target(
+            log_spread(centre, g.size_span, g.sizes_per_budget), cfg, candidates
         )
         runs = with_repeats(list(budget_runs(cfg, shapes, budget, warnings, why)), cfg)
         train(runs)
@@ -127,7 +127,7 @@ def run_adaptive(cfg: Config, train: Train, losses: Losses) -> list[PlannedRun]:
             known = {r.shape for r in runs}
             new_shapes = []
             for j in range(1, 4 * k + 1):  # skip targets that land on a known shape
-                (s,) = _sizes_for_target([edge * factor**j], cfg, candidates)
+                (s,) = sizes_for_target([edge * factor**j], cfg, candidates)
                 if s not in known and s not in new_shapes:
                     new_shapes.append(s)
                 if len(new_shapes) == k:

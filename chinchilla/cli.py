@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from chinchilla import console
+from chinchilla import console, layout
 from chinchilla.errors import UserError
 
 app = typer.Typer(
@@ -153,6 +153,12 @@ def _print_plan(p) -> None:
             *shared,
         )
     console.stdout.print(t)
+    _print_plan_notes(p, c_name)
+
+
+def _print_plan_notes(p, c_name: str) -> None:
+    """The plan's lines under its table: trunks, totals, grid notes, warnings."""
+    g = p.config.grid
     dev = p.config.device
     if g.share_trunks:
         trunks = [r for r in p.runs if r.is_trunk]
@@ -431,10 +437,8 @@ def fit(
     ] = None,
 ) -> None:
     """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
-    from chinchilla.fit.data import load_results
     from chinchilla.fit.parametric import START_SETS
-    from chinchilla.fit.results import FitOptions, fit_all
-    from chinchilla.predict import default_budgets, predictions
+    from chinchilla.fit.results import FitOptions
 
     _check_n_convention(n_convention)
     if starts not in START_SETS:
@@ -448,11 +452,6 @@ def fit(
     if metric is not None:
         _fit_metric(results, metric, budgets, bootstrap, seed, n_convention, out, as_json, plots)
         return
-    res = load_results(
-        results, n_col=n_col, d_col=d_col, c_col=c_col, loss_col=loss_col, n_convention=n_convention
-    )
-    if len(res) == 0:
-        raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
     opts = FitOptions(
         approaches=chosen,
         bootstrap=bootstrap,
@@ -461,24 +460,42 @@ def fit(
         start_grid=starts,
         bound_e_by_min_loss=bound_e,
     )
+    columns = {"n_col": n_col, "d_col": d_col, "c_col": c_col, "loss_col": loss_col}
+    _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest)
+
+
+def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest):
+    """`chinchilla fit` on the loss: read, fit, print, then write (a write that fails
+    cannot take the printed results with it)."""
+    from chinchilla.fit.data import load_results
+    from chinchilla.fit.results import fit_all
+    from chinchilla.predict import default_budgets, predictions
+
+    res = load_results(results, n_convention=n_convention, **columns)
+    if len(res) == 0:
+        raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
+    target = out if out is not None else res.sweep_dir
     if backtest:
-        _run_backtest(
-            res, opts, backtest, out if out is not None else res.sweep_dir, as_json, plots
-        )
+        _run_backtest(res, opts, backtest, target, as_json, plots)
         return
     rep = fit_all(res, opts)
-    if not budgets and not sizes:
-        budgets = default_budgets(rep)
-    preds = predictions(rep, budgets, sizes)
+    preds = predictions(rep, budgets or ([] if sizes else default_budgets(rep)), sizes)
     doc = rep.to_json() | {"predictions": preds}
-    target = out if out is not None else res.sweep_dir
-    written = []
-    if target is not None:
-        written = _write_fit(target, doc, preds, rep if plots else None)
     if as_json:
         print(json.dumps(doc, indent=1, default=_json_default))
+    else:
+        _print_fit(rep, doc)
+    if target is None:
         return
-    _print_fit(doc, written)
+    try:
+        written = _write_fit(target, doc, preds, rep if plots else None)
+    except OSError as exc:
+        raise UserError(
+            f"could not write to {target}: {exc.strerror or exc} (the results are printed "
+            "above; pass --out to write them elsewhere)"
+        ) from None
+    if not as_json:
+        console.stdout.print("wrote " + ", ".join(str(w) for w in written))
 
 
 @app.command()
@@ -532,7 +549,7 @@ def tune(
     try:
         target.mkdir(parents=True, exist_ok=True)
         written = [
-            atomic_text(target / "hparams.json", json.dumps(doc, indent=1, default=_json_default))
+            atomic_text(target / layout.HPARAMS, json.dumps(doc, indent=1, default=_json_default))
         ]
         if plots:
             from chinchilla.plots import save_tune
@@ -574,10 +591,12 @@ def _print_tune(rep) -> None:
             f"{f.best['lr']:.3g}" if f.best else "-",
             console.si(f.best["batch_tokens"]) if f.best else "-",
             f"{f.best['loss']:.4f}" if f.best else "-",
-            "-" if f.lr_opt is None else f"{f.lr_opt:.3g}" + _ci(j["lr_interval"]),
+            "-"
+            if f.lr_opt is None
+            else f"{f.lr_opt:.3g}" + console.interval_text(j["lr_interval"]),
             "-"
             if f.batch_opt is None
-            else console.si(f.batch_opt) + _ci(j["batch_interval"], "{:.3g}"),
+            else console.si(f.batch_opt) + console.interval_text(j["batch_interval"], "{:.3g}"),
             "-" if f.loss_opt is None else f"{f.loss_opt:.4f}",
             "-" if not band else f"{band[0]:.3g}-{band[1]:.3g}",
             edge,
@@ -642,10 +661,10 @@ def _print_metric(doc: dict, table, written) -> None:
     if doc["kind"] == "sharp":
         console.stdout.print(
             f"fit ({doc['kind']}): over every run, {name} = sigmoid of loss with midpoint "
-            f"{p['loss_mid']['value']:.4f}{_ci(p['loss_mid']['interval'], '{:.4f}')} "
+            f"{p['loss_mid']['value']:.4f}{console.interval_text(p['loss_mid']['interval'], '{:.4f}')} "
             f"nats and width {p['loss_width']['value']:.4f}; on the frontier, a sigmoid of "
             f"log10 C with midpoint {p['log10c_mid']['value']:.3f}"
-            f"{_ci(p['log10c_mid']['interval'])}; frontier loss = "
+            f"{console.interval_text(p['log10c_mid']['interval'])}; frontier loss = "
             f"{doc['conventions']['loss_floor']:.4g} + {p['loss_A']['value']:.4g}·C^-"
             f"{p['loss_b']['value']:.4f} (chance level {doc['chance']:.3g})"
         )
@@ -653,7 +672,7 @@ def _print_metric(doc: dict, table, written) -> None:
         console.stdout.print(
             f"fit ({doc['kind']}): on the frontier, the error left (|{name} - "
             f"{doc['conventions']['best_score']:.4g}|, the best score) = {p['A']['value']:.4g}·C^-"
-            f"{p['b']['value']:.4f}{_ci(p['b']['interval'], '{:.4f}')}; over every run, "
+            f"{p['b']['value']:.4f}{console.interval_text(p['b']['interval'], '{:.4f}')}; over every run, "
             f"{name} = {p['loss_intercept']['value']:.4f} + {p['loss_slope']['value']:.4f}·loss"
         )
     if doc.get("ceiling") is not None:
@@ -671,9 +690,11 @@ def _print_metric(doc: dict, table, written) -> None:
         cells = [f"{r['C']:.3g}", f"{r['x_data']:.3g}"]
         if two_step:
             cells.append(f"{r['loss']:.4f}")
-        cells.append(f"{r['value']:.4f}{_ci(r['interval'], '{:.3f}')}")
+        cells.append(f"{r['value']:.4f}{console.interval_text(r['interval'], '{:.3f}')}")
         if two_step:
-            cells.append(f"{r['value_direct']:.4f}{_ci(r['interval_direct'], '{:.3f}')}")
+            cells.append(
+                f"{r['value_direct']:.4f}{console.interval_text(r['interval_direct'], '{:.3f}')}"
+            )
         t.add_row(*cells)
     console.stdout.print(t)
     b = doc["bootstrap"]
@@ -790,12 +811,12 @@ def verify(
         loss = (
             "-"
             if a["loss_predicted"] is None
-            else f"{a['loss_predicted']:.4f}{_ci(a['loss_ci'])} "
+            else f"{a['loss_predicted']:.4f}{console.interval_text(a['loss_ci'])} "
             f"({where(a['loss_measured_inside_ci'])})"
         )
         p(
             f"  Approach {a['approach']}: N_opt {console.si(a['n_opt_predicted'])}"
-            f"{_ci(a['n_opt_ci'])}, {a['n_opt_ratio']:.2f}x the measured "
+            f"{console.interval_text(a['n_opt_ci'])}, {a['n_opt_ratio']:.2f}x the measured "
             f"({where(a['n_opt_measured_inside_ci'])}); loss {loss}"
         )
     verdict = "is" if doc["best_run_is_the_predicted_optimum"] else "is NOT"
@@ -847,7 +868,7 @@ def compare(
         laws = [
             "-"
             if s["laws"][k]["a"] is None
-            else f"{s['laws'][k]['a']:.3f}{_ci(s['laws'][k]['a_ci'])}"
+            else f"{s['laws'][k]['a']:.3f}{console.interval_text(s['laws'][k]['a_ci'])}"
             for k in (1, 2, 3)
         ]
         a3 = s["approach3"] or {}
@@ -917,7 +938,7 @@ def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
     from chinchilla.files import atomic_text
 
     target.mkdir(parents=True, exist_ok=True)
-    written = [atomic_text(target / "fit.json", json.dumps(doc, indent=1, default=_json_default))]
+    written = [atomic_text(target / layout.FIT, json.dumps(doc, indent=1, default=_json_default))]
     buf = io.StringIO()
     cols = [
         "approach",
@@ -953,69 +974,11 @@ def _write_fit(target: Path, doc: dict, preds: list[dict], rep) -> list[Path]:
     return written
 
 
-def _ci(v, fmt: str = "{:.3g}") -> str:
-    """ " [low, high]" of an interval, or "" when there is none."""
-    return f" [{fmt.format(v[0])}, {fmt.format(v[1])}]" if v else ""
-
-
-def _print_fit(doc: dict, written: list[Path]) -> None:
-    conv = doc["conventions"]
-    p = console.stdout.print
-    p(
-        f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; "
-        f"C = 6ND with that N for every approach; D: {conv['n_tokens']})"
-        + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
-    )
-    for k in (1, 2):
-        a = doc[f"approach{k}"]
-        if a:
-            p(
-                f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{_ci(a['a_ci'])}, "
-                f"D_opt ∝ C^{a['b']:.3f}{_ci(a['b_ci'])}  (80% bootstrap intervals)"
-            )
-            if a.get("bootstrap_method"):
-                p(f"  intervals: {a['bootstrap_method']}")
-            for note in a.get("notes", []) + [a.get("bootstrap_withheld")]:
-                if note:
-                    p(f"  note: {note}")
-    a3 = doc["approach3"]
-    if a3:
-        ci = a3["ci"]
-        p(
-            f"Approach 3: L(N, D) = E + A/N^α + B/D^β with E={a3['E']:.4g}{_ci(ci.get('E', {}).get('80'))}"
-            f" A={a3['A']:.4g} B={a3['B']:.4g} α={a3['alpha']:.4f}{_ci(ci.get('alpha', {}).get('80'))}"
-            f" β={a3['beta']:.4f}{_ci(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
-            f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})"
-        )
-    if a3:
-        p(
-            "  starts: "
-            + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in a3["starts"].items() if v)
-        )
-    for w in (a3 or {}).get("warnings", []) + [(a3 or {}).get("bootstrap_withheld")]:
-        if w:
-            p(f"  warning: {w}")
-    if doc.get("irreducible_loss") is not None:
-        p(
-            f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
-            f"{doc['irreducible_loss']:.4f} nats/token"
-        )
-    noise = {k: v for k, v in doc.get("noise", {}).items() if k != "warnings"}
-    if noise:
-        p(
-            "run-to-run noise (std of final loss over repeats) vs profile depth: "
-            + "; ".join(
-                f"{float(b):.3g}: {v['std']:.3g} vs {v['depth']:.3g}" for b, v in noise.items()
-            )
-        )
-    for w in doc.get("noise", {}).get("warnings", []):
-        p(f"  warning: {w}")
-    for k, why in doc["skipped"].items():
-        p(f"{k} skipped: {why}")
+def _print_fit(rep, doc: dict) -> None:
+    for line in rep.summary():
+        console.stdout.print(line)
     if doc["predictions"]:
-        p(_predictions_table(doc["predictions"]))
-    if written:
-        p("wrote " + ", ".join(str(w) for w in written))
+        console.stdout.print(_predictions_table(doc["predictions"]))
 
 
 def _predictions_table(rows: list[dict]):
@@ -1039,12 +1002,16 @@ def _predictions_table(rows: list[dict]):
     for r in rows:
         t.add_row(
             str(r["approach"]),
-            f"{r['flops']:.3g}" + _ci(r.get("flops_ci")),
+            f"{r['flops']:.3g}" + console.interval_text(r.get("flops_ci")),
             f"{r['extrapolation']:.3g}",
-            f"{r['n_opt']:.3g}" + ("*" if r["warning"] else "") + _ci(r.get("n_opt_ci")),
-            f"{r['d_opt']:.3g}" + _ci(r.get("d_opt_ci")),
+            f"{r['n_opt']:.3g}"
+            + ("*" if r["warning"] else "")
+            + console.interval_text(r.get("n_opt_ci")),
+            f"{r['d_opt']:.3g}" + console.interval_text(r.get("d_opt_ci")),
             f"{r['tokens_per_param']:.1f}",
-            "-" if r["loss"] is None else f"{r['loss']:.4f}" + _ci(r.get("loss_ci")),
+            "-"
+            if r["loss"] is None
+            else f"{r['loss']:.4f}" + console.interval_text(r.get("loss_ci")),
         )
     return t
 

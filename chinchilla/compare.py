@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from chinchilla import layout
 from chinchilla.errors import UserError
+from chinchilla.store import load_runs
 
 
 def _label(path: Path, runs) -> str:
@@ -51,7 +53,6 @@ def compare(
     bootstrap: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
-    import pandas as pd
 
     from chinchilla.fit.data import load_results
     from chinchilla.fit.results import FitOptions, fit_all
@@ -62,12 +63,12 @@ def compare(
     n_col = "n_params_nonembedding" if n_convention == "nonembedding" else "n_params"
     sweeps = []
     for path in paths:
-        if not (path.is_dir() and (path / "runs.parquet").exists()):
+        if not (path.is_dir() and (path / layout.RUNS).exists()):
             raise UserError(f"{path}: not a sweep directory (no runs.parquet)")
         res = load_results(path, n_convention=n_convention)
         if len(res) == 0:
             raise UserError(f"{path}: no runs with status ok")
-        runs = pd.read_parquet(path / "runs.parquet")
+        runs = load_runs(path)
         rep = fit_all(res, FitOptions(bootstrap=bootstrap, seed=seed))
         doc = rep.to_json()
         top = float(np.max(res.flops))

@@ -24,6 +24,11 @@ def si(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def interval_text(v, fmt: str = "{:.3g}") -> str:
+    """ " [low, high]" of an interval, or "" when there is none."""
+    return f" [{fmt.format(v[0])}, {fmt.format(v[1])}]" if v else ""
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"

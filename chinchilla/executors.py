@@ -1,68 +1,54 @@
-"""Several runs at once on one machine, and on a Ray cluster.
+"""Where a sweep's runs train: the backends of `chinchilla.driver`.
 
-Local: `run_local_parallel` keeps `workers` processes busy, largest runs first (shortest
-makespan). Each worker owns a slot: on CUDA the slot picks its GPU through
-CUDA_VISIBLE_DEVICES, mapped through any mask already set (Slurm's GPU binding);
-`runs_per_gpu` slots share a device; on CPU the usable cores are split between workers.
-Workers write their own part files (`store.write_part`); the driver alone merges
-runs.parquet / curves.parquet and shows progress, so the tables stay consistent and
-the resume guarantees of a serial sweep hold.
+- `InProcess`: one run at a time in this process (the serial sweep).
+- `WorkerPool`: `workers` processes on this machine. Each worker owns a slot: on CUDA
+  the slot picks its GPU through CUDA_VISIBLE_DEVICES, mapped through any mask already
+  set (Slurm's GPU binding); `runs_per_gpu` slots share a device; on CPU the usable
+  cores are split between workers. Workers write their own part files
+  (`store.write_part`); the driver alone merges runs.parquet / curves.parquet and shows
+  progress, so the tables stay consistent and the resume guarantees of a serial sweep
+  hold. Fault isolation: a worker that dies (SIGKILL, segfault, the kernel's OOM killer)
+  loses only the run it held (the driver retries it per `execution.retries` in a fresh
+  process); a worker whose run failed with a CUDA error exits after reporting it (the
+  error is sticky in that process) and is replaced. Workers watch the driver and exit
+  within a second when it dies, whatever killed it.
+- `RayTasks`: one Ray task per run.
 
-Fault isolation: the driver watches every worker process. A worker that dies (SIGKILL,
-segfault, the kernel's OOM killer) fails only the run it held, which is retried per
-`execution.retries` in a fresh process; a worker whose run failed with a CUDA error
-exits after reporting it (the error is sticky in that process) and is replaced. Workers
-watch the driver and exit within a second when it dies, whatever killed it.
-
-This module imports torch only inside worker functions: the environment of a worker
-is set before torch starts.
+Worker processes import torch only inside the worker functions: a worker's
+environment (its GPU) is set before torch starts.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
 import socket
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
+from chinchilla import layout
 from chinchilla.config import Config
-from chinchilla.files import atomic_text
-from chinchilla.grid import Plan, PlannedRun
-from chinchilla.store import Merger
+from chinchilla.device import (
+    available_cpus,
+    peak_flops,
+    resolve_device,
+    sticky_device_error,
+    visible_gpus,
+)
+from chinchilla.errors import UserError
+from chinchilla.grid import PlannedRun
+from chinchilla.runs import (
+    attach_tasks,
+    attempt_run,
+    record,
+    sweep_environment,
+    train_and_record,
+)
 
 _WORKER: dict[str, Any] = {}  # per worker process: label, events queue, data, env
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity mask (taskset, Slurm, containers) and a
-    cgroup v2 quota, not the machine's count."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
-def visible_gpus(n_gpus: int) -> list[str]:
-    """Physical ids (or UUIDs) of the GPUs this process sees, in order: the existing
-    CUDA_VISIBLE_DEVICES mask when set, else 0 .. n_gpus - 1."""
-    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if mask is not None and mask.strip():
-        ids = [d.strip() for d in mask.split(",") if d.strip()]
-        return ids[:n_gpus] if n_gpus else ids
-    return [str(i) for i in range(n_gpus)]
 
 
 def _watch_parent(parent: int, every: float = 0.5) -> None:
@@ -77,13 +63,6 @@ def _watch_parent(parent: int, every: float = 0.5) -> None:
             time.sleep(every)
 
     threading.Thread(target=watch, daemon=True, name="watch-driver").start()
-
-
-def sticky_device_error(error: str | None) -> bool:
-    """Errors after which a CUDA context is unusable in that process."""
-    return bool(error) and any(
-        s in error for s in ("CUDA error", "AcceleratorError", "device-side assert", "NCCL")
-    )
 
 
 def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irreducible):
@@ -119,14 +98,12 @@ def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irre
 def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) -> dict:
     """Device, mapped data, provenance and peak FLOP/s of this worker process, built once
     per sweep (a process, local or Ray, trains many runs; the parent built the cache)."""
-    from chinchilla.data import load_data
-    from chinchilla.runs import attach_tasks, sweep_environment
-    from chinchilla.train import peak_flops, resolve_device
+    from chinchilla.data import load_data  # torch: after the worker's GPU is set
 
     key = (out, cfg.fingerprint())
     if _WORKER.get("key") != key:
         device = resolve_device(cfg)
-        data = load_data(cfg, Path(out) / "data", min_train_tokens=need)
+        data = load_data(cfg, Path(out) / layout.DATA, min_train_tokens=need)
         attach_tasks(cfg, data)  # the driver checked them; here they are read back
         _WORKER.update(
             key=key,
@@ -140,8 +117,6 @@ def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) 
 
 def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float | None):
     """Train one run in a worker process; returns (row, segment seconds, label)."""
-    from chinchilla.runs import record
-
     w = _process_state(cfg, out, need, irreducible)
     row, tables, seconds = _train_here(run, cfg, out, w, w["label"], w["events"].put)
     record(Path(out), row, tables)
@@ -151,8 +126,6 @@ def _work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible: float 
 def _train_here(run: PlannedRun, cfg: Config, out: str, w: dict, label: str, put):
     """Announce, train (with retries) and return (row, tables, seconds) in this process;
     `put` sends start and progress events to the driver."""
-    from chinchilla.runs import attempt_run
-
     put({"event": "start", "run_id": run.run_id, "worker": label})
     return attempt_run(
         run,
@@ -189,58 +162,101 @@ class _Slot:
         self.label = f"{socket.gethostname()}/w{index}" + (f"/cuda:{gpu}" if gpu else "")
 
 
-def run_local_parallel(
-    cfg: Config, out: Path, p: Plan, pending: list[PlannedRun], *, workers: int, live: bool | None
-) -> tuple[float, float, dict]:
-    import multiprocessing as mp
+class InProcess:
+    """Runs train one at a time in this process: the serial sweep."""
 
-    import torch
+    def __init__(self, cfg: Config, out: Path, data, irreducible: float | None):
+        import torch
 
-    from chinchilla.data.synthetic import irreducible_loss
-    from chinchilla.progress import SweepProgress
-    from chinchilla.runs import (
-        Tally,
-        failed_record,
-        job_order,
-        load_sweep_data,
-        stranded,
-        stranded_record,
-        sweep_environment,
-        take_ready,
-        tokens_needed,
-    )
-    from chinchilla.store import write_part
-    from chinchilla.train import resolve_device
+        if cfg.device.threads:
+            torch.set_num_threads(cfg.device.threads)
+        self.cfg, self.out, self.data = cfg, out, data
+        self.device = resolve_device(cfg)
+        self.env = sweep_environment(cfg, self.device, irreducible)
+        self.peak = peak_flops(cfg, self.device)
+        self.run: PlannedRun | None = None
 
-    # 1. the driver builds the data cache once; workers only memory-map it
-    data = load_sweep_data(cfg, out, p.runs)
-    need = tokens_needed(p.runs)
-    irreducible = irreducible_loss(data, cfg.train.eval_tokens)
-    device = resolve_device(cfg)
-    gpus = visible_gpus(torch.cuda.device_count()) if device == "cuda" else []
-    threads = cfg.device.threads or max(1, available_cpus() // workers)
-    k = cfg.execution.runs_per_gpu
-    slots = [_Slot(i, gpus[(i // k) % len(gpus)] if gpus else None) for i in range(workers)]
+    def open(self, emit) -> None:
+        self.emit = emit
 
-    # 2. worker processes, each with its own task queue; one event queue back
-    ctx = mp.get_context("spawn")
-    events = ctx.Queue()
+    def free(self) -> int:
+        return 0 if self.run else 1
 
-    def spawn(slot: _Slot) -> None:
-        slot.tasks = ctx.Queue()
-        slot.proc = ctx.Process(
+    def submit(self, run: PlannedRun) -> None:
+        self.run = run
+
+    def wait(self, timeout: float) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        self.emit({"event": "start", "run_id": run.run_id, "worker": "main", "label": ""})
+        row, seconds = train_and_record(
+            run,
+            self.cfg,
+            self.out,
+            self.data,
+            device=self.device,
+            peak=self.peak,
+            env=self.env,
+            on_progress=lambda info: self.emit({"event": "progress"} | info),
+            extra={"worker": "main"},
+        )
+        self.emit(
+            {
+                "event": "finished",
+                "run_id": run.run_id,
+                "row": row,
+                "tables": None,  # recorded
+                "seconds": seconds,
+                "worker": "main",
+            }
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerPool:
+    """`workers` processes on this machine, each with its own task queue and one event
+    queue back (module docstring: slots, GPUs, threads, deaths)."""
+
+    def __init__(self, cfg: Config, out: Path, workers: int, need: int, irreducible):
+        import multiprocessing as mp
+
+        import torch
+
+        self.cfg, self.out, self.need, self.irreducible = cfg, out, need, irreducible
+        device = resolve_device(cfg)
+        gpus = visible_gpus(torch.cuda.device_count()) if device == "cuda" else []
+        self.threads = cfg.device.threads or max(1, available_cpus() // workers)
+        k = cfg.execution.runs_per_gpu
+        self.slots = [
+            _Slot(i, gpus[(i // k) % len(gpus)] if gpus else None) for i in range(workers)
+        ]
+        self.ctx = mp.get_context("spawn")
+        self.env = sweep_environment(cfg, device, irreducible)
+
+    def open(self, emit) -> None:
+        self.emit = emit
+        self.events = self.ctx.Queue()
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.tasks = self.ctx.Queue()
+        slot.proc = self.ctx.Process(
             target=_worker_main,
             args=(
                 slot.index,
                 slot.gpu,
-                threads,
+                self.threads,
                 os.getpid(),
                 slot.tasks,
-                events,
-                cfg,
-                str(out),
-                need,
-                irreducible,
+                self.events,
+                self.cfg,
+                str(self.out),
+                self.need,
+                self.irreducible,
             ),
             daemon=True,
             name=f"chinchilla-w{slot.index}",
@@ -248,111 +264,75 @@ def run_local_parallel(
         slot.proc.start()
         slot.run = None
 
-    todo = deque(job_order(pending))  # trunks, then the largest first
-    deaths: dict[str, int] = {}
-    inflight: dict[str, str] = {}
-    tally = Tally()
-    merge_soon = Merger(out)
-    by_id = {r.run_id: r for r in pending}
+    def _idle(self) -> list[_Slot]:
+        """Slots holding no run whose process is alive or not yet started (one that died
+        idle is reaped by `wait` first, then replaced)."""
+        return [s for s in self.slots if s.run is None and (s.proc is None or s.proc.is_alive())]
 
-    def write_claims() -> None:
-        atomic_text(out / "inflight.json", json.dumps(inflight))
+    def free(self) -> int:
+        return len(self._idle())
 
-    with SweepProgress(
-        len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
-    ) as prog:
+    def submit(self, run: PlannedRun) -> None:
+        slot = self._idle()[0]
+        if slot.proc is None:
+            self._spawn(slot)
+        slot.run = run
+        slot.tasks.put(run)
 
-        def finish(slot: _Slot, run: PlannedRun, row: dict, seconds, label: str) -> None:
-            tally.add(label, seconds)
-            inflight.pop(run.run_id, None)
-            write_claims()
-            merge_soon()
-            prog.run_finished(run, row)
+    def _handle(self, ev: dict) -> None:
+        slot = next((s for s in self.slots if s.run and s.run.run_id == ev["run_id"]), None)
+        if slot is None:
+            return
+        if ev["event"] == "finished":
             slot.run = None
+            ev = ev | {"tables": None}  # the worker recorded it
+        self.emit(ev)
 
-        def handle(ev: dict) -> None:
-            slot = next((s for s in slots if s.run and s.run.run_id == ev["run_id"]), None)
-            if slot is None:
-                return
-            if ev["event"] == "start":
-                inflight[ev["run_id"]] = ev["worker"]
-                write_claims()
-                prog.run_started(by_id[ev["run_id"]], label=ev["worker"])
-            elif ev["event"] == "finished":
-                finish(slot, slot.run, ev["row"], ev["seconds"], ev["worker"])
-            else:
-                prog.update(ev)
-
-        def drain(timeout: float) -> None:
-            try:
-                handle(events.get(timeout=timeout))
-                while True:
-                    handle(events.get_nowait())
-            except queue.Empty:
-                pass
-
+    def _drain(self, timeout: float) -> None:
         try:
-            for slot in slots:
-                spawn(slot)
-            while todo or any(s.run for s in slots):
-                for slot in slots:  # hand out work; a slot without a process gets one
-                    if slot.run is None and todo:
-                        if slot.proc is not None and not slot.proc.is_alive():
-                            continue  # died idle: handled below, then replaced
-                        run = take_ready(out, todo)  # a branch waits for its trunk
-                        if run is None:
-                            continue
-                        if slot.proc is None:
-                            spawn(slot)
-                        slot.run = run
-                        slot.tasks.put(slot.run)
-                lost_cause = stranded(out, todo, any(s.run for s in slots))
-                if lost_cause:  # branches whose trunk ended without their checkpoint
-                    env = sweep_environment(cfg, device, irreducible)
-                    for run in lost_cause:
-                        row = stranded_record(run, env)
-                        write_part(out, row, [])
-                        prog.run_finished(run, row)
-                    break
-                drain(0.2)
-                for slot in slots:  # a dead worker fails (or retries) only its own run
-                    if slot.proc is None or slot.proc.is_alive():
-                        continue
+            self._handle(self.events.get(timeout=timeout))
+            while True:
+                self._handle(self.events.get_nowait())
+        except queue.Empty:
+            pass
+
+    def wait(self, timeout: float) -> None:
+        self._drain(timeout)
+        for slot in self.slots:  # a dead worker fails (or retries) only its own run
+            if slot.proc is None or slot.proc.is_alive():
+                continue
+            slot.proc.join()
+            self._drain(0.0)  # it may have reported before it exited
+            run, exitcode = slot.run, slot.proc.exitcode
+            slot.proc, slot.run = None, None
+            if run is None:
+                slot.idle_deaths += 1
+                if slot.idle_deaths >= 3:
+                    raise RuntimeError(
+                        f"worker {slot.label} died 3 times before training anything "
+                        f"(last: {death_message(exitcode)})"
+                    )
+                continue
+            self.emit(
+                {
+                    "event": "lost",
+                    "run_id": run.run_id,
+                    "message": death_message(exitcode) + f" while training {run.run_id}",
+                    "reason": death_message(exitcode),
+                    "worker": slot.label,
+                }
+            )
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.is_alive():
+                slot.tasks.put(None)
+        for slot in self.slots:
+            if slot.proc is not None:
+                slot.proc.join(timeout=10)
+                if slot.proc.is_alive():
+                    slot.proc.kill()
                     slot.proc.join()
-                    drain(0.0)  # it may have reported before it exited
-                    run, exitcode = slot.run, slot.proc.exitcode
-                    slot.proc = None
-                    if run is None:
-                        slot.idle_deaths += 1
-                        if slot.idle_deaths >= 3:
-                            raise RuntimeError(
-                                f"worker {slot.label} died 3 times before training anything "
-                                f"(last: {death_message(exitcode)})"
-                            )
-                        continue
-                    deaths[run.run_id] = deaths.get(run.run_id, 0) + 1
-                    slot.run = None
-                    if deaths[run.run_id] <= cfg.execution.retries:
-                        todo.appendleft(run)  # resumes from its checkpoint
-                        continue
-                    message = death_message(exitcode) + f" while training {run.run_id}"
-                    env = sweep_environment(cfg, device, irreducible)
-                    row = failed_record(run, message, env, deaths[run.run_id])
-                    row["worker"] = slot.label
-                    write_part(out, row, [])
-                    finish(slot, run, row, (0.0, 0.0), slot.label)
-        finally:
-            for slot in slots:
-                if slot.proc is not None and slot.proc.is_alive():
-                    slot.tasks.put(None)
-            for slot in slots:
-                if slot.proc is not None:
-                    slot.proc.join(timeout=10)
-                    if slot.proc.is_alive():
-                        slot.proc.kill()
-                        slot.proc.join()
-    (out / "inflight.json").unlink(missing_ok=True)
-    return tally.result()
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -382,123 +362,107 @@ def _put(events, item) -> None:
         pass
 
 
-def run_ray(
-    cfg: Config,
-    out: Path,
-    p: Plan,
-    pending: list[PlannedRun],
-    *,
-    address: str | None,
-    live: bool | None,
-) -> tuple[float, float, dict]:
+class RayTasks:
     """One Ray task per run, requesting `gpus_per_run` GPUs (fractional packs small runs)
     and one CPU; the driver writes every result, so the tables have one writer. The
     sweep directory (and a corpus) must be on storage every node sees."""
-    try:
-        import ray
+
+    def __init__(self, cfg: Config, out: Path, need: int, irreducible, address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise UserError(
+                "the Ray executor needs Ray: pip install 'chinchilla-scaling[ray]'"
+            ) from None
+        self.ray = ray
+        self.cfg, self.out, self.need, self.irreducible = cfg, out, need, irreducible
+        self.address = address
+        # a lost task never reported its device or host
+        self.env = sweep_environment(cfg, "cpu", irreducible) | {"device": None, "host": None}
+        self.refs: dict = {}
+        self.started_here = False
+
+    def open(self, emit) -> None:
         from ray.util.queue import Queue
-    except ImportError:
-        from chinchilla.errors import UserError
 
-        raise UserError(
-            "the Ray executor needs Ray: pip install 'chinchilla-scaling[ray]'"
-        ) from None
-    from chinchilla.data.synthetic import irreducible_loss
-    from chinchilla.progress import SweepProgress
-    from chinchilla.runs import (
-        Tally,
-        failed_record,
-        job_order,
-        load_sweep_data,
-        ready,
-        record,
-        stranded,
-        stranded_record,
-        sweep_environment,
-        tokens_needed,
-    )
+        ray = self.ray
+        self.emit = emit
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=True,
+                configure_logging=False,
+            )
+        gpus = self.cfg.execution.gpus_per_run
+        if gpus is None:
+            per = self.cfg.execution.runs_per_gpu
+            gpus = 1 / per if ray.cluster_resources().get("GPU") else 0
+        self.events = Queue(maxsize=10_000)
+        self.task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_work)
 
-    data = load_sweep_data(cfg, out, p.runs)  # builds the cache before any task starts
-    need = tokens_needed(p.runs)
-    irreducible = irreducible_loss(data, cfg.train.eval_tokens)
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address, include_dashboard=False, log_to_driver=True, configure_logging=False
+    def free(self) -> int:
+        return 1 << 30  # Ray queues what its cluster cannot place yet
+
+    def submit(self, run: PlannedRun) -> None:
+        ref = self.task.remote(
+            run, self.cfg, str(self.out), self.need, self.irreducible, 1, self.events
         )
-    gpus = cfg.execution.gpus_per_run
-    if gpus is None:
-        gpus = 1 / cfg.execution.runs_per_gpu if ray.cluster_resources().get("GPU") else 0
-    events = Queue(maxsize=10_000)
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_ray_work)
-    waiting = job_order(pending)  # branches wait for their trunk's checkpoint
+        self.refs[ref] = run
 
-    def submit(r: PlannedRun):
-        return task.remote(r, cfg, str(out), need, irreducible, 1, events)
+    def wait(self, timeout: float) -> None:
+        if not self.refs:
+            return
+        done, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=max(timeout, 0.5))
+        for ev in self.events.get_nowait_batch(self.events.qsize()):
+            self.emit(ev)
+        for ref in done:
+            run = self.refs.pop(ref)
+            try:
+                row, tables, seconds, label = self.ray.get(ref)
+            except Exception as exc:  # the task was lost: its worker or node died
+                name = type(exc).__name__
+                self.emit(
+                    {
+                        "event": "lost",
+                        "run_id": run.run_id,
+                        "message": f"Ray task lost: {name}: {exc}",
+                        "reason": f"its Ray task died ({name})",
+                        "worker": None,
+                    }
+                )
+                continue
+            self.emit(
+                {
+                    "event": "finished",
+                    "run_id": run.run_id,
+                    "row": row,
+                    "tables": tables,
+                    "seconds": seconds,
+                    "worker": label,
+                }
+            )
 
-    refs: dict = {}
-    lost: dict[str, int] = {}
-    by_id = {r.run_id: r for r in pending}
-    inflight: dict[str, str] = {}
-    tally = Tally()
-    merge_soon = Merger(out)
-    try:
-        with SweepProgress(
-            len(p.runs),
-            len(p.runs) - len(pending),
-            sum(r.flops_chinchilla for r in pending),
-            live=live,
-        ) as prog:
-            while refs or waiting:
-                for r in [r for r in waiting if ready(out, r)]:
-                    waiting.remove(r)
-                    refs[submit(r)] = r
-                lost_cause = stranded(out, waiting, bool(refs))
-                if lost_cause:  # branches whose trunk ended without their checkpoint
-                    env = sweep_environment(cfg, "cpu", irreducible) | {"device": None}
-                    for r in lost_cause:
-                        row = stranded_record(r, env)
-                        record(out, row, {})
-                        prog.run_finished(r, row)
-                    break
-                done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
-                for ev in events.get_nowait_batch(events.qsize()):
-                    if ev["run_id"] not in by_id:
-                        continue
-                    if ev["event"] == "start":
-                        inflight[ev["run_id"]] = ev["worker"]
-                        atomic_text(out / "inflight.json", json.dumps(inflight))
-                        prog.run_started(by_id[ev["run_id"]], label=ev["worker"])
-                    else:
-                        prog.update(ev)
-                for ref in done:
-                    run = refs.pop(ref)
-                    try:
-                        row, tables, seconds, label = ray.get(ref)
-                    except Exception as exc:  # the task was lost: worker or node died
-                        lost[run.run_id] = lost.get(run.run_id, 0) + 1
-                        if lost[run.run_id] <= cfg.execution.retries:
-                            prog.note(
-                                f"lost  {run.run_id}: its Ray task died "
-                                f"({type(exc).__name__}); retry {lost[run.run_id]} of "
-                                f"{cfg.execution.retries}, from its checkpoint"
-                            )
-                            refs[submit(run)] = run  # resumes from its checkpoint
-                            continue
-                        message = f"Ray task lost: {type(exc).__name__}: {exc}"
-                        no_env = {"device": None, "host": None}  # it never reported
-                        row = failed_record(run, message, no_env, lost[run.run_id])
-                        tables, seconds = {}, (0.0, 0.0)
-                        label = inflight.get(run.run_id, "?")
-                    record(out, row, tables)
-                    tally.add(label, seconds)
-                    by_id.pop(run.run_id, None)
-                    inflight.pop(run.run_id, None)
-                    atomic_text(out / "inflight.json", json.dumps(inflight))
-                    merge_soon()
-                    prog.run_finished(run, row)
-    finally:
-        (out / "inflight.json").unlink(missing_ok=True)
-        if started_here:
-            ray.shutdown()
-    return tally.result()
+    def close(self) -> None:
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def backend_for(
+    cfg: Config,
+    out: Path,
+    *,
+    executor: str,
+    workers: int,
+    address: str | None,
+    data,
+    need: int,
+    irreducible: float | None,
+):
+    """The backend a sweep trains on: Ray tasks, worker processes, or this process."""
+    if executor == "ray":
+        return RayTasks(cfg, out, need, irreducible, address)
+    if workers > 1:
+        return WorkerPool(cfg, out, workers, need, irreducible)
+    return InProcess(cfg, out, data, irreducible)

@@ -291,10 +291,11 @@ def _largest_target(cfg: Config) -> float:
     g = cfg.grid
     if g.kind == "horizons":
         return max(g.model_sizes, default=float("inf"))
-    return max(_expected_optimal_n(c, cfg) for c in g.budgets) * math.sqrt(g.size_span)
+    return max(expected_optimal_n(c, cfg) for c in g.budgets) * math.sqrt(g.size_span)
 
 
-def _n_of(shape: ModelShape, n_convention: str) -> int:
+def n_of(shape: ModelShape, n_convention: str) -> int:
+    """A shape's N under `n_convention`: total or non-embedding parameters."""
     counts = count_params(shape)
     return counts.total if n_convention == "total" else counts.nonembedding
 
@@ -304,18 +305,19 @@ def _pick(candidates: list[ModelShape], target_n: float, cfg: Config) -> ModelSh
     aspect = cfg.model.aspect_ratio
 
     def score(s: ModelShape) -> float:
-        n = max(_n_of(s, cfg.grid.n_convention), 1)
+        n = max(n_of(s, cfg.grid.n_convention), 1)
         return abs(math.log(n / target_n)) + 0.05 * abs(math.log(s.d_model / s.n_layers / aspect))
 
     return min(candidates, key=score)
 
 
-def _expected_optimal_n(budget: float, cfg: Config) -> float:
+def expected_optimal_n(budget: float, cfg: Config) -> float:
     """N with D = tokens_per_param * N spending the budget at 6 FLOPs per parameter-token."""
     return math.sqrt(budget / (6.0 * cfg.grid.tokens_per_param))
 
 
-def _sizes_for_target(targets: list[float], cfg: Config, candidates: list[ModelShape]):
+def sizes_for_target(targets: list[float], cfg: Config, candidates: list[ModelShape]):
+    """The candidate nearest each target N (`_pick`), each shape once, in target order."""
     chosen: list[ModelShape] = []
     for t in targets:
         s = _pick(candidates, t, cfg)
@@ -333,13 +335,15 @@ def _ladder(centre: float, first_budget: float, cfg: Config) -> list[float]:
     if k == 1:
         return [centre]
     ratio = g.size_span ** (1 / (k - 1))
-    anchor = _expected_optimal_n(first_budget, cfg)
+    anchor = expected_optimal_n(first_budget, cfg)
     mid = round(math.log(centre / anchor) / math.log(ratio))
     low = mid - (k - 1) // 2
     return [anchor * ratio ** (low + i) for i in range(k)]
 
 
-def _log_spread(centre: float, span: float, k: int) -> list[float]:
+def log_spread(centre: float, span: float, k: int) -> list[float]:
+    """k values spread evenly in log over a factor `span`, centred (geometrically) on
+    `centre`."""
     if k == 1:
         return [centre]
     return [centre * span ** (i / (k - 1) - 0.5) for i in range(k)]
@@ -507,13 +511,13 @@ def _isoflop_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
         if cfg.model.family == "explicit":
             shapes = candidates
         else:
-            centre = _expected_optimal_n(budget, cfg)
+            centre = expected_optimal_n(budget, cfg)
             targets = (
                 _ladder(centre, min(g.budgets), cfg)
                 if g.size_ladder
-                else _log_spread(centre, g.size_span, g.sizes_per_budget)
+                else log_spread(centre, g.size_span, g.sizes_per_budget)
             )
-            shapes = _sizes_for_target(targets, cfg, candidates)
+            shapes = sizes_for_target(targets, cfg, candidates)
             if len(shapes) < g.sizes_per_budget:
                 warnings.append(
                     f"budget {budget:.3g}: only {len(shapes)} distinct shapes of the "
@@ -586,8 +590,8 @@ def tuning_shapes(budget: float, cfg: Config, candidates: list[ModelShape]) -> l
     """Kind hparams: the expected compute-optimal size at this budget, or
     `grid.tune_sizes` sizes spread over `grid.size_span` around it."""
     g = cfg.grid
-    centre = _expected_optimal_n(budget, cfg)
-    return _sizes_for_target(_log_spread(centre, g.size_span, g.tune_sizes), cfg, candidates)
+    centre = expected_optimal_n(budget, cfg)
+    return sizes_for_target(log_spread(centre, g.size_span, g.tune_sizes), cfg, candidates)
 
 
 def _hparam_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]):
@@ -607,10 +611,10 @@ def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
     else:
         if not g.model_sizes:
             raise UserError("config: grid.model_sizes: kind 'horizons' needs model sizes")
-        shapes = _sizes_for_target(list(g.model_sizes), cfg, candidates)
+        shapes = sizes_for_target(list(g.model_sizes), cfg, candidates)
     for shape in sorted(shapes, key=lambda s: count_params(s).total):
-        n = _n_of(shape, g.n_convention)
-        for j, tokens in enumerate(_log_spread(g.tokens_per_param * n, g.horizon_span, g.horizons)):
+        n = n_of(shape, g.n_convention)
+        for j, tokens in enumerate(log_spread(g.tokens_per_param * n, g.horizon_span, g.horizons)):
             yield _make_run(shape, tokens, None, cfg, horizon=j)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chinchilla import layout
 from chinchilla.errors import UserError
 
 FORMAT = "chinchilla-hparams"
@@ -94,7 +95,7 @@ def load_laws(path: str | Path) -> HparamLaws:
     """Read `hparams.json` (or a sweep directory holding one); one line on a bad file."""
     p = Path(path)
     if p.is_dir():
-        p = p / "hparams.json"
+        p = p / layout.HPARAMS
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

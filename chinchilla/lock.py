@@ -14,13 +14,12 @@ import socket
 from pathlib import Path
 
 from chinchilla.errors import UserError
-
-LOCK_FILE = ".lock"
+from chinchilla.layout import LOCK
 
 
 class SweepLock:
     def __init__(self, out: Path):
-        self.path = Path(out) / LOCK_FILE
+        self.path = Path(out) / LOCK
         self.fd: int | None = None
 
     def acquire(self) -> SweepLock:

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from chinchilla.fit.results import FitReport
-from chinchilla.predict import _allocate, _params
+from chinchilla.predict import allocate, approach_params
 
 COLORS = {1: "#1f77b4", 2: "#d62728", 3: "#2ca02c"}
 NAMES = {1: "Approach 1 (envelope)", 2: "Approach 2 (IsoFLOP)", 3: "Approach 3 (parametric)"}
@@ -153,7 +153,7 @@ def plot_contours(rep: FitReport, ax: Axes | None = None) -> Axes:
     ax.contour(C, N, L, levels=np.unique(levels), colors="k", linewidths=0.4, alpha=0.5)
     ax.figure.colorbar(cs, ax=ax, label="log(L - E)")
     cc = np.logspace(c_lo, c_hi, 50)
-    _, n_opt, _ = _allocate(
+    _, n_opt, _ = allocate(
         3, {"E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha, "beta": f.beta}, flops=cc
     )
     ax.plot(cc, n_opt, color="#2ca02c", lw=2, label="efficient frontier")
@@ -182,16 +182,16 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
     for k, fit in ((1, rep.approach1), (2, rep.approach2), (3, rep.approach3)):
         if fit is None:
             continue
-        point, reps = _params(rep, k)
+        point, reps = approach_params(rep, k)
         with np.errstate(all="ignore"):
-            y = _allocate(k, point, flops=cc)[col]
+            y = allocate(k, point, flops=cc)[col]
         expo = fit.a if which == "n" else fit.b
         ax.plot(cc, y, color=COLORS[k], lw=1.8, label=f"{NAMES[k]}: exponent {expo:.3f}")
         if reps:
             with np.errstate(all="ignore"):
                 ys = np.stack(
                     [
-                        _allocate(k, {n: v[i] for n, v in reps.items()}, flops=cc)[col]
+                        allocate(k, {n: v[i] for n, v in reps.items()}, flops=cc)[col]
                         for i in range(len(next(iter(reps.values()))))
                     ]
                 )
@@ -280,9 +280,9 @@ def plot_backtest(rep: FitReport, bt: dict, ax: Axes | None = None) -> Axes:
     for k, fit in ((1, rep.approach1), (2, rep.approach2), (3, rep.approach3)):
         if fit is None:
             continue
-        point, _ = _params(rep, k)
+        point, _ = approach_params(rep, k)
         with np.errstate(all="ignore"):
-            ax.plot(cc, _allocate(k, point, flops=cc)[1], color=COLORS[k], lw=1.6, label=NAMES[k])
+            ax.plot(cc, allocate(k, point, flops=cc)[1], color=COLORS[k], lw=1.6, label=NAMES[k])
     if rep.approach2 is not None:
         pts = [(p.flops, p.n_opt) for p in rep.approach2.parabolas if p.usable]
         if pts:
@@ -399,7 +399,7 @@ def save_emergence(table, doc: dict, path: Path) -> Path:
     with its fit."""
     from matplotlib.cm import viridis
 
-    from chinchilla.fit.metrics import _sigmoid, frontier, is_sharp, related
+    from chinchilla.fit.metrics import frontier, is_sharp, related, sigmoid_curve
 
     name = doc["metric"]
     sharp, smooth = related(table, name)
@@ -432,7 +432,9 @@ def save_emergence(table, doc: dict, path: Path) -> Path:
     grid = np.linspace(df["loss"].min(), df["loss"].max(), 200)
     p = {k: v["value"] for k, v in doc["params"].items()}
     if is_sharp(name):
-        ax.plot(grid, _sigmoid(grid, p["loss_mid"], p["loss_width"], doc["chance"]), "-", c="C3")
+        ax.plot(
+            grid, sigmoid_curve(grid, p["loss_mid"], p["loss_width"], doc["chance"]), "-", c="C3"
+        )
         fit = "sigmoid of loss"
     else:
         ax.plot(grid, p["loss_intercept"] + p["loss_slope"] * grid, "-", c="C3")

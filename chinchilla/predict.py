@@ -39,7 +39,11 @@ def _parametric_allocation(E, A, B, alpha, beta, flops=None, n_target=None):
     return flops, G * np.power(c6, a), np.power(c6, b) / G
 
 
-def _params(rep: FitReport, k: int) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+def approach_params(
+    rep: FitReport, k: int
+) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """Approach k's parameters as `allocate` takes them: (the point estimate, the
+    bootstrap replicates as arrays, or None without a bootstrap)."""
     s = rep.samples.get(k)
     if k == 3:
         f = rep.approach3
@@ -56,7 +60,9 @@ def _params(rep: FitReport, k: int) -> tuple[dict[str, float], dict[str, np.ndar
     return point, reps
 
 
-def _allocate(k: int, p: dict, flops=None, n_target=None):
+def allocate(k: int, p: dict, flops=None, n_target=None):
+    """(C, N_opt, D_opt) of approach k with parameters `p` (`approach_params`) at compute
+    `flops`, or at the compute where `n_target` is optimal; arrays broadcast."""
     if k == 3:
         return _parametric_allocation(
             p["E"], p["A"], p["B"], p["alpha"], p["beta"], flops=flops, n_target=n_target
@@ -75,14 +81,14 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
     for k, fit in fits.items():
         if fit is None:
             continue
-        point, reps = _params(rep, k)
+        point, reps = approach_params(rep, k)
         targets = [("flops", float(c)) for c in budgets] + [
             ("n_params", float(n)) for n in model_sizes
         ]
         for kind, value in targets:
             kw = {"flops": value} if kind == "flops" else {"n_target": value}
             with np.errstate(all="ignore"):
-                c, n_opt, d_opt = (float(v) for v in _allocate(k, point, **kw))
+                c, n_opt, d_opt = (float(v) for v in allocate(k, point, **kw))
             loss = float(p3.loss(n_opt, d_opt)) if p3 is not None else None
             row = {
                 "approach": k,
@@ -110,7 +116,7 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
                     else {"n_target": value}
                 )
                 with np.errstate(all="ignore"):
-                    cs, ns, ds = _allocate(k, reps, **kw_r)
+                    cs, ns, ds = allocate(k, reps, **kw_r)
                     ls = None
                     if k == 3:
                         ls = parametric_loss(

@@ -16,13 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from chinchilla import __version__
+from chinchilla import __version__, layout
 from chinchilla.config import Config
+from chinchilla.device import device_name
 from chinchilla.files import atomic_text
 from chinchilla.grid import PlannedRun
+from chinchilla.layout import branch_checkpoint, run_checkpoint
 from chinchilla.store import write_part
-
-CHECKPOINTS = "checkpoints"
 
 
 def code_version() -> str:
@@ -100,8 +100,6 @@ def failed_record(
 def sweep_environment(cfg: Config, device: str, irreducible: float | None) -> dict[str, Any]:
     import torch
 
-    from chinchilla.train import device_name
-
     return {
         "device": device_name(device),
         "host": socket.gethostname(),
@@ -144,14 +142,16 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
     from chinchilla.data import load_data
 
     need = tokens_needed(runs)
-    data = load_data(cfg, out / "data", min_train_tokens=need, min_val_tokens=cfg.train.eval_tokens)
+    data = load_data(
+        cfg, out / layout.DATA, min_train_tokens=need, min_val_tokens=cfg.train.eval_tokens
+    )
     data.check_eval(cfg.train.eval_tokens)
     attach_tasks(cfg, data)
     if data.meta["tasks"]:
         from chinchilla.tasks import describe
 
         out.mkdir(parents=True, exist_ok=True)
-        atomic_text(out / "tasks.json", json.dumps(describe(data.meta["tasks"]), indent=1))
+        atomic_text(out / layout.TASKS, json.dumps(describe(data.meta["tasks"]), indent=1))
     print(
         f"data ({cfg.data.kind}): {data.train_tokens:,} training and "
         f"{data.n_val_chunks * data.seq_len:,} validation tokens in chunks of "
@@ -226,24 +226,15 @@ def attempt_run(
         except Exception as exc:  # recorded as failed, the sweep goes on
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             result = RunResult(run_id=run.run_id, status="failed", error=message)
-            (out / "parts").mkdir(parents=True, exist_ok=True)
-            atomic_text(out / "parts" / f"{run.run_id}.traceback.txt", traceback.format_exc())
+            trace = layout.part(out, run.run_id, "traceback")
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            atomic_text(trace, traceback.format_exc())
             if device == "cuda":
                 import torch
 
                 torch.cuda.empty_cache()
     row = run_record(run, result, env) | {"attempts": attempt + 1} | (extra or {})
     return row, {"curve": result.curve, "metrics": result.metrics}, result.segment_seconds
-
-
-def run_checkpoint(out: Path, run_id: str) -> Path:
-    """A run's own checkpoint, kept until the run is recorded."""
-    return out / CHECKPOINTS / f"{run_id}.pt"
-
-
-def branch_checkpoint(out: Path, trunk: str, step: int) -> Path:
-    """A shared trunk's state at a branch point, kept until its branch is recorded."""
-    return out / CHECKPOINTS / f"{trunk}@{step}.pt"
 
 
 def discard_checkpoints(out: Path, run_id: str, trunk: str | None, branch_step) -> None:
@@ -289,8 +280,9 @@ def stranded_record(run: PlannedRun, env: dict[str, Any]) -> dict[str, Any]:
     """The failed row of a branch whose trunk left no checkpoint for it."""
     return failed_record(
         run,
-        f"its trunk {run.trunk} ended without a checkpoint at step {run.branch_step} "
-        "(see the trunk's row); rerun the sweep to train the trunk again",
+        f"the checkpoint of trunk {run.trunk} at step {run.branch_step} was never written: "
+        "the trunk ended without it (see the trunk's row); rerun the sweep to train the "
+        "trunk again",
         env,
         0,
     )

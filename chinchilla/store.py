@@ -22,11 +22,8 @@ from typing import Any
 import pandas as pd
 
 from chinchilla.files import atomic_write
+from chinchilla.layout import CURVES, METRICS, PARTS, RUNS
 
-RUNS_FILE = "runs.parquet"
-CURVES_FILE = "curves.parquet"
-METRICS_FILE = "metrics.parquet"
-PARTS_DIR = "parts"
 FINISHED = ("ok", "diverged", "trunk")  # statuses a rerun does not train again
 
 CURVE_COLUMNS = {
@@ -70,7 +67,7 @@ def write_part(
 ) -> None:
     """Record one finished (or failed) run: its curve and task metrics first, then its
     row (whose presence marks the run complete)."""
-    parts = out / PARTS_DIR
+    parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
     run_id = row["run_id"]
     atomic_parquet(curve_frame(run_id, curve), parts / f"{run_id}.curve.parquet")
@@ -80,7 +77,7 @@ def write_part(
 
 
 def _part_ids(out: Path) -> list[str]:
-    parts = out / PARTS_DIR
+    parts = out / PARTS
     if not parts.is_dir():
         return []
     return sorted(p.name[: -len(".run.parquet")] for p in parts.glob("*.run.parquet"))
@@ -90,7 +87,7 @@ def merge(out: Path) -> pd.DataFrame:
     """Rebuild runs.parquet, curves.parquet and (with tasks) metrics.parquet from the
     parts; return the runs."""
     ids = _part_ids(out)
-    parts = out / PARTS_DIR
+    parts = out / PARTS
     runs = [pd.read_parquet(parts / f"{i}.run.parquet") for i in ids]
     runs_df = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
 
@@ -104,10 +101,10 @@ def merge(out: Path) -> pd.DataFrame:
     if len(runs_df):
         runs_df = runs_df.sort_values(["budget", "n_params", "n_tokens"], kind="stable")
         runs_df = runs_df.reset_index(drop=True)
-    atomic_parquet(runs_df, out / RUNS_FILE)
-    atomic_parquet(curves_df, out / CURVES_FILE)
-    if len(metrics_df) or (out / METRICS_FILE).exists():
-        atomic_parquet(metrics_df, out / METRICS_FILE)
+    atomic_parquet(runs_df, out / RUNS)
+    atomic_parquet(curves_df, out / CURVES)
+    if len(metrics_df) or (out / METRICS).exists():
+        atomic_parquet(metrics_df, out / METRICS)
     return runs_df
 
 
@@ -136,7 +133,7 @@ class Merger:
 
 def finished_ids(out: Path) -> dict[str, str]:
     """run_id -> status of every recorded run (failed ones included)."""
-    parts = out / PARTS_DIR
+    parts = out / PARTS
     statuses = {}
     for i in _part_ids(out):
         df = pd.read_parquet(parts / f"{i}.run.parquet", columns=["status"])
@@ -150,8 +147,12 @@ def done_ids(out: Path) -> set[str]:
 
 
 def load_runs(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out) / RUNS_FILE)
+    return pd.read_parquet(Path(out) / RUNS)
 
 
 def load_curves(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out) / CURVES_FILE)
+    return pd.read_parquet(Path(out) / CURVES)
+
+
+def load_metrics(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(Path(out) / METRICS)

@@ -23,24 +23,27 @@ from typing import Any
 
 import yaml
 
+from chinchilla import layout
+from chinchilla.adaptive import run_adaptive, run_adaptive_tuning
 from chinchilla.config import Config, dump_yaml, from_dict
+from chinchilla.data.synthetic import irreducible_loss
+from chinchilla.device import resolve_device
+from chinchilla.driver import drive
 from chinchilla.errors import UserError
+from chinchilla.executors import backend_for
 from chinchilla.files import atomic_text, remove_stale_temps
 from chinchilla.grid import Plan, PlannedRun, plan
 from chinchilla.lock import SweepLock
 from chinchilla.runs import (
-    CHECKPOINTS,
-    Tally,
-    job_order,
+    discard_checkpoints,
     load_sweep_data,
-    sweep_environment,
-    train_and_record,
+    tokens_needed,
 )
-from chinchilla.store import Merger, done_ids, finished_ids, merge, ok_losses
+from chinchilla.store import done_ids, finished_ids, load_runs, merge, ok_losses
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = layout.CONFIG
 CONFIG_DIR_KEY = "config_dir"  # in CONFIG_FILE: the folder of the config it copies
-SUMMARY_FILE = "sweep.json"
+SUMMARY_FILE = layout.SUMMARY
 
 
 @dataclass
@@ -112,7 +115,7 @@ def _read_saved(path: Path) -> tuple[dict, str]:
 def _has_trained(out: Path) -> bool:
     """Whether any run of the directory's sweep finished, failed or left a checkpoint: a
     start that stopped before training (bad data, a typo) does not bind the directory."""
-    return any((out / "parts").glob("*.parquet")) or any((out / CHECKPOINTS).glob("*.pt"))
+    return layout.has_trained(out)
 
 
 def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -124,25 +127,19 @@ def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
-def prepare(
-    cfg: Config, out: Path, force: bool = False, runs: list[PlannedRun] | None = None
-) -> tuple[Plan, list[PlannedRun]]:
-    """Plan (or take `runs`), claim the directory, recover from a crash, and list runs
-    still to train."""
-    p = plan(cfg) if runs is None else Plan(config=cfg, runs=list(runs))
+def prepare(cfg: Config, out: Path, p: Plan, force: bool = False) -> list[PlannedRun]:
+    """Claim the directory for plan `p`, recover from a crash, and list runs still to
+    train."""
     check_directory(cfg, out, force)
     merge(out)  # a crash between a part and the merge leaves the tables behind
     done = done_ids(out)
     remove_finished_checkpoints(out, p.runs, done)
-    pending = [r for r in p.runs if r.run_id not in done]
-    return p, pending
+    return [r for r in p.runs if r.run_id not in done]
 
 
 def remove_finished_checkpoints(out: Path, runs: list[PlannedRun], done: set[str]) -> None:
     """A sweep killed between recording a run and removing its checkpoints leaves them
     behind: the run's own, and a branch's trunk state at its branch point."""
-    from chinchilla.runs import discard_checkpoints
-
     for r in runs:
         if r.run_id in done:
             discard_checkpoints(out, r.run_id, r.trunk, r.branch_step)
@@ -162,13 +159,14 @@ def run_sweep(
     """Train every planned run of `cfg` not finished in `out`; return what happened.
     The directory is locked for the whole sweep: a second sweep on it stops with exit
     code 2 naming the holder."""
-    plan(cfg)  # a config error stops here, before the directory is touched
+    # planned once per sweep; a config error stops here, before the directory is touched
+    p = plan(cfg) if runs is None else Plan(config=cfg, runs=list(runs))
     existed = out.exists()
     before = set(out.rglob("*")) if existed else set()
     with SweepLock(out) as lock:
         remove_stale_temps(out)  # no writer of this directory is alive now
         try:
-            return _run_locked(cfg, out, force, live, workers, executor, address, runs)
+            return _run_locked(cfg, out, p, force, live, workers, executor, address, runs)
         except UserError:
             if not _trained_since(out, before):  # a failed start leaves nothing behind
                 _remove_new(out, before, keep=lock.path)
@@ -180,7 +178,8 @@ def run_sweep(
 
 def _trained_since(out: Path, before: set[Path]) -> bool:
     """Whether this invocation recorded a run or wrote a checkpoint."""
-    made = list((out / "parts").glob("*.parquet")) + list((out / CHECKPOINTS).glob("*.pt"))
+    made = list((out / layout.PARTS).glob("*.parquet"))
+    made += list((out / layout.CHECKPOINTS).glob("*.pt"))
     return any(p not in before for p in made)
 
 
@@ -232,8 +231,6 @@ def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
         return int(cfg.execution.workers), "execution.workers"
     import torch
 
-    from chinchilla.train import resolve_device
-
     if resolve_device(cfg) == "cuda":
         n = torch.cuda.device_count()
         k = cfg.execution.runs_per_gpu
@@ -241,27 +238,29 @@ def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
     return 1, "CPU"
 
 
-def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) -> SweepSummary:
+def _run_locked(cfg, out, p, force, live, workers, executor, address, runs) -> SweepSummary:
     wall0 = time.perf_counter()
-    p, pending = prepare(cfg, out, force, runs)
+    pending = prepare(cfg, out, p, force)
     summary = SweepSummary(out=out, planned=len(p.runs))
     executor = executor or cfg.execution.executor
     workers, why = resolve_workers(cfg, workers) if executor == "local" else (0, "ray")
 
     def execute(q: Plan, todo: list[PlannedRun]) -> None:
-        """Train `todo` (runs of `q`) with the chosen executor; add up the time."""
+        """Train `todo` (runs of `q`) with the chosen backend; add up the time."""
         if not todo:
             return
-        if executor == "ray":
-            from chinchilla.executors import run_ray
-
-            stats = run_ray(cfg, out, q, todo, address=address or cfg.execution.address, live=live)
-        elif workers > 1:
-            from chinchilla.executors import run_local_parallel
-
-            stats = run_local_parallel(cfg, out, q, todo, workers=workers, live=live)
-        else:
-            stats = _run_serial(cfg, out, q, todo, live=live)
+        data = load_sweep_data(cfg, out, q.runs)  # the cache, built once, before any worker
+        backend = backend_for(
+            cfg,
+            out,
+            executor=executor,
+            workers=workers,
+            address=address or cfg.execution.address,
+            data=data,
+            need=tokens_needed(q.runs),
+            irreducible=irreducible_loss(data, cfg.train.eval_tokens),
+        )
+        stats = drive(cfg, out, q, todo, backend, live)
         summary.trained += len(todo)
         summary.step_seconds += stats[0]
         summary.eval_seconds += stats[1]
@@ -269,7 +268,6 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
             summary.busy[k] = summary.busy.get(k, 0.0) + v
 
     if cfg.grid.adaptive and runs is None:
-        from chinchilla.adaptive import run_adaptive, run_adaptive_tuning
 
         def train(runs: list[PlannedRun]) -> None:
             done = done_ids(out)
@@ -314,45 +312,6 @@ def _run_locked(cfg, out, force, live, workers, executor, address, runs=None) ->
     return summary
 
 
-def _run_serial(
-    cfg: Config, out: Path, p: Plan, pending: list[PlannedRun], live: bool | None
-) -> tuple[float, float, dict[str, float]]:
-    import torch
-
-    from chinchilla.data.synthetic import irreducible_loss
-    from chinchilla.progress import SweepProgress
-    from chinchilla.train import peak_flops, resolve_device
-
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
-    device = resolve_device(cfg)
-    data = load_sweep_data(cfg, out, p.runs)
-    env = sweep_environment(cfg, device, irreducible_loss(data, cfg.train.eval_tokens))
-    peak = peak_flops(cfg, device)
-    tally = Tally()
-    merge_soon = Merger(out)
-    with SweepProgress(
-        len(p.runs), len(p.runs) - len(pending), sum(r.flops_chinchilla for r in pending), live=live
-    ) as prog:
-        for run in job_order(pending):  # a trunk before its branches
-            prog.run_started(run)
-            row, seconds = train_and_record(
-                run,
-                cfg,
-                out,
-                data,
-                device=device,
-                peak=peak,
-                env=env,
-                on_progress=prog.update,
-                extra={"worker": "main"},
-            )
-            tally.add("main", seconds)
-            merge_soon()
-            prog.run_finished(run, row)
-    return tally.result()
-
-
 def sweep_config(out: Path) -> Config:
     """The config a sweep directory was run with."""
     path = out / CONFIG_FILE
@@ -370,12 +329,8 @@ def status(out: Path) -> dict[str, Any]:
     cfg = sweep_config(out)
     p = plan(cfg)
     statuses = finished_ids(out)
-    ckpts = (
-        {c.stem for c in (out / CHECKPOINTS).glob("*.pt")}
-        if (out / CHECKPOINTS).is_dir()
-        else set()
-    )
-    claims = _claims(out)
+    ckpts = layout.checkpoint_stems(out)
+    claims = layout.claims(out)
     recorded = _recorded(out)
     rows = []
     for r in p.runs:
@@ -408,12 +363,9 @@ def status(out: Path) -> dict[str, Any]:
 def _recorded(out: Path) -> dict[str, dict[str, Any]]:
     """Recorded runs by id, from runs.parquet: their planned_by, and for runs the static
     plan does not list (an adaptive sweep's recentred and extended runs) the rest."""
-    path = out / "runs.parquet"
-    if not path.exists():
+    if not (out / layout.RUNS).exists():
         return {}
-    import pandas as pd
-
-    table = pd.read_parquet(path)
+    table = load_runs(out)
     return {
         r.run_id: {
             "run_id": r.run_id,
@@ -426,14 +378,3 @@ def _recorded(out: Path) -> dict[str, dict[str, Any]]:
         }
         for r in table.itertuples()
     }
-
-
-def _claims(out: Path) -> dict[str, str]:
-    """run_id -> worker of runs that a live worker announced it is training."""
-    path = out / "inflight.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}

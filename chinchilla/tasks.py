@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from chinchilla.device import autocast
 from chinchilla.errors import UserError
 
 
@@ -73,10 +74,10 @@ def build_continue(cfg) -> Task:
     """The built-in task: documents of the synthetic language drawn with a seed of their
     own (not in the training or validation splits); answers are the source's argmax at
     each of K positions after the prompt, given the document's true tokens before it."""
-    from chinchilla.data.synthetic import _source
+    from chinchilla.data.synthetic import synthetic_source
 
     K, P, n = cfg.tasks.continue_k, cfg.tasks.prompt_len, cfg.tasks.prompts
-    src = _source(cfg)
+    src = synthetic_source(cfg)
     toks, _ = src.generate(n, P + K, seed=3)
     answers = np.zeros((n, K), dtype=np.int64)
     best = np.zeros((n, K))
@@ -296,12 +297,10 @@ def score(model, task: Task, device: str, batch: int = 256) -> dict[str, float]:
     """Metric name -> mean over the task's items (model in eval mode, no gradients)."""
     import torch
 
-    from chinchilla.train import _autocast
-
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             if task.kind == "choice":
                 return _score_choice(model, task, device, batch)
             return _score_answers(model, task, device, batch)

@@ -8,7 +8,6 @@ order depends on the step alone, so the resumed loss curve continues the same cu
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -28,24 +27,12 @@ from chinchilla.accounting import (
 )
 from chinchilla.config import Config
 from chinchilla.data import TokenData
+from chinchilla.device import autocast
 from chinchilla.files import atomic_write
 from chinchilla.grid import PlannedRun, warmup_steps
 from chinchilla.grid import decay_start as decay_start_step
 from chinchilla.model import build_model
 from chinchilla.tasks import metric_rows
-
-# bf16 dense peak FLOP/s per device (vendor datasheets, without sparsity).
-GPU_PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
-    "V100": 125e12,  # fp16 tensor cores; V100 has no bf16
-}
 
 
 @dataclass
@@ -115,47 +102,6 @@ def eval_steps(steps: int, evals: int) -> set[int]:
     return {max(1, round(steps * (i + 1) / evals)) for i in range(evals)} | {steps}
 
 
-# ----------------------------------------------------------------------------- device
-
-
-def resolve_device(cfg: Config) -> str:
-    if cfg.device.type == "cuda" or (cfg.device.type == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu"
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def measure_cpu_peak(n: int = 512, repeats: int = 10) -> float:
-    """FLOP/s of a float32 n x n matmul in this process: the CPU's practical peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def peak_flops(cfg: Config, device: str) -> float | None:
-    """Peak FLOP/s for MFU: configured, else the GPU table, else a measured CPU matmul."""
-    if cfg.device.peak_flops is not None:
-        return cfg.device.peak_flops
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value
-        return None
-    return measure_cpu_peak()
-
-
 # ----------------------------------------------------------------------------- one run
 
 
@@ -170,12 +116,6 @@ def _optimizer(model: torch.nn.Module, lr: float, cfg: Config, device: str) -> t
     return torch.optim.AdamW(
         groups, lr=lr, betas=(cfg.train.beta1, cfg.train.beta2), fused=device == "cuda"
     )
-
-
-def _autocast(device: str):
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # fp32 on CPU
 
 
 # What an out-of-memory failure raises (torch.OutOfMemoryError on recent versions).
@@ -241,7 +181,7 @@ class Stepper:
         parts = batch.split(self.micro)
         total = torch.zeros((), device=batch.device)
         for part in parts:
-            with _autocast(self.device):
+            with autocast(self.device):
                 loss = self.loss_fn(part)
             (loss / len(parts)).backward()
             total += loss.detach()
@@ -260,7 +200,7 @@ class Stepper:
         positions = None
         for block in data.val_batches(self.cfg.train.eval_tokens, self.micro):
             batch = _to_device(block, self.device)
-            with _autocast(self.device):
+            with autocast(self.device):
                 loss = self.loss_fn(batch)  # the same mean with or without positions
                 if by_position:  # a second forward pass, at the final evaluation only
                     sums = self.model.token_losses(batch).double().sum(dim=0).cpu()
@@ -364,6 +304,188 @@ def load_checkpoint(
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+class RunState:
+    """One run in training: model, optimizer, data position, curve and timers, built
+    from scratch or restored from a checkpoint (`train_run` drives it)."""
+
+    def __init__(
+        self,
+        run: PlannedRun,
+        cfg: Config,
+        data: TokenData,
+        device: str,
+        checkpoint: Path | None,
+        start_from: Path | None,
+    ):
+        self.t0 = time.perf_counter()
+        self.run, self.cfg, self.data, self.device = run, cfg, data, device
+        self.checkpoint = checkpoint
+        self.tokens_per_step = run.batch_size * run.shape.seq_len
+        self.fpt = flops_per_token(run.shape, cfg.grid.n_convention, cfg.grid.flops_convention)
+        self.evals = eval_steps(run.steps, cfg.train.evals)
+        self.tasks = data.meta.get("tasks") or []
+        # 1. model and optimizer, identically initialised for a given seed
+        self.seed = cfg.train.seed if run.seed is None else run.seed  # a repeat has its own
+        torch.manual_seed(self.seed)
+        self.model = build_model(run.shape).to(device)
+        self.opt = _optimizer(self.model, run.lr, cfg, device)
+        # 2. resume: model, optimizer, step, curve so far, RNG and timers
+        self.result = RunResult(run_id=run.run_id, status="ok")
+        self.prior = dict.fromkeys(
+            ("seconds", "step_seconds", "eval_seconds", "warmup_seconds", "task_seconds"), 0.0
+        )
+        state = self._restore(start_from)
+        r = self.result
+        r.step_seconds, r.eval_seconds = self.prior["step_seconds"], self.prior["eval_seconds"]
+        r.warmup_seconds, r.task_seconds = self.prior["warmup_seconds"], self.prior["task_seconds"]
+        micro = initial_micro_batch(run, cfg, device)
+        self.stepper = Stepper(self.model, self.opt, cfg, device, micro, run.batch_size)
+        # training losses are summed on the device and read only when logged; a restored
+        # state carries those since its last log (a branch point's)
+        self.loss_sum = torch.zeros((), device=device)
+        self.n_summed = 0
+        if state is not None:
+            self.loss_sum += state.get("loss_sum", 0.0)
+            self.n_summed = state.get("n_summed", 0)
+        self.last_ckpt = time.perf_counter()
+
+    def _restore(self, start_from: Path | None) -> dict[str, Any] | None:
+        """Load this run's checkpoint, else (a branch) its trunk's state at the branch
+        point; sets the start step. Returns the state loaded, or None."""
+        run, self.start = self.run, 0
+        state = load_checkpoint(self.checkpoint, self.device)
+        from_trunk = False
+        if state is None and run.trunk is not None:
+            state = load_checkpoint(start_from, self.device, set_aside=False)
+            if state is None or state["step"] != run.branch_step:
+                raise RuntimeError(
+                    f"the checkpoint of trunk {run.trunk} at step {run.branch_step} is missing "
+                    f"or unreadable ({start_from}); rerun the sweep to train the trunk again"
+                )
+            from_trunk = True
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"].cpu())  # map_location moved it to the device
+            self.start = state["step"]
+            self.result.curve = state["curve"]
+            self.result.metrics = state.get("metrics", [])
+            if not from_trunk:  # the trunk's timers are not the branch's
+                self.prior |= state["timers"]
+            self.result.resumed_from = self.start
+        return state
+
+    def snapshot(self, done: int) -> dict[str, Any]:
+        """Everything a resume needs, after `done` steps."""
+        r = self.result
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": done,
+            "curve": list(r.curve),
+            "metrics": list(r.metrics),
+            "rng": torch.get_rng_state(),
+            "loss_sum": float(self.loss_sum),
+            "n_summed": self.n_summed,
+            "timers": {
+                "seconds": self.prior["seconds"] + time.perf_counter() - self.t0,
+                "step_seconds": r.step_seconds,
+                "eval_seconds": r.eval_seconds,
+                "warmup_seconds": r.warmup_seconds,
+                "task_seconds": r.task_seconds,
+            },
+        }
+
+    def step(self, step: int, batch: torch.Tensor) -> float:
+        """One optimizer step at the schedule's rate; returns that rate."""
+        run = self.run
+        lr = lr_at(step, run.steps, run.lr, self.cfg, warmup=run.warmup, stable=run.is_trunk)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.loss_sum += self.stepper.step(batch)
+        self.n_summed += 1
+        return lr
+
+    def log(self, done: int, lr: float, on_progress: ProgressFn | None) -> bool:
+        """The curve's row after `done` steps: training loss, evaluation and tasks when
+        due, progress. False when the run diverged (the row is kept)."""
+        r, run, t = self.result, self.run, self.cfg.train
+        train_loss = float(self.loss_sum) / self.n_summed
+        self.loss_sum.zero_()
+        self.n_summed = 0
+        tokens = done * self.tokens_per_step
+        row = {
+            "step": done,
+            "tokens": tokens,
+            "flops": tokens * self.fpt,
+            "train_loss": train_loss,
+            "eval_loss": math.nan,
+            "lr": lr,
+        }
+        r.train_loss = train_loss
+        r.curve.append(row)
+        r.steps_done = done
+        if not math.isfinite(train_loss):
+            r.status = "diverged"
+            return False
+        if done in self.evals:
+            te = time.perf_counter()
+            if t.position_loss and done == run.steps:
+                row["eval_loss"], r.loss_by_position = self.stepper.evaluate(
+                    self.data, by_position=True
+                )
+            else:
+                row["eval_loss"] = self.stepper.evaluate(self.data)
+            r.eval_seconds += time.perf_counter() - te
+            r.loss = row["eval_loss"]
+            if not math.isfinite(r.loss):
+                r.status = "diverged"
+                return False
+            if self.tasks and not run.is_trunk and (done == run.steps or self.cfg.tasks.every_eval):
+                tt = time.perf_counter()
+                r.metrics += metric_rows(self.tasks, self.model, self.device, done, tokens)
+                r.task_seconds += time.perf_counter() - tt
+        if on_progress is not None:
+            on_progress(
+                {
+                    "run_id": run.run_id,
+                    "step": done,
+                    "steps": run.steps,
+                    "tokens": tokens,
+                    "train_loss": train_loss,
+                    "eval_loss": row["eval_loss"],
+                    "step_seconds": r.step_seconds,
+                }
+            )
+        return True
+
+    def checkpoint_if_due(self, done: int) -> None:
+        """Save a resumable checkpoint when train.checkpoint_every_s has passed."""
+        every = self.cfg.train.checkpoint_every_s
+        if self.checkpoint is None or every <= 0 or done >= self.run.steps:
+            return
+        if time.perf_counter() - self.last_ckpt >= every:
+            _save_checkpoint(self.checkpoint, self.snapshot(done))
+            self.last_ckpt = time.perf_counter()
+
+    def summary(self, peak: float | None) -> RunResult:
+        """Timers of this segment, throughput and MFU (the warm-up step left out)."""
+        r, prior = self.result, self.prior
+        r.seconds = prior["seconds"] + time.perf_counter() - self.t0
+        new_steps = r.step_seconds - prior["step_seconds"]
+        new_warmup = r.warmup_seconds - prior["warmup_seconds"]
+        r.segment_seconds = (new_steps + new_warmup, r.eval_seconds - prior["eval_seconds"])
+        r.micro_batch_size = self.stepper.micro
+        r.oom_backoffs = list(self.stepper.backoffs)
+        r.compile = self.stepper.compile_stats()
+        timed = r.steps_done - self.start - 1  # the warm-up step is not in step_seconds
+        if timed > 0 and new_steps > 0:
+            r.tokens_per_second = timed * self.tokens_per_step / new_steps
+            if peak:
+                r.mfu = r.tokens_per_second * chinchilla_flops_per_token(self.run.shape) / peak
+        return r
+
+
 def train_run(
     run: PlannedRun,
     cfg: Config,
@@ -389,180 +511,35 @@ def train_run(
     starts from `start_from`, its trunk's state at its branch point (curve included, so
     the branch's curve continues the trunk's; the trunk's timers are not the branch's).
     """
-    t0 = time.perf_counter()
-    t = cfg.train
-    steps, batch_size = run.steps, run.batch_size
-    tokens_per_step = batch_size * run.shape.seq_len
-    fpt_conv = flops_per_token(run.shape, cfg.grid.n_convention, cfg.grid.flops_convention)
-    fpt_hw = chinchilla_flops_per_token(run.shape)
-
-    # 1. model and optimizer, identically initialised for a given seed
-    seed = t.seed if run.seed is None else run.seed  # a repeat has its own
-    torch.manual_seed(seed)
-    model = build_model(run.shape).to(device)
-    opt = _optimizer(model, run.lr, cfg, device)
-
-    # 2. resume: model, optimizer, step, curve so far, RNG and timers
-    result = RunResult(run_id=run.run_id, status="ok")
-    start = 0
-    prior = {
-        "seconds": 0.0,
-        "step_seconds": 0.0,
-        "eval_seconds": 0.0,
-        "warmup_seconds": 0.0,
-        "task_seconds": 0.0,
-    }
-    state = load_checkpoint(checkpoint, device)
-    from_trunk = False
-    if state is None and run.trunk is not None:
-        state = load_checkpoint(start_from, device, set_aside=False)
-        if state is None or state["step"] != run.branch_step:
-            raise RuntimeError(
-                f"the checkpoint of trunk {run.trunk} at step {run.branch_step} is missing "
-                f"or unreadable ({start_from}); rerun the sweep to train the trunk again"
-            )
-        from_trunk = True
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"].cpu())  # map_location moved it to the device
-        start = state["step"]
-        result.curve = state["curve"]
-        result.metrics = state.get("metrics", [])
-        if not from_trunk:
-            prior |= state["timers"]
-        result.resumed_from = start
-    result.step_seconds, result.eval_seconds = prior["step_seconds"], prior["eval_seconds"]
-    result.warmup_seconds = prior["warmup_seconds"]
-    result.task_seconds = prior["task_seconds"]
-    tasks = data.meta.get("tasks") or []
-    stepper = Stepper(model, opt, cfg, device, initial_micro_batch(run, cfg, device), batch_size)
-
-    # 3. the loop; losses are summed on the device and read only when logged
-    evals = eval_steps(steps, t.evals)
-    loss_sum = torch.zeros((), device=device)
-    n_summed = 0
-    if state is not None:  # training losses since the last log (a branch point's)
-        loss_sum += state.get("loss_sum", 0.0)
-        n_summed = state.get("n_summed", 0)
-
-    def snapshot(done: int) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": done,
-            "curve": list(result.curve),
-            "metrics": list(result.metrics),
-            "rng": torch.get_rng_state(),
-            "loss_sum": float(loss_sum),
-            "n_summed": n_summed,
-            "timers": {
-                "seconds": prior["seconds"] + time.perf_counter() - t0,
-                "step_seconds": result.step_seconds,
-                "eval_seconds": result.eval_seconds,
-                "warmup_seconds": result.warmup_seconds,
-                "task_seconds": result.task_seconds,
-            },
-        }
-
-    last_ckpt = time.perf_counter()
-    model.train()
-    clock = Clock(device)
-    batch = _to_device(data.train_batch(start, batch_size, seed), device)
+    # 1-2. model, optimizer, and whatever a checkpoint restores
+    s = RunState(run, cfg, data, device, checkpoint, start_from)
+    r, bs, seed = s.result, run.batch_size, s.seed
     saves = dict(branch_points or {})
-    for step in range(start, steps):
-        lr = lr_at(step, steps, run.lr, cfg, warmup=run.warmup, stable=run.is_trunk)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss = stepper.step(batch)
+    s.model.train()
+    clock = Clock(device)
+    batch = _to_device(data.train_batch(s.start, bs, seed), device)
+    # 3. the loop
+    for step in range(s.start, run.steps):
+        lr = s.step(step, batch)
         done = step + 1
-        if done < steps:  # queue the next batch's copy while the GPU works
-            batch = _to_device(data.train_batch(done, batch_size, seed), device)
-        loss_sum += loss
-        n_summed += 1
-        logging = done % t.log_every == 0 or done in evals or done == steps
-        if step == start:  # compilation and allocator warm-up, timed apart
-            result.warmup_seconds += clock.lap()
+        if done < run.steps:  # queue the next batch's copy while the GPU works
+            batch = _to_device(data.train_batch(done, bs, seed), device)
+        logging = done % cfg.train.log_every == 0 or done in s.evals or done == run.steps
+        if step == s.start:  # compilation and allocator warm-up, timed apart
+            r.warmup_seconds += clock.lap()
         elif logging:
-            result.step_seconds += clock.lap()
-
+            r.step_seconds += clock.lap()
         # 4. log, evaluate, detect divergence, checkpoint
         if logging:
-            train_loss = float(loss_sum) / n_summed
-            loss_sum.zero_()
-            n_summed = 0
-            row = {
-                "step": done,
-                "tokens": done * tokens_per_step,
-                "flops": done * tokens_per_step * fpt_conv,
-                "train_loss": train_loss,
-                "eval_loss": math.nan,
-                "lr": lr,
-            }
-            result.train_loss = train_loss
-            if not math.isfinite(train_loss):
-                result.curve.append(row)
-                result.status = "diverged"
-                result.steps_done = done
+            if not s.log(done, lr, on_progress):
                 break
-            if done in evals:
-                te = time.perf_counter()
-                if t.position_loss and done == steps:
-                    row["eval_loss"], result.loss_by_position = stepper.evaluate(
-                        data, by_position=True
-                    )
-                else:
-                    row["eval_loss"] = stepper.evaluate(data)
-                result.eval_seconds += time.perf_counter() - te
-                result.loss = row["eval_loss"]
-                if not math.isfinite(result.loss):
-                    result.curve.append(row)
-                    result.status = "diverged"
-                    result.steps_done = done
-                    break
-                if tasks and not run.is_trunk and (done == steps or cfg.tasks.every_eval):
-                    tt = time.perf_counter()
-                    result.metrics += metric_rows(tasks, model, device, done, row["tokens"])
-                    result.task_seconds += time.perf_counter() - tt
-            result.curve.append(row)
-            result.steps_done = done
-            if on_progress is not None:
-                on_progress(
-                    {
-                        "run_id": run.run_id,
-                        "step": done,
-                        "steps": steps,
-                        "tokens": done * tokens_per_step,
-                        "train_loss": train_loss,
-                        "eval_loss": row["eval_loss"],
-                        "step_seconds": result.step_seconds,
-                    }
-                )
-            due = (
-                t.checkpoint_every_s > 0 and time.perf_counter() - last_ckpt >= t.checkpoint_every_s
-            )
-            if checkpoint is not None and due and done < steps:
-                _save_checkpoint(checkpoint, snapshot(done))
-                last_ckpt = time.perf_counter()
+            s.checkpoint_if_due(done)
             clock.restart()  # evaluation, logging and checkpoints are not step time
         if done in saves:  # a trunk's branch point: the state its branch starts from
-            _save_checkpoint(saves.pop(done), snapshot(done))
+            _save_checkpoint(saves.pop(done), s.snapshot(done))
             clock.restart()
-
     # 5. summary
-    result.seconds = prior["seconds"] + time.perf_counter() - t0
-    new_steps = result.step_seconds - prior["step_seconds"]
-    new_warmup = result.warmup_seconds - prior["warmup_seconds"]
-    result.segment_seconds = (new_steps + new_warmup, result.eval_seconds - prior["eval_seconds"])
-    result.micro_batch_size = stepper.micro
-    result.oom_backoffs = list(stepper.backoffs)
-    result.compile = stepper.compile_stats()
-    timed = result.steps_done - start - 1  # the warm-up step is not in step_seconds
-    if timed > 0 and new_steps > 0:
-        result.tokens_per_second = timed * tokens_per_step / new_steps
-        if peak:
-            result.mfu = result.tokens_per_second * fpt_hw / peak
-    return result
+    return s.summary(peak)
 
 
 def reference_versions() -> dict[str, str]:

@@ -28,12 +28,24 @@ from typing import Any
 
 import numpy as np
 
+from chinchilla.adaptive import profile
 from chinchilla.errors import UserError
+from chinchilla.fit.backtest import (
+    loss_law_at,
+    loss_law_interval,
+    minimum_loss_at,
+    minimum_loss_points,
+)
+from chinchilla.fit.data import load_results
+from chinchilla.fit.isoflop import profile_vertex
+from chinchilla.fit.results import FitOptions, approach1_samples, fit_all
+from chinchilla.grid import budget_runs, candidate_shapes, sizes_for_target
+from chinchilla.predict import predictions
+from chinchilla.store import ok_losses
+from chinchilla.sweep import run_sweep, sweep_config
 
 
 def _measured_optimum(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, str]:
-    from chinchilla.fit.isoflop import profile_vertex
-
     p = profile_vertex(n, loss)
     if p is not None:
         return p.n_opt, p.loss_opt, "parabola vertex through the runs"
@@ -46,14 +58,11 @@ def _envelope_loss_interval(rep, c: float, n: int, seed: int) -> list[float] | N
     (`approach1_samples`: final losses redrawn with the measured noise, or runs
     resampled): the envelope is a grid of points interpolated from the same curves, so
     its residuals are not independent draws."""
-    from chinchilla.fit.backtest import _loss_law
-    from chinchilla.fit.results import approach1_samples
-
     if not n:
         return None
 
     def one(env):
-        value = _loss_law(env.flops, env.loss, c)
+        value = loss_law_at(env.flops, env.loss, c)
         if value is None:
             raise ValueError("the loss law did not converge")
         return {"loss": value}
@@ -65,6 +74,48 @@ def _inside(value: float, interval) -> bool | None:
     return None if not interval else bool(interval[0] <= value <= interval[1])
 
 
+def _verification_runs(cfg, budget: float, centre: float):
+    """N/2, N and 2N at the budget with the sweep's recipe (wider apart where the shape
+    family is too coarse for three distinct sizes)."""
+    vcfg = dataclasses.replace(
+        cfg, grid=dataclasses.replace(cfg.grid, budgets=(budget,), adaptive=False)
+    )
+    candidates = candidate_shapes(vcfg, n_cap=16 * centre)
+    warnings: list[str] = []
+    for span in (2, 3, 4):
+        shapes = sizes_for_target([centre / span, centre, span * centre], vcfg, candidates)
+        runs = list(budget_runs(vcfg, shapes, budget, warnings, planned_by="verify"))
+        if len(runs) >= 3:
+            return vcfg, runs
+    raise UserError(
+        f"verify: only {len(runs)} distinct runs at {budget:.3g} around N = {centre:.3g}"
+        + (f" ({'; '.join(warnings)})" if warnings else "")
+    )
+
+
+def _against(rep, r: dict, n_meas: float, loss_meas: float, bootstrap: int, seed: int) -> dict:
+    """One approach's prediction `r` against the measured optimum."""
+    if r["approach"] in (1, 2):  # its own minimum losses against C, extrapolated
+        law_c = float(r["flops"])
+        if r["approach"] == 1:  # the envelope's points are not independent
+            ci = _envelope_loss_interval(rep, law_c, bootstrap, seed)
+        else:  # one minimum per budget
+            pts = minimum_loss_points(rep, 2)
+            ci = loss_law_interval(*pts, law_c, n_resamples=bootstrap or 200, seed=seed)
+        r = r | {"loss": minimum_loss_at(rep, r["approach"], law_c), "loss_ci": ci}
+    return {
+        "approach": r["approach"],
+        "n_opt_predicted": r["n_opt"],
+        "n_opt_ci": r.get("n_opt_ci"),
+        "n_opt_ratio": r["n_opt"] / n_meas,
+        "n_opt_measured_inside_ci": _inside(n_meas, r.get("n_opt_ci")),
+        "loss_predicted": r["loss"],
+        "loss_ci": r.get("loss_ci"),
+        "loss_error": None if r["loss"] is None else r["loss"] - loss_meas,
+        "loss_measured_inside_ci": _inside(loss_meas, r.get("loss_ci")),
+    }
+
+
 def verify(
     out: Path,
     budget: float | None = None,
@@ -74,14 +125,9 @@ def verify(
     workers: int | None = None,
     live: bool | None = None,
 ) -> dict[str, Any]:
-    from chinchilla.adaptive import profile
-    from chinchilla.fit.data import load_results
-    from chinchilla.fit.results import FitOptions, fit_all
-    from chinchilla.grid import _sizes_for_target, budget_runs, candidate_shapes
-    from chinchilla.predict import predictions
-    from chinchilla.store import ok_losses
-    from chinchilla.sweep import run_sweep, sweep_config
-
+    """Train the optimum the sweep's fit predicts at `budget` (default 4x its largest)
+    and two sizes around it; compare each approach's N_opt and loss with what they
+    measured."""
     out = Path(out)
     cfg = sweep_config(out)
     if cfg.grid.kind != "isoflop":
@@ -99,21 +145,7 @@ def verify(
     centre = math.exp(np.mean([math.log(r["n_opt"]) for r in rows]))
 
     # 2. train N/2, N and 2N at the budget with the sweep's recipe
-    vcfg = dataclasses.replace(
-        cfg, grid=dataclasses.replace(cfg.grid, budgets=(budget,), adaptive=False)
-    )
-    candidates = candidate_shapes(vcfg, n_cap=16 * centre)
-    warnings: list[str] = []
-    for span in (2, 3, 4):  # coarse shape families: widen until three distinct sizes
-        shapes = _sizes_for_target([centre / span, centre, span * centre], vcfg, candidates)
-        runs = list(budget_runs(vcfg, shapes, budget, warnings, planned_by="verify"))
-        if len(runs) >= 3:
-            break
-    if len(runs) < 3:
-        raise UserError(
-            f"verify: only {len(runs)} distinct runs at {budget:.3g} around N = {centre:.3g}"
-            + (f" ({'; '.join(warnings)})" if warnings else "")
-        )
+    vcfg, runs = _verification_runs(cfg, budget, centre)
     vout = out / f"verify-{budget:.3g}"
     run_sweep(vcfg, vout, runs=runs, workers=workers, live=live)
 
@@ -125,31 +157,7 @@ def verify(
     if len(n) < 2:
         raise UserError(f"verify: {len(n)} of the runs in {vout} finished ok")
     n_meas, loss_meas, how = _measured_optimum(n, loss)
-    from chinchilla.fit.backtest import loss_law_interval, minimum_loss_at, minimum_loss_points
-
-    approaches = []
-    for r in rows:
-        if r["approach"] in (1, 2):  # its own minimum losses against C, extrapolated
-            law_c = float(r["flops"])
-            if r["approach"] == 1:  # the envelope's points are not independent
-                ci = _envelope_loss_interval(rep, law_c, bootstrap, seed)
-            else:  # one minimum per budget
-                pts = minimum_loss_points(rep, 2)
-                ci = loss_law_interval(*pts, law_c, n_resamples=bootstrap or 200, seed=seed)
-            r = r | {"loss": minimum_loss_at(rep, r["approach"], law_c), "loss_ci": ci}
-        approaches.append(
-            {
-                "approach": r["approach"],
-                "n_opt_predicted": r["n_opt"],
-                "n_opt_ci": r.get("n_opt_ci"),
-                "n_opt_ratio": r["n_opt"] / n_meas,
-                "n_opt_measured_inside_ci": _inside(n_meas, r.get("n_opt_ci")),
-                "loss_predicted": r["loss"],
-                "loss_ci": r.get("loss_ci"),
-                "loss_error": None if r["loss"] is None else r["loss"] - loss_meas,
-                "loss_measured_inside_ci": _inside(loss_meas, r.get("loss_ci")),
-            }
-        )
+    approaches = [_against(rep, r, n_meas, loss_meas, bootstrap, seed) for r in rows]
     centre_run = int(np.argmin(np.abs(np.log(n) - math.log(centre))))
     return {
         "budget": budget,

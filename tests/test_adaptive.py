@@ -12,7 +12,7 @@ from chinchilla.adaptive import bracket, run_adaptive
 from chinchilla.cli import app
 from chinchilla.config import load_config
 from chinchilla.fit.parametric import parametric_loss
-from chinchilla.grid import _n_of, plan
+from chinchilla.grid import n_of, plan
 
 from .conftest import ROOT
 
@@ -51,7 +51,7 @@ def _tiny(tokens_per_param):
 def _profiles(runs, law):
     by = {}
     for r in runs:
-        by.setdefault(r.budget, []).append((_n_of(r.shape, "total"), law.recorded[r.run_id]))
+        by.setdefault(r.budget, []).append((n_of(r.shape, "total"), law.recorded[r.run_id]))
     return {b: np.array(v).T for b, v in by.items()}
 
 

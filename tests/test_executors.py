@@ -317,7 +317,7 @@ def test_a_second_sweep_on_a_busy_directory_is_refused(micro_config, tmp_path):
 
 
 def test_gpu_mapping_goes_through_an_existing_mask(monkeypatch):
-    from chinchilla.executors import available_cpus, visible_gpus
+    from chinchilla.device import available_cpus, visible_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     assert visible_gpus(4) == ["4", "5", "6", "7"]

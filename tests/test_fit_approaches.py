@@ -11,6 +11,7 @@ from chinchilla.fit.envelope import fit_envelope
 from chinchilla.fit.isoflop import NotEnoughData, fit_isoflop
 from chinchilla.fit.parametric import parametric_loss
 
+from .conftest import reference_file
 from .test_fit_parametric import TRUE, synthetic_points
 
 runner = CliRunner()
@@ -242,3 +243,27 @@ def test_run_to_run_noise_is_reported_next_to_the_depth(tmp_path, scatter, warne
     assert bool(noise["warnings"]) == warned
     text = runner.invoke(app, ["fit", str(p), "--bootstrap", "0", "--approach", "2"]).output
     assert "run-to-run noise" in text and ("poorly determined" in text) == warned
+
+
+def test_each_approach_allocates_as_the_predictions_do():
+    """FitReport.allocate(C) (each approach's own result) against predict's rows, and
+    Approach 3's against the paper's closed form computed here in float64."""
+    from chinchilla.fit.results import FitOptions, fit_all
+    from chinchilla.predict import predictions
+
+    res = load_results(reference_file("epoch_chinchilla_fig4_points.csv"))
+    rep = fit_all(res, FitOptions(bootstrap=0))
+    c = 5.76e23
+    got = rep.allocate(c)
+    rows = {r["approach"]: r for r in predictions(rep, [c])}
+    assert set(got) == set(rows) and 3 in got
+    for k, (n, d) in got.items():
+        assert float(n) == pytest.approx(rows[k]["n_opt"], rel=1e-12)
+        assert float(d) == pytest.approx(rows[k]["d_opt"], rel=1e-12)
+    f = rep.approach3
+    g = (f.alpha * f.A / (f.beta * f.B)) ** (1 / (f.alpha + f.beta))
+    n3 = g * (c / 6) ** (f.beta / (f.alpha + f.beta))
+    assert float(got[3][0]) == pytest.approx(n3, rel=1e-12)
+    assert float(got[3][0]) * float(got[3][1]) * 6 == pytest.approx(c, rel=1e-12)
+    lines = rep.summary()
+    assert any(line.startswith("Approach 3: L(N, D) = E + A/N^α") for line in lines)

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 
-from chinchilla.fit.bootstrap import Samples, bootstrap_loop
+from chinchilla.fit.bootstrap import Samples, bootstrap_loop, residual_bootstrap
 from chinchilla.fit.isoflop import (
     NotEnoughData,
     fit_isoflop,
     fit_parabola,
     fit_power_law,
     near_minimum,
-    residual_bootstrap,
 )
 from chinchilla.fit.parametric import parametric_loss
 

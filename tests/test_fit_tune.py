@@ -17,10 +17,10 @@ from chinchilla.errors import UserError
 from chinchilla.fit.tune import (
     JointModel,
     TuneTable,
-    _prepare,
     fit_surfaces,
     levenberg_marquardt,
     load_tune_table,
+    prepare_budget,
     tune,
 )
 from chinchilla.hparams import load_laws
@@ -96,7 +96,7 @@ def test_levenberg_marquardt_matches_scipy_least_squares():
     surface, weights and bounds: its objective is no worse."""
     t = planted(seed=4, far_above=0)
     groups = [
-        _prepare(t.lr[s], t.batch_tokens[s], t.loss[s], c, None, None)
+        prepare_budget(t.lr[s], t.batch_tokens[s], t.loss[s], c, None, None)
         for c in np.unique(t.flops)
         for s in [np.nonzero(t.flops == c)[0]]
     ]

@@ -10,7 +10,7 @@ from chinchilla.cli import app
 from chinchilla.config import load_config
 from chinchilla.data import load_data
 from chinchilla.data.quanta import QuantaSource
-from chinchilla.data.synthetic import _source, irreducible_loss
+from chinchilla.data.synthetic import irreducible_loss, synthetic_source
 from chinchilla.errors import UserError
 
 runner = CliRunner()
@@ -80,7 +80,7 @@ def test_a_quanta_sweep_knows_its_bayes_loss(tmp_path):
     path = tmp_path / "q.yaml"
     path.write_text(QUANTA)
     cfg = load_config(path)
-    src = _source(cfg)
+    src = synthetic_source(cfg)
     assert isinstance(src, QuantaSource)
     data = load_data(cfg, tmp_path / "cache", 5000)
     again = load_data(cfg, tmp_path / "cache2", 5000)

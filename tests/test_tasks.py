@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from chinchilla.cli import app
 from chinchilla.config import load_config
-from chinchilla.data.synthetic import SyntheticSource, _source
+from chinchilla.data.synthetic import SyntheticSource, synthetic_source
 from chinchilla.tasks import Task, build_continue, edit_distance, read_task_file, score
 
 from .conftest import MICRO_YAML
@@ -53,7 +53,7 @@ class Oracle(torch.nn.Module):
 def test_the_bayes_optimal_model_scores_the_ceiling(tmp_path):
     cfg = load_config(_cfg(tmp_path, "tasks: {continue_k: 5, prompts: 40, prompt_len: 6}\n"))
     task = build_continue(cfg)
-    scores = score(Oracle(_source(cfg)), task, "cpu")
+    scores = score(Oracle(synthetic_source(cfg)), task, "cpu")
     for k in range(1, 6):
         assert scores[f"exact_match@{k}"] == 1.0
         assert scores[f"edit_distance@{k}"] == 0.0
@@ -74,7 +74,7 @@ def test_exact_match_is_all_k_right_and_falls_with_k(tmp_path):
     positions falls like q^k (checked against the answers directly)."""
     cfg = load_config(_cfg(tmp_path, "tasks: {continue_k: 6, prompts: 400, prompt_len: 4}\n"))
     task = build_continue(cfg)
-    src = _source(cfg)
+    src = synthetic_source(cfg)
     rng = np.random.default_rng(0)
 
     class Noisy(Oracle):

@@ -192,7 +192,7 @@ def test_a_ray_sweep_runs_trunks_before_their_branches(trunk_config, tmp_path):
 
 
 def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
-    from chinchilla.grid import _expected_optimal_n
+    from chinchilla.grid import expected_optimal_n
 
     root = Path(__file__).resolve().parents[1]
     over = ["train.schedule=wsd", "grid.share_trunks=true", "grid.repeats=0"]
@@ -204,7 +204,7 @@ def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
         by_budget.setdefault(r.budget, []).append(r.n_params)
     assert all(len(v) == 5 for v in by_budget.values())
     for b, sizes in by_budget.items():  # still around each budget's centre, over ~size_span
-        centre = _expected_optimal_n(b, cfg)
+        centre = expected_optimal_n(b, cfg)
         assert min(sizes) < centre < max(sizes)
         assert 4 < max(sizes) / min(sizes) < 16
     shared = set.intersection(*(set(v) for v in by_budget.values()))
@@ -229,7 +229,8 @@ def test_a_size_ladder_repeats_sizes_across_budgets_so_they_share(tmp_path):
 def test_only_runs_that_can_never_start_are_stranded(trunk_config, tmp_path):
     """A branch waits while anything is in flight; a ready run waiting for a worker (a
     dead one being replaced, say) is never failed as stranded."""
-    from chinchilla.runs import branch_checkpoint, stranded
+    from chinchilla.layout import branch_checkpoint
+    from chinchilla.runs import stranded
 
     p = plan(load_config(trunk_config))
     branch = next(r for r in p.runs if r.trunk is not None)

@@ -74,14 +74,14 @@ def test_verify_needs_a_sweep_directory(tmp_path):
 def test_the_minimum_loss_law_and_its_interval():
     """L(C) = E + k C^-gamma through minimum losses: recovered from exact points, an
     interval that holds the truth from noisy ones, none from three points."""
-    from chinchilla.fit.backtest import _loss_law, loss_law_interval
+    from chinchilla.fit.backtest import loss_law_at, loss_law_interval
 
     c = np.logspace(10, 12, 6)
 
     def truth(x):
         return 1.5 + 40 * x**-0.15
 
-    assert _loss_law(c, truth(c), 4e12) == __import__("pytest").approx(truth(4e12), rel=1e-6)
+    assert loss_law_at(c, truth(c), 4e12) == __import__("pytest").approx(truth(4e12), rel=1e-6)
     noisy = truth(c) * np.exp(np.random.default_rng(0).normal(0, 0.004, len(c)))
     lo, hi = loss_law_interval(c, noisy, 4e12, n_resamples=200)
     assert lo < truth(4e12) < hi and hi - lo < 0.2

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from chinchilla.data import TokenData, open_tokens, token_dtype, write_json
+from chinchilla.device import available_cpus
 from chinchilla.errors import UserError
 from chinchilla.files import atomic_write
 
@@ -624,8 +625,6 @@ def _shard_map(cfg, tok, workers: int, n_jobs: int):
 def tokenize_workers(cfg) -> int:
     if cfg.data.workers:
         return cfg.data.workers
-    from chinchilla.executors import available_cpus
-
     return available_cpus()
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from chinchilla.data import TokenData, open_tokens, token_dtype, write_json, write_tokens
+from chinchilla.device import available_cpus
 from chinchilla.errors import UserError
 from chinchilla.files import atomic_write
 
@@ -182,7 +183,7 @@ def _draw_supports(rng, zipf: np.ndarray, n: int, support: int) -> np.ndarray:
     return out
 
 
-def _source(cfg):
+def synthetic_source(cfg):
     """The configured process: `SyntheticSource` (markov) or `QuantaSource` (quanta)."""
     d = cfg.data
     if d.process == "quanta":
@@ -280,8 +281,6 @@ def _write_split(
 
 
 def generation_workers() -> int:
-    from chinchilla.executors import available_cpus
-
     return available_cpus()
 
 
@@ -298,7 +297,7 @@ def load_synthetic(cfg, cache_root: Path, min_train_tokens: int) -> TokenData:
     dtype = token_dtype(cfg.data.resolved_vocab_size)
     if not meta_path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        src = _source(cfg)
+        src = synthetic_source(cfg)
         _write_split(src, folder / "train.bin", n_train_docs, T + 1, 1, dtype, generation_workers())
         toks, val_nll = [], []
         for t, nll in _generate_in_blocks(src, n_val_docs, T + 1, 2):

@@ -63,7 +63,7 @@ def _fit_loss_law(flops: np.ndarray, loss: np.ndarray):
     return lambda c: e + np.exp(log_k - gamma * np.log(np.asarray(c, float) / top))
 
 
-def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
+def loss_law_at(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
     """Minimum loss extrapolated by L(C) = E + k C^-gamma (least squares on log L, E in
     [0, min loss)): a pure power law has no floor and overshoots downward. None when the
     fit does not converge."""
@@ -74,7 +74,7 @@ def _loss_law(flops: np.ndarray, loss: np.ndarray, at: float) -> float | None:
 def loss_law_interval(
     flops: np.ndarray, loss: np.ndarray, at: float, n_resamples: int = 200, seed: int = 0
 ) -> list[float] | None:
-    """80% interval of `_loss_law` at `at` by a residual bootstrap (the fitted law plus
+    """80% interval of `loss_law_at` at `at` by a residual bootstrap (the fitted law plus
     resampled residuals of log L, refitted). None with 3 points or fewer (the law's three
     parameters go through them exactly: no residuals to resample) or when over 10% of
     the refits fail."""
@@ -105,18 +105,18 @@ def minimum_loss_points(rep: FitReport, k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def minimum_loss_at(rep: FitReport, k: int, c: float) -> float | None:
-    """Approach k's (1 or 2) minimum loss at compute c: `_loss_law` through its own
+    """Approach k's (1 or 2) minimum loss at compute c: `loss_law_at` through its own
     minimum losses; None from fewer than 3 (the law has three parameters)."""
     flops, loss = minimum_loss_points(rep, k)
-    return None if len(flops) < 3 else _loss_law(flops, loss, c)
+    return None if len(flops) < 3 else loss_law_at(flops, loss, c)
 
 
 def _predict(rep: FitReport, k: int, c: float) -> tuple[float, float | None]:
     """(N_opt, minimum loss) that approach k predicts at compute c."""
-    from chinchilla.predict import _allocate, _params
+    from chinchilla.predict import allocate, approach_params
 
-    point, _ = _params(rep, k)
-    _, n_opt, d_opt = (float(v) for v in _allocate(k, point, flops=c))
+    point, _ = approach_params(rep, k)
+    _, n_opt, d_opt = (float(v) for v in allocate(k, point, flops=c))
     if k == 3:
         return n_opt, float(rep.approach3.loss(n_opt, d_opt))
     return n_opt, minimum_loss_at(rep, k, c)

@@ -10,7 +10,7 @@ records it (`Samples.method`):
   bootstrap's intervals were 4.5 times wider than the spread of the exponent over 10
   reruns with other seeds (README, "How wide should the intervals be").
 - Approach 2 resamples each parabola's residuals within its budget
-  (`isoflop.residual_bootstrap`: every profile keeps its sizes).
+  (`residual_bootstrap`: every profile keeps its sizes).
 - Approach 3 refits every resample of the runs at once (one weight vector of resample
   counts per resample, warm-started from the full fit's local optima).
 Intervals are withheld when more than `MAX_FAILED` of the resamples fail: the survivors
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chinchilla.fit.isoflop import NotEnoughData
+from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_parabola, fit_power_law
 
 LEVELS = {"80": (10.0, 90.0), "95": (2.5, 97.5)}
 MAX_FAILED = 0.10
@@ -128,3 +128,49 @@ def _refit_loop(n_resamples: int, draw: Callable[[], np.ndarray], fit_one) -> Sa
         for k in set(values) | set(out):
             values.setdefault(k, [np.nan] * r).append(out.get(k, np.nan))
     return Samples({k: np.asarray(v) for k, v in values.items()}, n_resamples, failed)
+
+
+def residual_bootstrap(
+    fit: IsoFlopFit,
+    n: np.ndarray,
+    d: np.ndarray,
+    loss: np.ndarray,
+    flops: np.ndarray,
+    n_resamples: int,
+    seed: int,
+):
+    """Bootstrap of the allocation laws by resampling each parabola's residuals within
+    its budget (the design stays fixed: resampling runs would leave budgets with too few
+    distinct sizes). Residuals are inflated by sqrt(m / (m - 3)) for the 3 fitted
+    coefficients. A resample whose vertex leaves the sizes used counts as failed."""
+    rng = np.random.default_rng(seed)
+    used = [p for p in fit.parabolas if p.usable]
+    fitted, resid = [], []
+    for p in used:
+        x = np.log10(n[p.index])
+        f = np.polyval(p.coef, x)
+        m = len(x)
+        fitted.append(f)
+        resid.append((loss[p.index] - f) * np.sqrt(m / (m - 3)))
+    c = np.array([p.flops for p in used])
+    out = {k: np.full(n_resamples, np.nan) for k in ("a", "b", "log10_k_n", "log10_k_d")}
+    failed = 0
+    for r in range(n_resamples):
+        n_opt, d_opt = [], []
+        for p, f, e in zip(used, fitted, resid, strict=True):
+            y = f + e[rng.integers(0, len(e), len(e))]
+            q = fit_parabola(p.budget, n[p.index], d[p.index], y)
+            n_opt.append(q.n_opt)
+            d_opt.append(q.d_opt)
+            if not q.inside:
+                break
+        else:
+            nl, dl = fit_power_law(c, np.array(n_opt)), fit_power_law(c, np.array(d_opt))
+            out["a"][r], out["b"][r] = nl.exponent, dl.exponent
+            out["log10_k_n"][r] = np.log10(nl.coefficient)
+            out["log10_k_d"][r] = np.log10(dl.coefficient)
+            continue
+        failed += 1
+    return Samples(
+        out, n_resamples, failed, method="each parabola's residuals resampled within its budget"
+    )

@@ -7,7 +7,6 @@ Columns are found under common spellings; D = C / (6N) when no tokens column exi
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chinchilla import layout
 from chinchilla.errors import UserError
 
 SPELLINGS = {
@@ -170,30 +170,8 @@ def float_column(table: dict[str, list], column: str, path: Path) -> np.ndarray:
     return out
 
 
-def load_results(
-    path: str | Path,
-    *,
-    n_col: str | None = None,
-    d_col: str | None = None,
-    c_col: str | None = None,
-    loss_col: str | None = None,
-    n_convention: str = "total",
-    curve_loss: str = "train_loss",
-) -> Results:
-    """Read a sweep directory or a results table; keep runs with status ok."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"results not found: {p}")
-    sweep_dir = p if p.is_dir() else None
-    table_path = p / "runs.parquet" if p.is_dir() else p
-    if p.is_dir() and not table_path.exists():
-        raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
-    table = read_table(table_path)
-    columns = list(table)
-    if not columns or not len(next(iter(table.values()))):
-        raise UserError(f"{table_path}: no rows")
-
-    # 1. which columns; total vs non-embedding N
+def _columns(columns, table_path, n_col, d_col, c_col, loss_col, n_convention) -> dict:
+    """Which column holds N, D, C and the loss (each may be None but N and the loss)."""
     if n_col is None and n_convention == "nonembedding":
         if "n_params_nonembedding" not in columns:
             raise UserError(
@@ -217,6 +195,45 @@ def load_results(
             f"{table_path}: needs a tokens (D) or a compute (C) column "
             f"(columns: {', '.join(columns)})"
         )
+    return cols
+
+
+def check_positive(arr: np.ndarray, keep: np.ndarray, name: str, table_path: Path) -> None:
+    """One line naming the column and the first kept row that is not positive and finite."""
+    bad = keep & ~(np.isfinite(arr) & (arr > 0))
+    if bad.any():
+        i = int(np.nonzero(bad)[0][0])
+        raise UserError(
+            f"{table_path}: column {name!r} must be positive and finite; "
+            f"row {i + 2} holds {float(arr[i])!r} ({int(bad.sum())} such rows)"
+        )
+
+
+def load_results(
+    path: str | Path,
+    *,
+    n_col: str | None = None,
+    d_col: str | None = None,
+    c_col: str | None = None,
+    loss_col: str | None = None,
+    n_convention: str = "total",
+    curve_loss: str = "train_loss",
+) -> Results:
+    """Read a sweep directory or a results table; keep runs with status ok."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"results not found: {p}")
+    sweep_dir = p if p.is_dir() else None
+    table_path = p / layout.RUNS if p.is_dir() else p
+    if p.is_dir() and not table_path.exists():
+        raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
+    table = read_table(table_path)
+    columns = list(table)
+    if not columns or not len(next(iter(table.values()))):
+        raise UserError(f"{table_path}: no rows")
+
+    # 1. which columns; total vs non-embedding N
+    cols = _columns(columns, table_path, n_col, d_col, c_col, loss_col, n_convention)
 
     # 2. statuses: keep ok runs, count the rest
     keep = np.ones(len(table[cols["n"]]), dtype=bool)
@@ -244,13 +261,7 @@ def load_results(
         (cols["d"] or cols["c"], d),
         (cols["c"] or cols["d"], c),
     ):
-        bad = keep & ~(np.isfinite(arr) & (arr > 0))
-        if bad.any():
-            i = int(np.nonzero(bad)[0][0])
-            raise UserError(
-                f"{table_path}: column {name!r} must be positive and finite; "
-                f"row {i + 2} holds {float(arr[i])!r} ({int(bad.sum())} such rows)"
-            )
+        check_positive(arr, keep, name, table_path)
 
     run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
     budget = float_column(table, "budget", table_path) if "budget" in columns else None
@@ -282,8 +293,8 @@ def load_results(
         irreducible_loss=irreducible,
         sweep_dir=sweep_dir,
     )
-    if sweep_dir is not None and (sweep_dir / "curves.parquet").exists():
-        res.curves = _load_curves(sweep_dir / "curves.parquet", res, curve_loss)
+    if sweep_dir is not None and (sweep_dir / layout.CURVES).exists():
+        res.curves = _load_curves(sweep_dir / layout.CURVES, res, curve_loss)
     return res
 
 
@@ -334,9 +345,4 @@ def group_budgets(
 
 
 def sweep_metadata(sweep_dir: Path | None) -> dict:
-    if sweep_dir is None or not (sweep_dir / "sweep.json").exists():
-        return {}
-    try:
-        return json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return {} if sweep_dir is None else layout.read_json(sweep_dir, layout.SUMMARY)

@@ -88,6 +88,10 @@ class AllocationLaws:
     def b(self) -> float:
         return self.d_law.exponent
 
+    def allocate(self, flops):
+        """(N_opt, D_opt) at compute C = `flops` (arrays broadcast), from the two laws."""
+        return self.n_law(flops), self.d_law(flops)
+
 
 # The rule for which points enter a budget's parabola (stated in README and fit.json).
 NEAR_MINIMUM = 7  # the sizes nearest (in log N) to the budget's lowest-loss run
@@ -219,52 +223,4 @@ def fit_isoflop(
         d_law=fit_power_law(c, np.array([p.d_opt for p in use])),
         used=[p.budget for p in use],
         notes=notes,
-    )
-
-
-def residual_bootstrap(
-    fit: IsoFlopFit,
-    n: np.ndarray,
-    d: np.ndarray,
-    loss: np.ndarray,
-    flops: np.ndarray,
-    n_resamples: int,
-    seed: int,
-):
-    """Bootstrap of the allocation laws by resampling each parabola's residuals within
-    its budget (the design stays fixed: resampling runs would leave budgets with too few
-    distinct sizes). Residuals are inflated by sqrt(m / (m - 3)) for the 3 fitted
-    coefficients. A resample whose vertex leaves the sizes used counts as failed."""
-    from chinchilla.fit.bootstrap import Samples
-
-    rng = np.random.default_rng(seed)
-    used = [p for p in fit.parabolas if p.usable]
-    fitted, resid = [], []
-    for p in used:
-        x = np.log10(n[p.index])
-        f = np.polyval(p.coef, x)
-        m = len(x)
-        fitted.append(f)
-        resid.append((loss[p.index] - f) * np.sqrt(m / (m - 3)))
-    c = np.array([p.flops for p in used])
-    out = {k: np.full(n_resamples, np.nan) for k in ("a", "b", "log10_k_n", "log10_k_d")}
-    failed = 0
-    for r in range(n_resamples):
-        n_opt, d_opt = [], []
-        for p, f, e in zip(used, fitted, resid, strict=True):
-            y = f + e[rng.integers(0, len(e), len(e))]
-            q = fit_parabola(p.budget, n[p.index], d[p.index], y)
-            n_opt.append(q.n_opt)
-            d_opt.append(q.d_opt)
-            if not q.inside:
-                break
-        else:
-            nl, dl = fit_power_law(c, np.array(n_opt)), fit_power_law(c, np.array(d_opt))
-            out["a"][r], out["b"][r] = nl.exponent, dl.exponent
-            out["log10_k_n"][r] = np.log10(nl.coefficient)
-            out["log10_k_d"][r] = np.log10(dl.coefficient)
-            continue
-        failed += 1
-    return Samples(
-        out, n_resamples, failed, method="each parabola's residuals resampled within its budget"
     )

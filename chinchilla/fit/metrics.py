@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from chinchilla import layout
 from chinchilla.errors import UserError
+from chinchilla.store import load_metrics, load_runs
 
 SHARP = ("exact_match", "accuracy")
 ERROR_OF = {"logprob": -1.0, "edit_distance": 1.0, "brier": 1.0}  # error = s * (value - best)
@@ -58,17 +60,17 @@ class MetricTable:
 
 def load_metric_table(sweep: Path, n_convention: str = "total") -> MetricTable:
     sweep = Path(sweep)
-    runs_path, metrics_path = sweep / "runs.parquet", sweep / "metrics.parquet"
+    runs_path, metrics_path = sweep / layout.RUNS, sweep / layout.METRICS
     if not runs_path.exists():
-        raise UserError(f"{sweep} is not a sweep directory (no runs.parquet)")
+        raise UserError(f"{sweep} is not a sweep directory (no {layout.RUNS})")
     if not metrics_path.exists():
         raise UserError(
             f"{sweep}: no metrics.parquet; configure tasks (tasks.continue_k or tasks.file) "
             "before the sweep"
         )
-    runs = pd.read_parquet(runs_path)
+    runs = load_runs(sweep)
     runs = runs[runs["status"] == "ok"]
-    m = pd.read_parquet(metrics_path)
+    m = load_metrics(sweep)
     if not len(m):
         raise UserError(f"{metrics_path}: no task metrics recorded")
     last = m.loc[m.groupby(["run_id", "task", "metric"])["step"].idxmax()]
@@ -81,11 +83,8 @@ def load_metric_table(sweep: Path, n_convention: str = "total") -> MetricTable:
     t = t.merge(wide, left_on="run_id", right_index=True, how="inner")
     t["C"] = 6.0 * t["N"].astype(float) * t["D"].astype(float)
     ceilings = {}
-    if (sweep / "tasks.json").exists():
-        import json
-
-        for task in json.loads((sweep / "tasks.json").read_text()):
-            ceilings |= {f"{task['name']}/{k}": v for k, v in task.get("ceiling", {}).items()}
+    for task in layout.read_json(sweep, layout.TASKS) or []:
+        ceilings |= {f"{task['name']}/{k}": v for k, v in task.get("ceiling", {}).items()}
     irreducible = None
     if "irreducible_loss" in runs and runs["irreducible_loss"].notna().any():
         irreducible = float(runs["irreducible_loss"].dropna().mean())
@@ -130,7 +129,8 @@ def frontier(df: pd.DataFrame) -> pd.DataFrame:
     return best.sort_values("C").reset_index(drop=True)
 
 
-def _sigmoid(x, mid, width, lo):
+def sigmoid_curve(x, mid, width, lo):
+    """A falling logistic from 1 to `lo`, centred at `mid` with scale `width`."""
     return lo + (1.0 - lo) / (1.0 + np.exp(np.clip((x - mid) / width, -50, 50)))
 
 
@@ -143,7 +143,7 @@ def fit_sigmoid(x: np.ndarray, y: np.ndarray, lo: float, rising: bool) -> tuple[
     span = max(float(np.ptp(x)), 1e-6)
 
     def resid(p):
-        return _sigmoid(x, p[0], sign * math.exp(p[1]), lo) - y
+        return sigmoid_curve(x, p[0], sign * math.exp(p[1]), lo) - y
 
     starts = [(float(np.median(x)), math.log(span / 4)), (float(x.mean()), math.log(span))]
     best = None
@@ -180,8 +180,8 @@ def _fit_once(
         out["loss_A"], out["loss_b"] = A, b
         loss_at = floor + A * targets**-b
         out["predicted_loss"] = loss_at
-        out["predicted"] = _sigmoid(loss_at, mid, width, lo)  # two-step
-        out["predicted_direct"] = _sigmoid(np.log10(targets), cm, cw, lo)
+        out["predicted"] = sigmoid_curve(loss_at, mid, width, lo)  # two-step
+        out["predicted_direct"] = sigmoid_curve(np.log10(targets), cm, cw, lo)
     else:
         s = ERROR_OF[_base(name)]
         err = s * (front[name].to_numpy(float) - best)

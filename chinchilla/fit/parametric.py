@@ -222,6 +222,10 @@ class ParametricFit:
     def loss(self, n_params, n_tokens):
         return parametric_loss(n_params, n_tokens, self.E, self.A, self.B, self.alpha, self.beta)
 
+    def allocate(self, flops):
+        """(N_opt, D_opt) at compute C = `flops` under C = 6ND (eq. 4; arrays broadcast)."""
+        return optimal_allocation(flops, self.A, self.B, self.alpha, self.beta)
+
     def as_dict(self) -> dict:
         return {
             "E": self.E,

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from chinchilla.fit.bootstrap import Samples, bootstrap_loop, noise_loop, resample_counts
+from chinchilla.console import interval_text
+from chinchilla.fit.bootstrap import (
+    Samples,
+    bootstrap_loop,
+    noise_loop,
+    resample_counts,
+    residual_bootstrap,
+)
 from chinchilla.fit.data import Results, group_budgets
 from chinchilla.fit.envelope import (
     FINISHED,
@@ -23,7 +30,7 @@ from chinchilla.fit.envelope import (
     fit_envelope_finished,
     horizon_sizes,
 )
-from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop, residual_bootstrap
+from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_isoflop
 from chinchilla.fit.parametric import ParametricFit, fit_parametric, refit_many, start_set
 
 
@@ -50,6 +57,73 @@ class FitReport:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     noise: dict[float, dict[str, float]] = field(default_factory=dict)  # per budget
+
+    def allocate(self, flops) -> dict[int, tuple]:
+        """Each fitted approach's (N_opt, D_opt) at compute `flops` (C = 6ND, N in the
+        fit's convention), keyed by approach number."""
+        fits = {1: self.approach1, 2: self.approach2, 3: self.approach3}
+        return {k: f.allocate(flops) for k, f in fits.items() if f is not None}
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> list[str]:
+        """What `chinchilla fit` prints above its predictions table: each approach's
+        law with its 80% interval and how it was drawn, notes, warnings, noise."""
+        doc = self.to_json()
+        conv = doc["conventions"]
+        lines: list[str] = []
+        p = lines.append
+        p(
+            f"{doc['n_points']} runs from {doc['source']} (N: {conv['n_params']}; "
+            f"C = 6ND with that N for every approach; D: {conv['n_tokens']})"
+            + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
+        )
+        for k in (1, 2):
+            a = doc[f"approach{k}"]
+            if a:
+                p(
+                    f"Approach {k}: N_opt ∝ C^{a['a']:.3f}{interval_text(a['a_ci'])}, "
+                    f"D_opt ∝ C^{a['b']:.3f}{interval_text(a['b_ci'])}  (80% bootstrap intervals)"
+                )
+                if a.get("bootstrap_method"):
+                    p(f"  intervals: {a['bootstrap_method']}")
+                for note in a.get("notes", []) + [a.get("bootstrap_withheld")]:
+                    if note:
+                        p(f"  note: {note}")
+        a3 = doc["approach3"]
+        if a3:
+            ci = a3["ci"]
+            p(
+                f"Approach 3: L(N, D) = E + A/N^α + B/D^β with E={a3['E']:.4g}{interval_text(ci.get('E', {}).get('80'))}"
+                f" A={a3['A']:.4g} B={a3['B']:.4g} α={a3['alpha']:.4f}{interval_text(ci.get('alpha', {}).get('80'))}"
+                f" β={a3['beta']:.4f}{interval_text(ci.get('beta', {}).get('80'))}; N_opt ∝ C^{a3['a']:.3f}, "
+                f"D_opt ∝ C^{a3['b']:.3f}; Huber objective {a3['objective']:.6g} ({a3['message']})"
+            )
+        if a3:
+            p(
+                "  starts: "
+                + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in a3["starts"].items() if v)
+            )
+        for w in (a3 or {}).get("warnings", []) + [(a3 or {}).get("bootstrap_withheld")]:
+            if w:
+                p(f"  warning: {w}")
+        if doc.get("irreducible_loss") is not None:
+            p(
+                f"irreducible loss of the data (exact Bayes loss of the validation tokens): "
+                f"{doc['irreducible_loss']:.4f} nats/token"
+            )
+        noise = {k: v for k, v in doc.get("noise", {}).items() if k != "warnings"}
+        if noise:
+            p(
+                "run-to-run noise (std of final loss over repeats) vs profile depth: "
+                + "; ".join(
+                    f"{float(b):.3g}: {v['std']:.3g} vs {v['depth']:.3g}" for b, v in noise.items()
+                )
+            )
+        for w in doc.get("noise", {}).get("warnings", []):
+            p(f"  warning: {w}")
+        for k, why in doc["skipped"].items():
+            p(f"{k} skipped: {why}")
+        return lines
 
     # ------------------------------------------------------------------ JSON
     def _law_json(self, k: int, fit) -> dict[str, Any]:

@@ -8,7 +8,7 @@ Porian et al. 2024 ("Resolving Discrepancies in Compute-Optimal Scaling of Langu
 Models", sec. 5) showed why this matters: untuned learning rates and batches move the
 compute-optimal exponent.
 
-How each budget's optimum is read (`_prepare`, `fit_surfaces`):
+How each budget's optimum is read (`prepare_budget`, `fit_surfaces`):
 
 1. Runs whose loss is not finite (diverged) never enter a fit; they still count as tried
    when deciding whether the optimum lies at the grid's edge.
@@ -52,8 +52,15 @@ from typing import Any
 
 import numpy as np
 
+from chinchilla import layout
 from chinchilla.errors import UserError
-from chinchilla.fit.data import SPELLINGS, float_column, group_budgets, read_table
+from chinchilla.fit.data import (
+    SPELLINGS,
+    check_positive,
+    float_column,
+    group_budgets,
+    read_table,
+)
 from chinchilla.hparams import FORMAT, UNITS, VERSION
 
 NEAR_OPTIMAL = 0.0025  # DeepSeek-AI 2024, sec. 3.1: within 0.25% of the minimum loss
@@ -121,7 +128,7 @@ def load_tune_table(path: str | Path) -> TuneTable:
     p = Path(path)
     if not p.exists():
         raise UserError(f"results not found: {p}")
-    table_path = p / "runs.parquet" if p.is_dir() else p
+    table_path = p / layout.RUNS if p.is_dir() else p
     if p.is_dir() and not table_path.exists():
         raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
     table = read_table(table_path)
@@ -166,13 +173,7 @@ def load_tune_table(path: str | Path) -> TuneTable:
         (found["batch_tokens"] or "batch_size x seq_len", batch),
         *([(found["n_params"], n)] if n is not None else []),
     ):
-        bad = keep & ~(np.isfinite(arr) & (arr > 0))
-        if bad.any():
-            i = int(np.nonzero(bad)[0][0])
-            raise UserError(
-                f"{table_path}: column {name!r} must be positive and finite; row {i + 2} "
-                f"holds {float(arr[i])!r} ({int(bad.sum())} such rows)"
-            )
+        check_positive(arr, keep, name, table_path)
     loss = np.where(np.isfinite(loss) & (loss > 0), loss, np.nan)
     sel = np.nonzero(keep)[0]
     ids = [str(v) for v in table.get("run_id", range(len(loss)))]
@@ -462,7 +463,7 @@ def _window(x, y, loss, need: int, fit: BudgetFit) -> tuple[np.ndarray, np.ndarr
     return win, win[:0]
 
 
-def _prepare(lr, batch, loss, flops, n_params, ids) -> _Group:
+def prepare_budget(lr, batch, loss, flops, n_params, ids) -> _Group:
     """Steps 1-2 of the module docstring for one budget: what is fitted, the window."""
     x, y = np.log(lr), np.log(batch)
     finite = np.isfinite(loss)
@@ -913,7 +914,7 @@ def tune(
         for n in sizes:
             sel = np.nonzero(in_c & (table.n_params == n if n is not None else True))[0]
             groups.append(
-                _prepare(
+                prepare_budget(
                     table.lr[sel],
                     table.batch_tokens[sel],
                     table.loss[sel],
