@@ -485,10 +485,15 @@ def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json
         print(json.dumps(doc, indent=1, default=_json_default))
     else:
         _print_fit(rep, doc)
-    if target is None:
-        return
+    if target is not None:
+        _write(target, lambda: _write_fit(target, doc, preds, rep if plots else None), as_json)
+
+
+def _write(target: Path, write, as_json: bool) -> None:
+    """Call `write()` (it returns the paths written) after the results were printed; a
+    filesystem fault becomes one line, and the paths are listed."""
     try:
-        written = _write_fit(target, doc, preds, rep if plots else None)
+        written = write()
     except OSError as exc:
         raise UserError(
             f"could not write to {target}: {exc.strerror or exc} (the results are printed "
@@ -542,26 +547,21 @@ def tune(
     else:
         _print_tune(rep)
     target = out if out is not None else rep.table.sweep_dir
-    if target is None:
-        return
+    if target is not None:
+        _write(target, lambda: _write_tune(rep, doc, target, plots), as_json)
+
+
+def _write_tune(rep, doc: dict, target: Path, plots: bool) -> list[Path]:
     from chinchilla.files import atomic_text
 
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        written = [
-            atomic_text(target / layout.HPARAMS, json.dumps(doc, indent=1, default=_json_default))
-        ]
-        if plots:
-            from chinchilla.plots import save_tune
+    target.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(doc, indent=1, default=_json_default)
+    written = [atomic_text(target / layout.HPARAMS, text)]
+    if plots:
+        from chinchilla.plots import save_tune
 
-            written += save_tune(rep, target)
-    except OSError as exc:
-        raise UserError(
-            f"could not write to {target}: {exc.strerror or exc} (the results are printed "
-            "above; pass --out to write them elsewhere)"
-        ) from None
-    if not as_json:
-        console.stdout.print("wrote " + ", ".join(str(w) for w in written))
+        written += save_tune(rep, target)
+    return written
 
 
 def _print_tune(rep) -> None:

@@ -106,6 +106,7 @@ def drive(
             prog.run_finished(run, row)
 
         def lost(run: PlannedRun, ev: dict[str, Any]) -> None:
+            worker = ev.get("worker") or claims.held.get(run.run_id, "?")
             held.pop(run.run_id, None)
             claims.drop(run.run_id)
             deaths[run.run_id] = deaths.get(run.run_id, 0) + 1
@@ -116,7 +117,6 @@ def drive(
                 )
                 todo.appendleft(run)
                 return
-            worker = ev.get("worker") or "?"
             row = failed_record(run, ev["message"], backend.env, deaths[run.run_id])
             row["worker"] = worker
             write_part(out, row, [])

@@ -68,13 +68,7 @@ def has_trained(out: Path) -> bool:
 
 def claims(out: Path) -> dict[str, str]:
     """run_id -> worker of the runs a live sweep announced it is training."""
-    path = Path(out) / INFLIGHT
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_json(out, INFLIGHT)
 
 
 def read_json(out: Path, name: str):

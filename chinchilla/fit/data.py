@@ -209,6 +209,20 @@ def check_positive(arr: np.ndarray, keep: np.ndarray, name: str, table_path: Pat
         )
 
 
+def read_results_table(path: Path) -> tuple[Path, dict[str, list]]:
+    """(the table's path, its columns) of a sweep directory (its runs.parquet) or a table
+    file; one line when it is missing or has no rows."""
+    if not path.exists():
+        raise UserError(f"results not found: {path}")
+    table_path = path / layout.RUNS if path.is_dir() else path
+    if path.is_dir() and not table_path.exists():
+        raise UserError(f"{path} is not a sweep directory (no {layout.RUNS})")
+    table = read_table(table_path)
+    if not table or not len(next(iter(table.values()))):
+        raise UserError(f"{table_path}: no rows")
+    return table_path, table
+
+
 def load_results(
     path: str | Path,
     *,
@@ -221,16 +235,9 @@ def load_results(
 ) -> Results:
     """Read a sweep directory or a results table; keep runs with status ok."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"results not found: {p}")
+    table_path, table = read_results_table(p)
     sweep_dir = p if p.is_dir() else None
-    table_path = p / layout.RUNS if p.is_dir() else p
-    if p.is_dir() and not table_path.exists():
-        raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
-    table = read_table(table_path)
     columns = list(table)
-    if not columns or not len(next(iter(table.values()))):
-        raise UserError(f"{table_path}: no rows")
 
     # 1. which columns; total vs non-embedding N
     cols = _columns(columns, table_path, n_col, d_col, c_col, loss_col, n_convention)

@@ -52,14 +52,13 @@ from typing import Any
 
 import numpy as np
 
-from chinchilla import layout
 from chinchilla.errors import UserError
 from chinchilla.fit.data import (
     SPELLINGS,
     check_positive,
     float_column,
     group_budgets,
-    read_table,
+    read_results_table,
 )
 from chinchilla.hparams import FORMAT, UNITS, VERSION
 
@@ -126,15 +125,8 @@ def load_tune_table(path: str | Path) -> TuneTable:
     diverged, or a loss that is empty, NaN or infinite) are kept as tried-but-failed;
     runs of other non-ok statuses (failed, stranded) are left out and counted."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"results not found: {p}")
-    table_path = p / layout.RUNS if p.is_dir() else p
-    if p.is_dir() and not table_path.exists():
-        raise UserError(f"{p} is not a sweep directory (no runs.parquet)")
-    table = read_table(table_path)
+    table_path, table = read_results_table(p)
     columns = list(table)
-    if not columns or not len(next(iter(table.values()))):
-        raise UserError(f"{table_path}: no rows")
     found = {k: _column(columns, k) for k in TUNE_SPELLINGS}
     if found["batch_tokens"] is None and {"batch_size", "seq_len"} <= set(columns):
         seqs = float_column(table, "batch_size", table_path)
