@@ -267,3 +267,27 @@ def test_each_approach_allocates_as_the_predictions_do():
     assert float(got[3][0]) * float(got[3][1]) * 6 == pytest.approx(c, rel=1e-12)
     lines = rep.summary()
     assert any(line.startswith("Approach 3: L(N, D) = E + A/N^α") for line in lines)
+
+
+def test_a_table_pasted_twice_fits_as_the_original(tmp_path):
+    """Exact duplicate rows are one experiment: Epoch's points with every row repeated
+    give the original's estimates and intervals to the digit, with a warning."""
+    src = reference_file("epoch_chinchilla_fig4_points.csv")
+    lines = src.read_text().splitlines()
+    twice = tmp_path / "twice.csv"
+    twice.write_text("\n".join([lines[0], *lines[1:], *lines[1:]]) + "\n")
+    args = ["--json", "--bootstrap", "40", "--approach", "2", "--approach", "3"]
+    one = runner.invoke(app, ["fit", str(src), *args])
+    two = runner.invoke(app, ["fit", str(twice), *args])
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert b["duplicates_collapsed"] == len(lines) - 1 and a["duplicates_collapsed"] == 0
+    assert b["n_points"] == a["n_points"]
+    for k in ("approach2", "approach3"):
+        if a[k] is None:
+            assert b[k] is None
+            continue
+        assert b[k]["a"] == a[k]["a"]
+        assert b[k].get("a_ci") == a[k].get("a_ci") and b[k].get("ci") == a[k].get("ci")
+    text = runner.invoke(app, ["fit", str(twice), "--bootstrap", "0", "--approach", "3"])
+    assert "rows repeat an earlier row in every column" in text.output

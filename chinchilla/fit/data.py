@@ -83,6 +83,7 @@ class Results:
     input_flops_ratio: float | None = None  # median of the input's C / (6 N D), when given
     tokens_derived: bool = False  # D = C / (6N)
     excluded: dict[str, int] = field(default_factory=dict)  # status -> runs left out
+    duplicates: int = 0  # rows left out as exact copies of an earlier row
     curves: Curves | None = None
     irreducible_loss: float | None = None
     sweep_dir: Path | None = None
@@ -223,6 +224,19 @@ def read_results_table(path: Path) -> tuple[Path, dict[str, list]]:
     return table_path, table
 
 
+def exact_duplicates(table: dict[str, list], keep: np.ndarray) -> np.ndarray:
+    """Rows (among `keep`) equal in every column to an earlier kept row: a table pasted
+    twice is one experiment, not twice the evidence."""
+    seen: set[tuple] = set()
+    dup = np.zeros(len(keep), dtype=bool)
+    columns = list(table)
+    for i in np.nonzero(keep)[0]:
+        row = tuple(repr(table[c][i]) for c in columns)
+        dup[i] = row in seen
+        seen.add(row)
+    return dup
+
+
 def load_results(
     path: str | Path,
     *,
@@ -250,6 +264,8 @@ def load_results(
         keep = status == "ok"
         for s in sorted(set(status[~keep])):
             excluded[str(s)] = int((status == s).sum())
+    duplicates = exact_duplicates(table, keep)
+    keep &= ~duplicates
 
     n = float_column(table, cols["n"], table_path)
     loss = float_column(table, cols["loss"], table_path)
@@ -297,6 +313,7 @@ def load_results(
         input_flops_ratio=ratio,
         tokens_derived=derived,
         excluded=excluded,
+        duplicates=int(duplicates.sum()),
         irreducible_loss=irreducible,
         sweep_dir=sweep_dir,
     )

@@ -77,6 +77,11 @@ class FitReport:
             f"C = 6ND with that N for every approach; D: {conv['n_tokens']})"
             + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
         )
+        if doc["duplicates_collapsed"]:
+            p(
+                f"warning: {doc['duplicates_collapsed']} rows repeat an earlier row in every "
+                "column and were fitted once (a pasted copy is not more evidence)"
+            )
         for k in (1, 2):
             a = doc[f"approach{k}"]
             if a:
@@ -160,6 +165,7 @@ class FitReport:
                 "loss": "nats/token as in the input",
             },
             "excluded": r.excluded,
+            "duplicates_collapsed": r.duplicates,
             "irreducible_loss": r.irreducible_loss,
             "approach1": None,
             "approach2": None,
