@@ -27,6 +27,7 @@ CONFIG = "config.yaml"
 LOCK = ".lock"
 DATA = "data"
 PARTS = "parts"
+CORRUPT = "parts/corrupt"  # unreadable parts set aside by `store.merge`; their runs retrain
 RUNS = "runs.parquet"
 CURVES = "curves.parquet"
 METRICS = "metrics.parquet"

@@ -17,6 +17,22 @@ from chinchilla.errors import UserError
 from chinchilla.layout import LOCK
 
 
+def in_use(out: Path) -> bool:
+    """Whether a live sweep holds the directory's lock (probed without taking it for
+    longer than the probe; a missing lock file means no sweep ever ran there)."""
+    path = Path(out) / LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock
+    return False
+
+
 class SweepLock:
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK

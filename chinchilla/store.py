@@ -15,6 +15,7 @@ Every file is written through `chinchilla.files.atomic_write` (temporary file, t
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from chinchilla.files import atomic_write
-from chinchilla.layout import CURVES, METRICS, PARTS, RUNS
+from chinchilla.layout import CORRUPT, CURVES, METRICS, PARTS, RUNS
 
 FINISHED = ("ok", "diverged", "trunk")  # statuses a rerun does not train again
 
@@ -83,17 +84,47 @@ def _part_ids(out: Path) -> list[str]:
     return sorted(p.name[: -len(".run.parquet")] for p in parts.glob("*.run.parquet"))
 
 
+def _read_run_parts(out: Path, run_id: str) -> dict[str, pd.DataFrame] | None:
+    """A recorded run's run, curve and metrics frames; None when any is unreadable."""
+    parts = out / PARTS
+    frames = {}
+    try:
+        for kind in ("run", "curve", "metrics"):
+            path = parts / f"{run_id}.{kind}.parquet"
+            if kind == "run" or path.exists():
+                frames[kind] = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        _set_aside(
+            f"{parts / run_id}.*.parquet is not readable ({type(exc).__name__})", out, run_id
+        )
+        return None
+    return frames
+
+
+def _set_aside(what: str, out: Path, run_id: str) -> None:
+    """Move a run's parts to parts/corrupt/, saying so."""
+    print(
+        f"warning: {what}; set aside in {out / CORRUPT}, run {run_id} trains again at the "
+        "next sweep",
+        file=sys.stderr,
+    )
+    aside = out / CORRUPT
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in (out / PARTS).glob(f"{run_id}.*"):
+        path.replace(aside / path.name)
+
+
 def merge(out: Path) -> pd.DataFrame:
     """Rebuild runs.parquet, curves.parquet and (with tasks) metrics.parquet from the
-    parts; return the runs."""
-    ids = _part_ids(out)
-    parts = out / PARTS
-    runs = [pd.read_parquet(parts / f"{i}.run.parquet") for i in ids]
+    parts; return the runs. A run whose parts cannot be read (a disk fault, a copy cut
+    short) has them set aside in parts/corrupt/ with a warning naming it, so that the
+    next sweep trains it again; the tables hold every readable run."""
+    read = [f for f in (_read_run_parts(out, i) for i in _part_ids(out)) if f is not None]
+    runs = [f["run"] for f in read]
     runs_df = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
 
-    def gather(suffix: str, columns: dict[str, str]) -> pd.DataFrame:
-        found = [parts / f"{i}.{suffix}.parquet" for i in ids]
-        frames = [pd.read_parquet(p) for p in found if p.exists()]
+    def gather(kind: str, columns: dict[str, str]) -> pd.DataFrame:
+        frames = [f[kind] for f in read if kind in f]
         return pd.concat(frames, ignore_index=True) if frames else _frame("", [], columns)
 
     curves_df = gather("curve", CURVE_COLUMNS)
@@ -132,11 +163,20 @@ class Merger:
 
 
 def finished_ids(out: Path) -> dict[str, str]:
-    """run_id -> status of every recorded run (failed ones included)."""
+    """run_id -> status of every recorded run (failed ones included); an unreadable
+    part is passed over with a warning (the next sweep's merge sets it aside)."""
     parts = out / PARTS
     statuses = {}
     for i in _part_ids(out):
-        df = pd.read_parquet(parts / f"{i}.run.parquet", columns=["status"])
+        try:
+            df = pd.read_parquet(parts / f"{i}.run.parquet", columns=["status"])
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            print(
+                f"warning: {parts / i}.run.parquet is not readable ({type(exc).__name__}); "
+                f"run {i} counts as not recorded",
+                file=sys.stderr,
+            )
+            continue
         statuses[i] = str(df["status"].iloc[0])
     return statuses
 

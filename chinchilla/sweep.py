@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from chinchilla.errors import UserError
 from chinchilla.executors import backend_for
 from chinchilla.files import atomic_text, remove_stale_temps
 from chinchilla.grid import Plan, PlannedRun, plan
-from chinchilla.lock import SweepLock
+from chinchilla.lock import SweepLock, in_use
 from chinchilla.runs import (
     discard_checkpoints,
     load_sweep_data,
@@ -330,16 +331,20 @@ def status(out: Path) -> dict[str, Any]:
     p = plan(cfg)
     statuses = finished_ids(out)
     ckpts = layout.checkpoint_stems(out)
+    # claims outlive a sweep killed by a signal: with the lock free, nobody is training,
+    # and a run claimed (or checkpointed) but not recorded was interrupted
+    live = in_use(out)
     claims = layout.claims(out)
     recorded = _recorded(out)
     rows = []
     for r in p.runs:
         s = statuses.get(r.run_id)
         if s is None:
+            held = r.run_id in claims
             s = (
                 "running"
-                if r.run_id in claims
-                else ("interrupted" if r.run_id in ckpts else "pending")
+                if held and live
+                else ("interrupted" if held or r.run_id in ckpts else "pending")
             )
         rows.append(
             {
@@ -348,7 +353,7 @@ def status(out: Path) -> dict[str, Any]:
                 "budget": r.budget,
                 "n_params": r.n_params,
                 "n_tokens": r.n_tokens,
-                "worker": claims.get(r.run_id),
+                "worker": claims.get(r.run_id) if live else None,
                 "planned_by": recorded.get(r.run_id, {}).get("planned_by") or r.planned_by,
             }
         )
@@ -365,7 +370,15 @@ def _recorded(out: Path) -> dict[str, dict[str, Any]]:
     plan does not list (an adaptive sweep's recentred and extended runs) the rest."""
     if not (out / layout.RUNS).exists():
         return {}
-    table = load_runs(out)
+    try:
+        table = load_runs(out)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        print(
+            f"warning: {out / layout.RUNS} is not readable ({type(exc).__name__}); the next "
+            "sweep rebuilds it from the parts",
+            file=sys.stderr,
+        )
+        return {}
     return {
         r.run_id: {
             "run_id": r.run_id,

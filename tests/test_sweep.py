@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -198,3 +199,48 @@ def test_a_sweep_directory_resolves_relative_paths_from_its_configs_folder(tmp_p
     assert again.fingerprint() == cfg.fingerprint()
     assert [r.run_id for r in plan(again).runs] == [r.run_id for r in plan(cfg).runs]
     check_directory(cfg, out, force=False)  # the same config is still the same sweep
+
+
+def test_a_corrupt_part_is_set_aside_and_its_run_trained_again(micro_sweep, tmp_path):
+    """A part file cut short (a disk fault, a copy interrupted): `status` passes over it
+    with a warning, and the next sweep sets it aside in parts/corrupt/, trains the run
+    again and ends with every run recorded once; a corrupt runs.parquet is rebuilt."""
+    from chinchilla.sweep import sweep_config
+
+    out = tmp_path / "sweep"
+    shutil.copytree(micro_sweep, out)
+    before = pd.read_parquet(out / "runs.parquet").set_index("run_id")
+    victim = sorted(before.index)[0]
+    part = out / "parts" / f"{victim}.run.parquet"
+    part.write_bytes(part.read_bytes()[:40])
+    (out / "runs.parquet").write_bytes(b"not parquet")
+    r = runner.invoke(app, ["status", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["run_id"]: row["status"] for row in json.loads(r.stdout)["runs"]}
+    assert rows[victim] == "pending" and "is not readable" in r.stderr
+    cfg = sweep_config(out)
+    s = run_sweep(cfg, out, live=False)
+    assert s.trained == 1
+    assert (out / "parts" / "corrupt" / f"{victim}.run.parquet").exists()
+    after = pd.read_parquet(out / "runs.parquet").set_index("run_id")
+    assert sorted(after.index) == sorted(before.index)
+    assert (after["status"] == "ok").all()
+    assert after.loc[victim, "loss"] == pytest.approx(before.loc[victim, "loss"], abs=1e-6)
+
+
+def test_status_of_a_dead_sweep_says_interrupted_not_running(micro_sweep, tmp_path):
+    """A sweep killed by a signal leaves inflight.json behind; with the directory's lock
+    free, its claimed runs read `interrupted`; while a sweep holds the lock, `running`."""
+    from chinchilla.lock import SweepLock
+
+    out = tmp_path / "sweep"
+    shutil.copytree(micro_sweep, out)
+    victim = sorted(pd.read_parquet(out / "runs.parquet")["run_id"])[0]
+    for path in (out / "parts").glob(f"{victim}.*"):
+        path.unlink()
+    (out / "inflight.json").write_text(json.dumps({victim: "host/w0/pid999999"}))
+    rows = {r["run_id"]: r for r in status(out)["runs"]}
+    assert rows[victim]["status"] == "interrupted" and rows[victim]["worker"] is None
+    with SweepLock(out):
+        rows = {r["run_id"]: r for r in status(out)["runs"]}
+    assert rows[victim]["status"] == "running" and rows[victim]["worker"] == "host/w0/pid999999"
