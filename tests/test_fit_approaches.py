@@ -291,3 +291,25 @@ def test_a_table_pasted_twice_fits_as_the_original(tmp_path):
         assert b[k].get("a_ci") == a[k].get("a_ci") and b[k].get("ci") == a[k].get("ci")
     text = runner.invoke(app, ["fit", str(twice), "--bootstrap", "0", "--approach", "3"])
     assert "rows repeat an earlier row in every column" in text.output
+
+
+def test_rows_of_other_unique_token_counts_are_not_seed_repeats(tmp_path):
+    """At each budget's middle size, a true repeat (same unique tokens, +0.002 nats) and
+    a row trained on fewer unique tokens (repeated data, +0.6): only the first pair
+    measures run-to-run noise (std 0.002 / sqrt 2), whatever the rows' order."""
+    n, d, loss = synthetic_points(noise=0.0, outliers=0)
+    u = d.copy()  # every token fresh
+    rows = list(zip(n, d, loss, u, strict=True))
+    for c in np.unique(np.round(np.log10(6 * n * d), 6)):
+        mid = [j for j in range(len(n)) if abs(np.log10(6 * n[j] * d[j]) - c) < 1e-6]
+        i = mid[len(mid) // 2]
+        rows.append((n[i], d[i], loss[i] + 0.6, d[i] / 8))
+        rows.append((n[i], d[i], loss[i] + 0.002, d[i]))
+    p = _csv(tmp_path, "n_params,n_tokens,loss,unique_tokens", rows)
+    r = runner.invoke(app, ["fit", str(p), "--json", "--bootstrap", "0", "--approach", "2"])
+    assert r.exit_code == 0, r.output
+    noise = {k: v for k, v in json.loads(r.stdout)["noise"].items() if k != "warnings"}
+    assert len(noise) == 8
+    for v in noise.values():
+        assert v["std"] == pytest.approx(0.002 / np.sqrt(2), rel=1e-6)
+        assert v["runs"] == 2

@@ -84,6 +84,9 @@ class Results:
     tokens_derived: bool = False  # D = C / (6N)
     excluded: dict[str, int] = field(default_factory=dict)  # status -> runs left out
     duplicates: int = 0  # rows left out as exact copies of an earlier row
+    # per run, the values of the columns besides N and D that make runs different
+    # experiments (VARIANT_COLUMNS present in the input); repeats must agree on them
+    variant: list[str] | None = None
     curves: Curves | None = None
     irreducible_loss: float | None = None
     sweep_dir: Path | None = None
@@ -111,6 +114,7 @@ class Results:
             loss=self.loss[idx],
             budget=None if self.budget is None else self.budget[idx],
             run_id=[self.run_id[i] for i in idx],
+            variant=None if self.variant is None else [self.variant[i] for i in idx],
             curves=curves,
         )
 
@@ -224,6 +228,26 @@ def read_results_table(path: Path) -> tuple[Path, dict[str, list]]:
     return table_path, table
 
 
+# Columns that make two runs of the same N and D different experiments (unique tokens
+# and epochs of repeated data, the model family and shape, the recipe): rows that differ
+# in any of them are never taken for seed repeats of each other.
+VARIANT_COLUMNS = (
+    "unique_tokens",
+    "epochs",
+    "dataset",
+    "arch",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "d_ff",
+    "lr",
+    "batch_size",
+    "batch_tokens",
+    "seq_len",
+    "vocab_size",
+)
+
+
 def exact_duplicates(table: dict[str, list], keep: np.ndarray) -> np.ndarray:
     """Rows (among `keep`) equal in every column to an earlier kept row: a table pasted
     twice is one experiment, not twice the evidence."""
@@ -287,6 +311,7 @@ def load_results(
         check_positive(arr, keep, name, table_path)
 
     run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
+    distinct = [c for c in VARIANT_COLUMNS if c in columns]
     budget = float_column(table, "budget", table_path) if "budget" in columns else None
     sel = np.nonzero(keep)[0]
     flops_conv = "none given" if given_c is None else "as given"
@@ -314,6 +339,7 @@ def load_results(
         tokens_derived=derived,
         excluded=excluded,
         duplicates=int(duplicates.sum()),
+        variant=["|".join(str(table[c][i]) for c in distinct) for i in sel] if distinct else None,
         irreducible_loss=irreducible,
         sweep_dir=sweep_dir,
     )

@@ -291,15 +291,18 @@ def _law_params(fit) -> dict[str, float]:
 
 
 def run_noise(res: Results, budgets: np.ndarray) -> dict[float, dict[str, float]]:
-    """Per budget with repeated runs (the same N and D): the pooled standard deviation of
-    their final losses, and the profile's depth (highest minus lowest mean loss over the
-    budget's sizes)."""
+    """Per budget with repeated runs (the same N and D, and the same value of every
+    column that makes runs different experiments: `data.VARIANT_COLUMNS`): the pooled
+    standard deviation of their final losses, and the profile's depth (highest minus
+    lowest mean loss over the budget's sizes)."""
     out = {}
+    variant = res.variant or [""] * len(res)
     for b in np.unique(budgets):
         sel = np.nonzero(budgets == b)[0]
-        groups: dict[tuple[float, float], list[float]] = {}
+        groups: dict[tuple[float, float, str], list[float]] = {}
         for i in sel:
-            groups.setdefault((res.n_params[i], res.n_tokens[i]), []).append(res.loss[i])
+            key = (res.n_params[i], res.n_tokens[i], variant[i])
+            groups.setdefault(key, []).append(res.loss[i])
         reps = [np.asarray(v) for v in groups.values() if len(v) >= 2]
         if not reps:
             continue
