@@ -34,6 +34,7 @@ from chinchilla.grid import (
     budget_runs,
     candidate_shapes,
     expected_optimal_n,
+    largest_target,
     log_spread,
     n_of,
     sizes_for_target,
@@ -179,7 +180,7 @@ def run_adaptive_tuning(cfg: Config, train: Train, losses: Losses) -> list[Plann
     neighbours (`planned_by = extended`), at most `grid.adaptive_extra` runs per budget.
     Decisions depend only on recorded losses, so a rerun after a kill makes the same."""
     g = cfg.grid
-    candidates = candidate_shapes(cfg, n_cap=4 * math.sqrt(max(g.budgets) / 6.0) * g.size_span)
+    candidates = candidate_shapes(cfg, n_cap=4 * largest_target(cfg))  # the plan's
     every: list[PlannedRun] = []
     for budget in sorted(g.budgets):
         warnings: list[str] = []

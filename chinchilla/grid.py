@@ -287,7 +287,8 @@ def candidate_shapes(cfg: Config, n_cap: float = float("inf")) -> list[ModelShap
     return [_shape(s, cfg) for s in specs]
 
 
-def _largest_target(cfg: Config) -> float:
+def largest_target(cfg: Config) -> float:
+    """The largest N the plan may aim at: what bounds the search for candidate shapes."""
     g = cfg.grid
     if g.kind == "horizons":
         return max(g.model_sizes, default=float("inf"))
@@ -682,7 +683,7 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
 def plan(cfg: Config) -> Plan:
     """Lay out every run of the experiment, with exact parameter and FLOP counts."""
     warnings: list[str] = []
-    candidates = candidate_shapes(cfg, n_cap=4 * _largest_target(cfg))
+    candidates = candidate_shapes(cfg, n_cap=4 * largest_target(cfg))
     make = {"isoflop": _isoflop_runs, "horizons": _horizon_runs, "hparams": _hparam_runs}[
         cfg.grid.kind
     ]

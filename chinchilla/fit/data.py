@@ -119,13 +119,17 @@ class Results:
         )
 
 
-def _find(columns: list[str], key: str, override: str | None) -> str | None:
+def find_column(
+    columns: list[str], spellings: tuple[str, ...], override: str | None = None
+) -> str | None:
+    """The column named `override`, else the first of `spellings` among `columns`
+    (case, spaces, underscores and hyphens ignored), else None."""
     if override:
         if override not in columns:
             raise UserError(f"column {override!r} not found (columns: {', '.join(columns)})")
         return override
     normed = {_norm(c): c for c in columns}
-    for spelling in SPELLINGS[key]:
+    for spelling in spellings:
         if _norm(spelling) in normed:
             return normed[_norm(spelling)]
     return None
@@ -184,10 +188,10 @@ def _columns(columns, table_path, n_col, d_col, c_col, loss_col, n_convention) -
             )
         n_col = "n_params_nonembedding"
     cols = {
-        "n": _find(columns, "n", n_col),
-        "d": _find(columns, "d", d_col),
-        "c": _find(columns, "c", c_col),
-        "loss": _find(columns, "loss", loss_col),
+        "n": find_column(columns, SPELLINGS["n"], n_col),
+        "d": find_column(columns, SPELLINGS["d"], d_col),
+        "c": find_column(columns, SPELLINGS["c"], c_col),
+        "loss": find_column(columns, SPELLINGS["loss"], loss_col),
     }
     for key, label in (("n", "model size N (n_params)"), ("loss", "loss")):
         if cols[key] is None:

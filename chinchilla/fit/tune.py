@@ -56,6 +56,7 @@ from chinchilla.errors import UserError
 from chinchilla.fit.data import (
     SPELLINGS,
     check_positive,
+    find_column,
     float_column,
     group_budgets,
     read_results_table,
@@ -87,18 +88,6 @@ TUNE_SPELLINGS = {
 }
 
 
-def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
-
-
-def _column(columns: list[str], key: str) -> str | None:
-    normed = {_norm(c): c for c in columns}
-    for spelling in TUNE_SPELLINGS[key]:
-        if _norm(spelling) in normed:
-            return normed[_norm(spelling)]
-    return None
-
-
 # ----------------------------------------------------------------------------- input
 
 
@@ -127,7 +116,7 @@ def load_tune_table(path: str | Path) -> TuneTable:
     p = Path(path)
     table_path, table = read_results_table(p)
     columns = list(table)
-    found = {k: _column(columns, k) for k in TUNE_SPELLINGS}
+    found = {k: find_column(columns, spellings) for k, spellings in TUNE_SPELLINGS.items()}
     if found["batch_tokens"] is None and {"batch_size", "seq_len"} <= set(columns):
         seqs = float_column(table, "batch_size", table_path)
         batch = seqs * float_column(table, "seq_len", table_path)
@@ -520,11 +509,10 @@ def fit_surfaces(groups: list[_Group], near: float) -> JointModel | None:
     active = np.concatenate(
         [np.ones(G, bool), fit_lr, fit_b, fit_lr, fit_b, [fit_lr.any(), fit_b.any(), use_k]]
     )
-    finite = [np.isfinite(gr.loss) for gr in live]
-    xlo = np.array([gr.x[f].min() for gr, f in zip(live, finite, strict=True)])
-    xhi = np.array([gr.x[f].max() for gr, f in zip(live, finite, strict=True)])
-    ylo = np.array([gr.y[f].min() for gr, f in zip(live, finite, strict=True)])
-    yhi = np.array([gr.y[f].max() for gr, f in zip(live, finite, strict=True)])
+    xlo = np.array([gr.x[f].min() for gr, f in zip(live, members, strict=True)])
+    xhi = np.array([gr.x[f].max() for gr, f in zip(live, members, strict=True)])
+    ylo = np.array([gr.y[f].min() for gr, f in zip(live, members, strict=True)])
+    yhi = np.array([gr.y[f].max() for gr, f in zip(live, members, strict=True)])
     inf = np.full(G, np.inf)
     low = np.concatenate([-inf, xlo, ylo, np.full(2 * G, -30.0), [-6.0, -6.0, -4.0]])
     high = np.concatenate([inf, xhi, yhi, np.full(2 * G, 30.0), [6.0, 6.0, 4.0]])
