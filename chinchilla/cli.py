@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -36,19 +38,54 @@ BootstrapOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Bootstrap seed.")]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the main thread is, so that every `with` block
+    (the progress display and its hidden cursor, the sweep lock, the workers) unwinds
+    as it does after Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_MAIN_PID: list[int] = []  # the process `main` installed the handler in
+
+
+def _raise_terminated(signum, frame) -> None:
+    if os.getpid() not in _MAIN_PID:  # a forked child (a data pool's worker): the default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated(signum)
+
+
 def _user_errors(fn):
-    """Turn `UserError` (and a broken pipe) into a one-line message and exit code 2."""
+    """Turn `UserError`, an `OSError` of the machine and a signal into one line on stderr:
+    exit code 2, or 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from chinchilla.errors import describe_os_error
+
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
             console.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.error("interrupted; rerun the same command to resume")
-            raise typer.Exit(130) from None
+        except BrokenPipeError:  # `chinchilla ... | head`: the reader left, not an error
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except OSError as exc:
+            console.error(describe_os_error(exc))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            # a signal landing while the live display starts skips its clean-up: the
+            # cursor it hid is shown again here (a no-op where it is shown)
+            console.show_cursor()
+            signum = getattr(exc, "signum", signal.SIGINT)
+            name = "interrupted" if signum == signal.SIGINT else signal.Signals(signum).name
+            console.error(f"{name}; rerun the same command (a sweep resumes where it stopped)")
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
 
@@ -76,87 +113,129 @@ def _root(
 
 @app.command()
 @_user_errors
-def plan(config: ConfigArg, set_: SetOpt = None, as_json: JsonOpt = False) -> None:
+def plan(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help="Every column (non-embedding N, the shape's heads and d_ff, FLOPs in the "
+            "config's convention, the Appendix F ratio, who planned the run); the default "
+            "table fits 100 columns.",
+        ),
+    ] = False,
+) -> None:
     """Lay out the grid of runs with exact parameter and FLOP counts, before training."""
     from chinchilla.grid import plan as make_plan
 
     p = make_plan(_load(config, set_))
+    rate_note = _measure_cpu_rate(p)
     if as_json:
-        print(json.dumps(p.to_json(), indent=1))
+        doc = p.to_json()
+        doc["estimate_assumes"]["how"] = rate_note
+        print(json.dumps(doc, indent=1))
         return
-    _print_plan(p)
+    _print_plan(p, wide, rate_note)
 
 
-def _print_plan(p) -> None:
+def _measure_cpu_rate(p) -> str:
+    """Where the sweep trains on this machine's CPU, time its steps here (`plan.cpu_rate`);
+    say what the time estimates rest on."""
+    dev = p.config.device
+    if dev.type == "cuda" or (dev.type == "auto" and _cuda_available()):
+        return (
+            f"times assume {dev.plan_peak_flops:.3g} FLOP/s peak at "
+            f"{dev.plan_utilization:.0%} utilisation (device.plan_peak_flops, plan_utilization)"
+        )
+    from chinchilla.train import measure_cpu_rate
+
+    try:
+        fixed, per_flop, what = measure_cpu_rate(p)
+    except (RuntimeError, MemoryError) as exc:  # a model too large to step here
+        return f"cannot estimate on this CPU ({type(exc).__name__}: {exc})"[:300]
+    p.cpu_rate = (fixed, per_flop)
+    return what
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _print_plan(p, wide: bool = False, rate_note: str = "") -> None:
+    from rich import box
     from rich.table import Table
 
     g = p.config.grid
     c_name = "6ND" if g.flops_convention == "6nd" else "Chinchilla App. F"
     t = Table(
         title=f"{p.config.name}: {len(p.runs)} {p.config.model.arch} runs ({g.kind}); "
-        f"budgets and FLOPs as {c_name} "
-        f"with N = {g.n_convention} parameters",
+        f"C = budget in FLOPs ({c_name}), N = {g.n_convention} parameters, D = tokens",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),  # with the box's blank divider: two spaces between columns
+        pad_edge=False,
     )
-    for col in (
-        "run_id",
-        "budget [FLOPs]",
-        "N total",
-        "N non-emb",
-        "D [tokens]",
-        "D/N",
-        "d_model",
-        "layers",
-        "heads",
-        "d_ff",
-        "steps",
-        "peak lr",
-        "FLOPs [conv.]",
-        "App.F / 6ND",
-        "micro-batch",
-        "est. memory",
-        "est. time",
-        "planned by",
-        *(["trunk@step"] if g.share_trunks else []),
-    ):
-        t.add_column(col, justify="left" if col == "run_id" else "right")
+    columns = [
+        ("run_id", True),
+        ("C", True),
+        ("N", True),
+        ("N non-emb", wide),
+        ("D", True),
+        ("D/N", True),
+        ("d_model x layers", wide),
+        ("heads", wide),
+        ("d_ff", wide),
+        ("steps", True),
+        ("lr", True),
+        ("FLOPs", wide),
+        ("App.F/6ND", wide),
+        ("batch", True),
+        ("memory", True),
+        ("time", True),
+        ("by", wide or any(r.planned_by not in ("initial", "trunk") for r in p.runs)),
+        ("trunk", g.share_trunks),
+    ]
+    shown = [name for name, on in columns if on]
+    for name in shown:
+        t.add_column(name, justify="left" if name == "run_id" else "right", no_wrap=True)
     for r in p.runs:
         micro, need, fits = p.memory(r)
-        shared = []
-        if g.share_trunks:
-            shared = [
-                f"trunk of {len(r.branches)}"
+        cells = {
+            "run_id": r.run_id,
+            "C": f"{r.budget:.3g}",
+            "N": console.si(r.n_params),
+            "N non-emb": console.si(r.n_params_nonembedding),
+            "D": console.si(r.n_tokens),
+            "D/N": f"{r.n_tokens / r.n_params:.{1 if r.n_tokens < 100 * r.n_params else 0}f}",
+            "d_model x layers": f"{r.shape.d_model}x{r.shape.n_layers}",
+            "heads": str(r.shape.n_heads),
+            "d_ff": str(r.shape.d_ff),
+            "steps": str(r.steps),
+            "lr": f"{r.lr:.3g}",
+            "FLOPs": f"{r.flops:.3g}",
+            "App.F/6ND": f"{r.flops_chinchilla / r.flops_6nd:.3f}",
+            "batch": f"{micro}/{r.batch_size}",
+            "memory": console.si(need, 2) + ("" if fits else "!"),
+            "time": console.short_duration(p.estimated_seconds(r)),
+            "by": r.planned_by,
+            "trunk": (
+                f"trunk/{len(r.branches)}"
                 if r.is_trunk
-                else f"{r.trunk}@{r.branch_step}"
+                else f"{r.trunk[:6]}@{r.branch_step}"
                 if r.trunk
                 else "-"
-            ]
-        t.add_row(
-            r.run_id,
-            f"{r.budget:.3g}",
-            console.si(r.n_params),
-            console.si(r.n_params_nonembedding),
-            console.si(r.n_tokens),
-            f"{r.n_tokens / r.n_params:.1f}",
-            str(r.shape.d_model),
-            str(r.shape.n_layers),
-            str(r.shape.n_heads),
-            str(r.shape.d_ff),
-            str(r.steps),
-            f"{r.lr:.2e}",
-            f"{r.flops:.3g}",
-            f"{r.flops_chinchilla / r.flops_6nd:.3f}",
-            f"{micro} of {r.batch_size}",
-            f"{need / 2**30:.1f} GiB" + ("" if fits else " !"),
-            console.duration(p.estimated_seconds(r)),
-            r.planned_by,
-            *shared,
-        )
+            ),
+        }
+        t.add_row(*(cells[name] for name in shown))
     console.stdout.print(t)
-    _print_plan_notes(p, c_name)
+    _print_plan_notes(p, c_name, rate_note)
 
 
-def _print_plan_notes(p, c_name: str) -> None:
+def _print_plan_notes(p, c_name: str, rate_note: str = "") -> None:
     """The plan's lines under its table: trunks, totals, grid notes, warnings."""
     g = p.config.grid
     dev = p.config.device
@@ -172,12 +251,15 @@ def _print_plan_notes(p, c_name: str) -> None:
     console.stdout.print(
         f"total: {p.total_flops:.3g} FLOPs ({c_name}), "
         f"{sum(r.flops_chinchilla * r.trained_fraction for r in p.runs):.3g} FLOPs (App. F); "
-        f"estimated {p.estimated_hours:.2f} h at {dev.plan_peak_flops:.3g} FLOP/s peak and "
-        f"{dev.plan_utilization:.0%} utilisation (N total = all parameters; "
-        f"N non-emb = without vocabulary and position embeddings); micro-batches sized "
+        f"estimated {console.duration(p.estimated_hours * 3600)} of training, one run at a "
+        "time (lr: peak learning rate; N non-emb (--wide): without vocabulary and position "
+        "embeddings; batch: micro-batch/batch in sequences; memory: a step's peak in bytes, "
+        "! = does not fit); micro-batches sized "
         f"for {dev.memory_gb:g} GiB per device (device.memory_gb), memory estimated for "
         + ("fp32" if dev.type == "cpu" else "bf16 autocast")
     )
+    if rate_note:
+        console.stdout.print("times: " + rate_note)
     if g.kind == "hparams":
         console.stdout.print(
             f"tuning grid: {len(g.lrs)} peak learning rates x "
@@ -496,8 +578,9 @@ def _write(target: Path, write, as_json: bool) -> None:
         written = write()
     except OSError as exc:
         raise UserError(
-            f"could not write to {target}: {exc.strerror or exc} (the results are printed "
-            "above; pass --out to write them elsewhere)"
+            f"could not write the results to {exc.filename or target}: "
+            f"{exc.strerror or exc} (the results are printed above; pass --out to write "
+            "them elsewhere)"
         ) from None
     if not as_json:
         console.stdout.print("wrote " + ", ".join(str(w) for w in written))
@@ -1017,6 +1100,10 @@ def _predictions_table(rows: list[dict]):
 
 
 def main() -> None:
+    _MAIN_PID.append(os.getpid())
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _raise_terminated)
     app(prog_name="chinchilla")
 
 

@@ -39,6 +39,23 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def short_duration(seconds: float | None) -> str:
+    """Four or five characters: 45s, 12.5m, 3.2h, 4.1d."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    for limit, div, unit in ((90, 1, "s"), (5400, 60, "m"), (172800, 3600, "h")):
+        if seconds < limit:
+            return f"{seconds / div:.0f}{unit}" if unit == "s" else f"{seconds / div:.1f}{unit}"
+    return f"{seconds / 86400:.1f}d"
+
+
+def show_cursor() -> None:
+    """Show the terminal's cursor again (the live progress display hides it)."""
+    for c in (stdout, stderr):
+        if c.is_terminal:
+            c.show_cursor(True)
+
+
 def error(message: str) -> None:
     """One line on stderr, no traceback."""
     text = " ".join(str(message).split())

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from chinchilla.config import Config
+from chinchilla.errors import UserError
 
 # bf16 dense peak FLOP/s per device (vendor datasheets, without sparsity).
 GPU_PEAK_FLOPS = {
@@ -55,11 +56,31 @@ def visible_gpus(n_gpus: int) -> list[str]:
 
 
 def resolve_device(cfg: Config) -> str:
+    """cuda or cpu. `device.type: cuda` where torch cannot reach a GPU (a CPU-only torch
+    build, no driver, no visible device) is refused with one line saying why."""
     import torch
 
-    if cfg.device.type == "cuda" or (cfg.device.type == "auto" and torch.cuda.is_available()):
+    if cfg.device.type == "cuda":
+        check_cuda(torch)
+        return "cuda"
+    if cfg.device.type == "auto" and torch.cuda.is_available():
         return "cuda"
     return "cpu"
+
+
+def check_cuda(torch) -> None:
+    """A `UserError` unless this torch can train on a GPU."""
+    if not torch.backends.cuda.is_built():
+        raise UserError(
+            f"device.type is cuda but this torch ({torch.__version__}) is a CPU-only build; "
+            "install a CUDA build (https://pytorch.org/get-started/locally/) or set "
+            "device.type: cpu (or auto)"
+        )
+    if not torch.cuda.is_available():
+        raise UserError(
+            "device.type is cuda but torch sees no GPU (no driver, or CUDA_VISIBLE_DEVICES "
+            "hides every device); check nvidia-smi, or set device.type: cpu (or auto)"
+        )
 
 
 def device_name(device: str) -> str:

@@ -38,7 +38,7 @@ from chinchilla.device import (
     sticky_device_error,
     visible_gpus,
 )
-from chinchilla.errors import UserError
+from chinchilla.errors import UserError, is_environment_fault
 from chinchilla.grid import PlannedRun
 from chinchilla.runs import (
     attach_tasks,
@@ -81,7 +81,13 @@ def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irre
         run = tasks.get()
         if run is None:
             return
-        row, seconds, label = _work(run, cfg, out, need, irreducible)
+        try:
+            row, seconds, label = _work(run, cfg, out, need, irreducible)
+        except OSError as exc:
+            if not is_environment_fault(exc):
+                raise
+            events.put({"event": "fault", "run_id": run.run_id, "fault": _fault(exc)})
+            return
         events.put(
             {
                 "event": "finished",
@@ -93,6 +99,16 @@ def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irre
         )
         if row["status"] == "failed" and sticky_device_error(row.get("error")):
             return  # the driver starts a fresh process in this slot
+
+
+def _fault(exc: OSError) -> tuple:
+    """An OSError as plain values, to cross a process boundary and be raised again."""
+    return (exc.errno, exc.strerror, exc.filename)
+
+
+def raise_fault(fault: tuple) -> None:
+    errno_, strerror, filename = fault
+    raise OSError(errno_, strerror, filename)
 
 
 def _process_state(cfg: Config, out: str, need: int, irreducible: float | None) -> dict:
@@ -261,8 +277,17 @@ class WorkerPool:
             daemon=True,
             name=f"chinchilla-w{slot.index}",
         )
-        slot.proc.start()
         slot.run = None
+        # Ctrl-C reaches the whole process group: a worker ignores it (from birth; Python
+        # keeps an inherited SIG_IGN) and the driver alone answers, stopping the workers
+        if threading.current_thread() is not threading.main_thread():
+            slot.proc.start()  # only the main thread may set a signal's handler
+            return
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            slot.proc.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _idle(self) -> list[_Slot]:
         """Slots holding no run whose process is alive or not yet started (one that died
@@ -283,6 +308,8 @@ class WorkerPool:
         slot = next((s for s in self.slots if s.run and s.run.run_id == ev["run_id"]), None)
         if slot is None:
             return
+        if ev["event"] == "fault":  # the machine, not the run: the sweep stops
+            raise_fault(ev["fault"])
         if ev["event"] == "finished":
             slot.run = None
             ev = ev | {"tables": None}  # the worker recorded it
@@ -324,9 +351,16 @@ class WorkerPool:
             )
 
     def close(self) -> None:
+        """Idle workers are told to stop; a worker still holding a run (the sweep is
+        ending on an error or a signal) is stopped at once: its run resumes from its
+        checkpoint on the next sweep."""
         for slot in self.slots:
-            if slot.proc is not None and slot.proc.is_alive():
+            if slot.proc is None or not slot.proc.is_alive():
+                continue
+            if slot.run is None:
                 slot.tasks.put(None)
+            else:
+                slot.proc.terminate()
         for slot in self.slots:
             if slot.proc is not None:
                 slot.proc.join(timeout=10)
@@ -350,8 +384,13 @@ def _ray_work(run: PlannedRun, cfg: Config, out: str, need: int, irreducible, th
     label = f"{socket.gethostname()}/node {ctx.get_node_id()[:8]}" + (
         f"/gpu {','.join(gpus)}" if gpus else ""
     )
-    w = _process_state(cfg, out, need, irreducible)  # Ray reuses worker processes
-    row, tables, seconds = _train_here(run, cfg, out, w, label, lambda ev: _put(events, ev))
+    try:
+        w = _process_state(cfg, out, need, irreducible)  # Ray reuses worker processes
+        row, tables, seconds = _train_here(run, cfg, out, w, label, lambda ev: _put(events, ev))
+    except OSError as exc:
+        if not is_environment_fault(exc):
+            raise
+        return "fault", _fault(exc), None, label
     return row, tables, seconds, label
 
 
@@ -433,6 +472,8 @@ class RayTasks:
                     }
                 )
                 continue
+            if row == "fault":  # the machine, not the run: the sweep stops
+                raise_fault(tables)
             self.emit(
                 {
                     "event": "finished",

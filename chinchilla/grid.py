@@ -116,6 +116,9 @@ class Plan:
     runs: list[PlannedRun]
     warnings: list[str] = field(default_factory=list)
     _memory: dict[str, tuple[int, float, bool]] = field(default_factory=dict, repr=False)
+    # (seconds per step fixed, seconds per FLOP of a step) measured on this CPU
+    # (`train.measure_cpu_rate`); None: estimates use device.plan_peak_flops
+    cpu_rate: tuple[float, float] | None = None
 
     @property
     def points(self) -> list[PlannedRun]:
@@ -133,14 +136,21 @@ class Plan:
         return sum(r.flops for r in self.points)
 
     def estimated_seconds(self, run: PlannedRun) -> float:
-        """Wall time on the planner's assumed device: the FLOPs the hardware really does
-        (Appendix F count) over peak * utilisation."""
+        """Wall time of one run. With a measured CPU rate: its steps at the time per step
+        measured on this machine (a fixed part and a part per FLOP), evaluations
+        counted at a third of a training step's cost per token. Otherwise on the
+        planner's assumed device: the FLOPs the hardware really does (Appendix F count)
+        over device.plan_peak_flops * device.plan_utilization."""
         dev = self.config.device
-        return (
-            run.flops_chinchilla
-            * run.trained_fraction
-            / (dev.plan_peak_flops * dev.plan_utilization)
-        )
+        work = run.flops_chinchilla * run.trained_fraction
+        if self.cpu_rate is None:
+            return work / (dev.plan_peak_flops * dev.plan_utilization)
+        fixed, per_flop = self.cpu_rate
+        steps = run.steps * run.trained_fraction
+        step_flops = run.flops_chinchilla / run.steps
+        t = self.config.train
+        eval_steps = t.evals * t.eval_tokens / (run.batch_size * run.shape.seq_len) / 3
+        return (steps + eval_steps) * (fixed + per_flop * step_flops)
 
     def memory(self, run: PlannedRun) -> tuple[int, float, bool]:
         """(micro-batch, estimated peak bytes, fits) of a run on the configured device:
@@ -195,10 +205,14 @@ class Plan:
                 r.flops_chinchilla * r.trained_fraction for r in self.runs
             ),
             "estimated_hours": self.estimated_hours,
-            "estimate_assumes": {
-                "peak_flops": dev.plan_peak_flops,
-                "utilization": dev.plan_utilization,
-            },
+            "estimate_assumes": (
+                {"peak_flops": dev.plan_peak_flops, "utilization": dev.plan_utilization}
+                if self.cpu_rate is None
+                else {
+                    "cpu_seconds_per_step": self.cpu_rate[0],
+                    "cpu_seconds_per_step_flop": self.cpu_rate[1],
+                }
+            ),
             "warnings": self.warnings,
         }
 

@@ -19,6 +19,7 @@ from typing import Any
 from chinchilla import __version__, layout
 from chinchilla.config import Config
 from chinchilla.device import device_name
+from chinchilla.errors import is_environment_fault
 from chinchilla.files import atomic_text
 from chinchilla.grid import PlannedRun
 from chinchilla.layout import branch_checkpoint, run_checkpoint
@@ -192,7 +193,8 @@ def attempt_run(
 
     Returns the run's row, its tables ({"curve": rows, "metrics": rows}) and the
     (step, eval) seconds this call spent; an exception becomes a failed row with its
-    message (the traceback beside it)."""
+    message (the traceback beside it). A fault of the machine (a full or read-only disk,
+    a denied permission: `errors.is_environment_fault`) is raised instead."""
     from chinchilla.train import RunResult, train_run
 
     ckpt = run_checkpoint(out, run.run_id)
@@ -224,6 +226,8 @@ def attempt_run(
                 result.status = "trunk"  # not a point of the scaling law
             break
         except Exception as exc:  # recorded as failed, the sweep goes on
+            if is_environment_fault(exc):
+                raise  # a full or read-only disk: every run would fail; the sweep stops
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             result = RunResult(run_id=run.run_id, status="failed", error=message)
             trace = layout.part(out, run.run_id, "traceback")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from chinchilla.errors import UserError
 from chinchilla.files import atomic_write
 from chinchilla.layout import CORRUPT, CURVES, METRICS, PARTS, RUNS
 
@@ -84,8 +85,9 @@ def _part_ids(out: Path) -> list[str]:
     return sorted(p.name[: -len(".run.parquet")] for p in parts.glob("*.run.parquet"))
 
 
-def _read_run_parts(out: Path, run_id: str) -> dict[str, pd.DataFrame] | None:
-    """A recorded run's run, curve and metrics frames; None when any is unreadable."""
+def _read_run_parts(out: Path, run_id: str, set_aside: bool) -> dict[str, pd.DataFrame] | None:
+    """A recorded run's run, curve and metrics frames; None when any is unreadable (its
+    parts are then set aside when `set_aside`, else passed over with a warning)."""
     parts = out / PARTS
     frames = {}
     try:
@@ -94,9 +96,11 @@ def _read_run_parts(out: Path, run_id: str) -> dict[str, pd.DataFrame] | None:
             if kind == "run" or path.exists():
                 frames[kind] = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a broken file
-        _set_aside(
-            f"{parts / run_id}.*.parquet is not readable ({type(exc).__name__})", out, run_id
-        )
+        what = f"{parts / run_id}.*.parquet is not readable ({type(exc).__name__})"
+        if set_aside:
+            _set_aside(what, out, run_id)
+        else:
+            print(f"warning: {what}; run {run_id} left out", file=sys.stderr)
         return None
     return frames
 
@@ -114,12 +118,10 @@ def _set_aside(what: str, out: Path, run_id: str) -> None:
         path.replace(aside / path.name)
 
 
-def merge(out: Path) -> pd.DataFrame:
-    """Rebuild runs.parquet, curves.parquet and (with tasks) metrics.parquet from the
-    parts; return the runs. A run whose parts cannot be read (a disk fault, a copy cut
-    short) has them set aside in parts/corrupt/ with a warning naming it, so that the
-    next sweep trains it again; the tables hold every readable run."""
-    read = [f for f in (_read_run_parts(out, i) for i in _part_ids(out)) if f is not None]
+def tables_from_parts(out: Path, set_aside: bool = False) -> dict[str, pd.DataFrame]:
+    """The runs, curves and metrics tables of every readable recorded run, built from the
+    parts in memory (keys: RUNS, CURVES, METRICS)."""
+    read = [f for f in (_read_run_parts(out, i, set_aside) for i in _part_ids(out)) if f]
     runs = [f["run"] for f in read]
     runs_df = pd.concat(runs, ignore_index=True) if runs else pd.DataFrame()
 
@@ -127,16 +129,50 @@ def merge(out: Path) -> pd.DataFrame:
         frames = [f[kind] for f in read if kind in f]
         return pd.concat(frames, ignore_index=True) if frames else _frame("", [], columns)
 
-    curves_df = gather("curve", CURVE_COLUMNS)
-    metrics_df = gather("metrics", METRIC_COLUMNS)
     if len(runs_df):
         runs_df = runs_df.sort_values(["budget", "n_params", "n_tokens"], kind="stable")
         runs_df = runs_df.reset_index(drop=True)
-    atomic_parquet(runs_df, out / RUNS)
-    atomic_parquet(curves_df, out / CURVES)
-    if len(metrics_df) or (out / METRICS).exists():
-        atomic_parquet(metrics_df, out / METRICS)
-    return runs_df
+    return {
+        RUNS: runs_df,
+        CURVES: gather("curve", CURVE_COLUMNS),
+        METRICS: gather("metrics", METRIC_COLUMNS),
+    }
+
+
+def merge(out: Path) -> pd.DataFrame:
+    """Rebuild runs.parquet, curves.parquet and (with tasks) metrics.parquet from the
+    parts; return the runs. A run whose parts cannot be read (a disk fault, a copy cut
+    short) has them set aside in parts/corrupt/ with a warning naming it, so that the
+    next sweep trains it again; the tables hold every readable run."""
+    tables = tables_from_parts(out, set_aside=True)
+    atomic_parquet(tables[RUNS], out / RUNS)
+    atomic_parquet(tables[CURVES], out / CURVES)
+    if len(tables[METRICS]) or (out / METRICS).exists():
+        atomic_parquet(tables[METRICS], out / METRICS)
+    return tables[RUNS]
+
+
+def load_table(out: Path, name: str) -> pd.DataFrame:
+    """A merged table of a sweep directory (RUNS, CURVES or METRICS). An unreadable one
+    (a disk fault, a copy cut short) is rebuilt in memory from the parts, with a warning
+    (the next sweep rewrites it); reading commands never write to the directory."""
+    out = Path(out)
+    try:
+        return pd.read_parquet(out / name)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        if not _part_ids(out):
+            raise UserError(
+                f"{out / name} is not readable ({type(exc).__name__}) and {out} has no "
+                "parts to rebuild it from; rerun the sweep, or restore the file"
+            ) from None
+        print(
+            f"warning: {out / name} is not readable ({type(exc).__name__}); read from "
+            f"the runs' parts instead (the next sweep rewrites it)",
+            file=sys.stderr,
+        )
+        return tables_from_parts(out)[name]
 
 
 def ok_losses(out: Path, run_ids: set[str]) -> dict[str, float]:
@@ -187,12 +223,12 @@ def done_ids(out: Path) -> set[str]:
 
 
 def load_runs(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out) / RUNS)
+    return load_table(out, RUNS)
 
 
 def load_curves(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out) / CURVES)
+    return load_table(out, CURVES)
 
 
 def load_metrics(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(out) / METRICS)
+    return load_table(out, METRICS)

@@ -163,18 +163,28 @@ def run_sweep(
     # planned once per sweep; a config error stops here, before the directory is touched
     p = plan(cfg) if runs is None else Plan(config=cfg, runs=list(runs))
     existed = out.exists()
+    if existed and not out.is_dir():
+        raise UserError(f"--out {out} is a file; sweeps write a folder there")
     before = set(out.rglob("*")) if existed else set()
-    with SweepLock(out) as lock:
-        remove_stale_temps(out)  # no writer of this directory is alive now
-        try:
+    lock = SweepLock(out)
+    try:
+        with lock:
+            remove_stale_temps(out)  # no writer of this directory is alive now
             return _run_locked(cfg, out, p, force, live, workers, executor, address, runs)
-        except UserError:
-            if not _trained_since(out, before):  # a failed start leaves nothing behind
+    except (UserError, OSError) as exc:
+        # a failed start (bad input, a full or read-only disk) leaves nothing behind that
+        # the corrected command would trip over; what was trained stays for the resume
+        try:
+            if not _trained_since(out, before):
                 _remove_new(out, before, keep=lock.path)
                 lock.path.unlink(missing_ok=True)
                 if not existed:
                     shutil.rmtree(out, ignore_errors=True)
-            raise
+        except OSError:  # the same fault may stop the clean-up: the first error tells
+            pass
+        if isinstance(exc, OSError) and exc.filename is None:  # say where it happened
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
+        raise
 
 
 def _trained_since(out: Path, before: set[Path]) -> bool:
@@ -241,9 +251,11 @@ def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
 
 def _run_locked(cfg, out, p, force, live, workers, executor, address, runs) -> SweepSummary:
     wall0 = time.perf_counter()
+    executor = executor or cfg.execution.executor
+    if executor == "local":
+        resolve_device(cfg)  # device.type: cuda without a GPU stops here, before any file
     pending = prepare(cfg, out, p, force)
     summary = SweepSummary(out=out, planned=len(p.runs))
-    executor = executor or cfg.execution.executor
     workers, why = resolve_workers(cfg, workers) if executor == "local" else (0, "ray")
 
     def execute(q: Plan, todo: list[PlannedRun]) -> None:

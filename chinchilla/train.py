@@ -232,6 +232,55 @@ class Stepper:
         return {k: now[k] - self._counted[k] for k in now}
 
 
+def measure_cpu_rate(p, budget_s: float = 4.0) -> tuple[float, float, str]:
+    """(fixed seconds per step, seconds per FLOP, what was measured) of training steps on
+    this CPU: a few real optimizer steps of the plan's smallest and largest model at
+    their micro-batches, with device.threads threads; time per step = fixed + per FLOP
+    x the step's FLOPs (Appendix F count). A largest model too slow to time within
+    `budget_s` is left out and the rate of the smallest model's FLOPs stands for it."""
+    cfg = p.config
+    if cfg.device.threads:
+        torch.set_num_threads(cfg.device.threads)
+    by_size = sorted(p.runs, key=lambda r: r.flops_chinchilla / r.steps)
+    timed: list[tuple[float, float]] = []
+    spent = 0.0
+    for run in dict.fromkeys((by_size[0], by_size[-1])):
+        step_flops = run.flops_chinchilla / run.steps
+        if timed and spent + 4 * step_flops * timed[0][1] / timed[0][0] > budget_s:
+            break  # at the smallest model's rate, 4 steps of this one would overrun
+        seconds = _time_steps(run, cfg)
+        spent += 4 * seconds
+        timed.append((step_flops, seconds))
+    if len(timed) == 2 and timed[1][0] > timed[0][0] and timed[1][1] > timed[0][1]:
+        (f0, s0), (f1, s1) = timed
+        per_flop = (s1 - s0) / (f1 - f0)
+        fixed = max(s0 - per_flop * f0, 0.0)
+    else:
+        fixed, per_flop = 0.0, timed[0][1] / timed[0][0]
+    what = f"timed on this CPU ({torch.get_num_threads()} thread(s) per run): " + " and ".join(
+        f"{s * 1e3:.3g} ms per step at {f:.3g} FLOPs" for f, s in timed
+    )
+    return fixed, per_flop, what
+
+
+def _time_steps(run: PlannedRun, cfg: Config, steps: int = 3) -> float:
+    """Median seconds of `steps` optimizer steps of `run`'s model on random tokens (after
+    one step not timed)."""
+    torch.manual_seed(0)
+    model = build_model(run.shape)
+    opt = _optimizer(model, run.lr, cfg, "cpu")
+    micro = initial_micro_batch(run, cfg, "cpu")
+    stepper = Stepper(model, opt, cfg, "cpu", micro, run.batch_size)
+    batch = torch.randint(0, run.shape.vocab_size, (run.batch_size, run.shape.seq_len + 1))
+    stepper.step(batch)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        stepper.step(batch)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def _to_device(block: np.ndarray, device: str) -> torch.Tensor:
     """Host array -> device tensor: pinned and asynchronous on CUDA, so the copy of the
     next batch is queued behind the GPU's work instead of waiting for it."""

@@ -44,9 +44,23 @@ def test_plan_json_document():
 
 
 def test_plan_table_names_units():
-    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "markov.yaml")])
+    cfg = str(ROOT / "configs" / "markov.yaml")
+    r = runner.invoke(app, ["plan", cfg, "--set", "device.type=cpu"])
     assert r.exit_code == 0
-    assert "N total" in r.stdout and "6ND" in r.stdout and "[FLOPs]" in r.stdout
+    assert "N = total parameters" in r.stdout and "6ND" in r.stdout
+    assert "C = budget in FLOPs" in r.stdout and "D = tokens" in r.stdout
+    assert "times: timed on this CPU" in r.stdout  # device.type cpu: a measured rate
+
+
+def test_plan_table_fits_100_columns_and_wide_shows_the_rest():
+    for name in ("markov.yaml", "trunks.yaml", "tune.yaml", "gpu_h100.yaml"):
+        r = runner.invoke(app, ["plan", str(ROOT / "configs" / name)], env={"COLUMNS": "100"})
+        assert r.exit_code == 0, r.output
+        rows = [ln for ln in r.stdout.splitlines() if "run_id" in ln or "─" in ln]
+        assert rows and max(len(ln.rstrip()) for ln in rows) <= 100, name
+        assert "…" not in r.stdout, name  # nothing cut
+    r = runner.invoke(app, ["plan", str(ROOT / "configs" / "markov.yaml"), "--wide"])
+    assert "N non-emb" in r.stdout and "App.F/6ND" in r.stdout and "d_ff" in r.stdout
 
 
 def _one_line_error(result, *fragments):

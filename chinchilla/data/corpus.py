@@ -52,7 +52,8 @@ from chinchilla.errors import UserError
 from chinchilla.files import atomic_write
 
 EOD_BYTES = 256  # end-of-document token of the byte tokenizer
-_CACHE_VERSION = 2  # 2: raw bytes for byte tokens, binary files skipped, encoding policy
+_CACHE_VERSION = 3  # 2: raw bytes for byte tokens, binary files skipped, encoding policy;
+# 3: texts above _DOC_BYTES cut into documents
 # Signatures of common binary formats (PNG, GIF, PDF, zip, gzip, ELF, JPEG, bzip2, xz).
 _BINARY_MAGIC = (
     b"\x89PNG",
@@ -252,13 +253,41 @@ def _documents(
                     yield f"{f}#{j}", text
 
 
-_BLOCK = 16 << 20  # files above this are read in blocks, one document per blank-line run
+_BLOCK = 16 << 20  # files above this are read in blocks, cut at blank lines
+_DOC_BYTES = 64 << 10  # a longer text is cut into documents of about this size
+
+
+def split_document(data: bytes) -> list[bytes]:
+    """A text longer than `_DOC_BYTES` as consecutive documents of half to all of that
+    size, cut after a blank line where the stretch has one, else after a line end, else
+    at a UTF-8 character boundary. A one-file corpus (a book, a dump) thus becomes
+    thousands of documents, and the validation split draws whole documents from all
+    over it instead of taking the file."""
+    if len(data) <= _DOC_BYTES:
+        return [data]
+    docs, start = [], 0
+    while len(data) - start > _DOC_BYTES:
+        lo, hi = start + _DOC_BYTES // 2, start + _DOC_BYTES
+        for sep in (b"\n\n", b"\n"):
+            cut = data.rfind(sep, lo, hi)
+            if cut >= 0:
+                cut += len(sep)
+                break
+        else:
+            cut = hi
+            while cut > lo and (data[cut] & 0xC0) == 0x80:  # inside a UTF-8 character
+                cut -= 1
+        docs.append(data[start:cut])
+        start = cut
+    docs.append(data[start:])
+    return docs
 
 
 def _file_documents(f: Path, dec: Decoding, raw: bool) -> Iterator[tuple[str, str | bytes]]:
-    """One document per file; a large file is split at blank lines into documents of
-    about `_BLOCK` bytes, so memory stays bounded whatever the file size. A binary file
-    yields nothing (and is counted)."""
+    """The documents of a text file: the file itself, or, above `_DOC_BYTES`, pieces of
+    about that size (`split_document`). A large file is read in blocks of about `_BLOCK`
+    bytes ending at blank lines, so memory stays bounded whatever the file size. A
+    binary file yields nothing (and is counted)."""
     offset = 0
     rest = b""
     with f.open("rb") as fh:
@@ -278,11 +307,11 @@ def _file_documents(f: Path, dec: Decoding, raw: bool) -> Iterator[tuple[str, st
                     rest = data
                     continue
             piece, rest = data[:cut], data[cut:]
-            if piece:
-                doc = piece if raw else dec.text(piece, str(f), offset)
+            for part in split_document(piece) if piece else []:
+                doc = part if raw else dec.text(part, str(f), offset)
                 if doc is not None:
                     yield f"{f}@{offset}", doc
-            offset += len(piece)
+                offset += len(part)
             if not block:
                 return
 
@@ -735,6 +764,13 @@ def _tokenize(cfg, tok, folder: Path, dtype: np.dtype, min_val_tokens: int = 0) 
     seconds = time.perf_counter() - t0
     if counts["train"] == 0:
         raise UserError(f"data: the corpus at {cfg.data.path} is empty (no training tokens)")
+    if counts["val"] > counts["train"]:  # never train on a sliver with exit 0
+        raise UserError(
+            f"data: the validation split ({rule}) took {counts['val']:,} of the corpus's "
+            f"{counts['val'] + counts['train']:,} tokens, leaving {counts['train']:,} to "
+            f"train on ({docs['val']} validation and {docs['train']} training documents); "
+            "lower data.val_tokens (or data.val_fraction) and train.eval_tokens, or add text"
+        )
     dec = Decoding(cfg.data.encoding_errors)
     for res in first:  # decoding counts from the first pass (the second sees the same)
         dec.binary += res["binary"]

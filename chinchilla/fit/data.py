@@ -218,6 +218,15 @@ def check_positive(arr: np.ndarray, keep: np.ndarray, name: str, table_path: Pat
         )
 
 
+def _sweep_table(sweep: Path, name: str) -> dict[str, list]:
+    """A sweep directory's merged table as {column: values}, rebuilt in memory from the
+    runs' parts when the merged file is unreadable (`store.load_table`)."""
+    from chinchilla.store import load_table  # pandas: only for sweep directories
+
+    df = load_table(sweep, name)
+    return {c: df[c].tolist() for c in df.columns}
+
+
 def read_results_table(path: Path) -> tuple[Path, dict[str, list]]:
     """(the table's path, its columns) of a sweep directory (its runs.parquet) or a table
     file; one line when it is missing or has no rows."""
@@ -226,7 +235,7 @@ def read_results_table(path: Path) -> tuple[Path, dict[str, list]]:
     table_path = path / layout.RUNS if path.is_dir() else path
     if path.is_dir() and not table_path.exists():
         raise UserError(f"{path} is not a sweep directory (no {layout.RUNS})")
-    table = read_table(table_path)
+    table = _sweep_table(path, layout.RUNS) if path.is_dir() else read_table(table_path)
     if not table or not len(next(iter(table.values()))):
         raise UserError(f"{table_path}: no rows")
     return table_path, table
@@ -360,9 +369,7 @@ def fit_compute(n_params, n_tokens):
 
 
 def _load_curves(path: Path, res: Results, loss_column: str) -> Curves | None:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(path).to_pydict()
+    t = _sweep_table(path.parent, path.name)
     if not t.get("run_id"):
         return None
     index = {rid: i for i, rid in enumerate(res.run_id)}
