@@ -146,8 +146,8 @@ def _measure_cpu_rate(p) -> str:
     dev = p.config.device
     if dev.type == "cuda" or (dev.type == "auto" and _cuda_available()):
         return (
-            f"times assume {dev.plan_peak_flops:.3g} FLOP/s peak at "
-            f"{dev.plan_utilization:.0%} utilisation (device.plan_peak_flops, plan_utilization)"
+            f"at {dev.plan_peak_flops:.3g} FLOP/s peak and "
+            f"{dev.plan_utilization:.0%} utilisation (device.plan_peak_flops, device.plan_utilization)"
         )
     from chinchilla.train import measure_cpu_rate
 

@@ -55,6 +55,43 @@ def _log_x(ax: Axes) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def log_c_axis(ax: Axes, values) -> None:
+    """The compute axis of every figure: log scale, labels 10^k at decades (and, over
+    less than two decades, at 2 and 5 times them), minor ticks unlabelled, so labels
+    never collide and read alike across figures."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v) & (v > 0)]
+    span = np.log10(v.max() / v.min()) if len(v) else 3.0
+    ax.set_xscale("log")
+    subs = (1.0, 2.0, 5.0) if span < 2 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(LogFormatterSciNotation(base=10, labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _loss_limits(ax: Axes, losses: np.ndarray) -> None:
+    """Show the bulk of the losses (the 1st to the 90th percentile, a margin below); a
+    note in the lower left corner (where a falling envelope leaves room) counts the
+    points left above the top: none is hidden silently."""
+    lo, hi = np.percentile(losses, 1), np.percentile(losses, 90)
+    top = hi + 0.15 * (hi - lo)
+    ax.set_ylim(lo - 0.05 * (hi - lo), top)
+    above = int(np.sum(losses > top))
+    if above:
+        ax.text(
+            0.01,
+            0.01,
+            f"{above} point(s) above the top, not shown",
+            transform=ax.transAxes,
+            ha="left",
+            va="bottom",
+            fontsize=7,
+            color="0.35",
+        )
+
+
 def _norm_logn(values):
     from matplotlib.colors import LogNorm
 
@@ -88,12 +125,11 @@ def plot_envelope(rep: FitReport, ax: Axes | None = None) -> Axes:
             color=cmap(norm(res.n_params[runs[order[0]]])),
         )
     ax.plot(env.flops, env.loss, color="k", lw=1.8, label="envelope (min over sizes)")
-    ax.set_xscale("log")
+    log_c_axis(ax, flops)
     ax.set_xlabel(_c_label(rep))
-    ax.set_ylabel("training loss (nats/token)")
-    lo = np.percentile(losses, 1)
-    hi = np.percentile(losses, 90)
-    ax.set_ylim(lo - 0.05 * (hi - lo), hi)
+    what = res.loss_name if env.source == FINISHED else "training loss (training curves)"
+    ax.set_ylabel(f"{what}, nats/token")
+    _loss_limits(ax, np.asarray(losses, float))
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     ax.figure.colorbar(sm, ax=ax, label=_n_label(rep))
     ax.set_title(
@@ -148,21 +184,38 @@ def plot_contours(rep: FitReport, ax: Axes | None = None) -> Axes:
     n_lo, n_hi = np.log10(res.n_params.min()) - 0.7, np.log10(res.n_params.max()) + 1.2
     C, N = np.meshgrid(np.logspace(c_lo, c_hi, 200), np.logspace(n_lo, n_hi, 200))
     L = f.loss(N, C / (6 * N))
-    levels = np.quantile(L, np.linspace(0.02, 0.9, 14))
-    cs = ax.contourf(C, N, np.log(L - f.E), levels=30, cmap="YlGnBu_r", alpha=0.9)
-    ax.contour(C, N, L, levels=np.unique(levels), colors="k", linewidths=0.4, alpha=0.5)
-    ax.figure.colorbar(cs, ax=ax, label="log(L - E)")
+    # the colours span the fitted surface where the runs are (a margin around them), not
+    # the extrapolated corners, whose reducible loss runs to orders of magnitude more
+    at_runs = np.log(np.maximum(f.loss(res.n_params, res.n_tokens) - f.E, 1e-12))
+    lo, hi = at_runs.min(), at_runs.max()
+    lo, hi = lo - 0.5 * (hi - lo) - 0.1, hi + 0.25 * (hi - lo) + 0.1
+    cs = ax.contourf(
+        C,
+        N,
+        np.log(np.maximum(L - f.E, 1e-12)),
+        levels=np.linspace(lo, hi, 31),
+        cmap="YlGnBu_r",
+        alpha=0.9,
+        extend="both",
+    )
+    levels = np.exp(np.linspace(lo, hi, 12)) + f.E
+    ax.contour(C, N, L, levels=levels, colors="k", linewidths=0.4, alpha=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    bar = ax.figure.colorbar(cs, ax=ax, label="log(L − E) of the fit (arrows: beyond)")
+    ticks = MaxNLocator(7).tick_values(lo, hi)
+    bar.set_ticks(ticks[(ticks >= lo) & (ticks <= hi)])
     cc = np.logspace(c_lo, c_hi, 50)
     _, n_opt, _ = allocate(
         3, {"E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha, "beta": f.beta}, flops=cc
     )
     ax.plot(cc, n_opt, color="#2ca02c", lw=2, label="efficient frontier")
     ax.scatter(res.flops, res.n_params, s=8, color="k", label="runs")
-    ax.set_xscale("log")
+    log_c_axis(ax, cc)
     ax.set_yscale("log")
     ax.set_xlim(cc[0], cc[-1])
     ax.set_ylim(10**n_lo, 10**n_hi)
-    ax.set_xlabel("training FLOPs C = 6ND")
+    ax.set_xlabel(_c_label(rep))
     ax.set_ylabel(_n_label(rep))
     ax.set_title(
         f"Parametric fit L(N, D) (cf. Fig. 4): E={f.E:.3g}, α={f.alpha:.3f}, β={f.beta:.3f}",
@@ -210,7 +263,7 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3)
     ax.axvspan(res.flops.max(), cc[-1], color="0.9", zorder=0, label="extrapolation")
-    ax.set_xscale("log")
+    log_c_axis(ax, cc)
     ax.set_yscale("log")
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel("optimal " + (_n_label(rep) if which == "n" else "training tokens D"))
@@ -230,9 +283,9 @@ def plot_residuals(rep: FitReport, ax: Axes | None = None) -> Axes:
     sc = ax.scatter(res.flops, resid, c=np.log10(res.n_params), cmap="viridis", s=14)
     ax.axhline(0, color="k", lw=0.8)
     ax.axhspan(-f.delta, f.delta, color="0.85", label=f"Huber δ = {f.delta:g}")
-    ax.set_xscale("log")
+    log_c_axis(ax, res.flops)
     ax.set_xlabel(_c_label(rep))
-    ax.set_ylabel("log L_fit − log L_observed")
+    ax.set_ylabel(f"log L_fit − log L_observed ({res.loss_name})")
     ax.figure.colorbar(sc, ax=ax, label="log10 " + _n_label(rep))
     ax.set_title(f"Parametric fit residuals (RMS {np.sqrt(np.mean(resid**2)):.4f})", fontsize=9)
     ax.legend(fontsize=8)
@@ -290,7 +343,7 @@ def plot_backtest(rep: FitReport, bt: dict, ax: Axes | None = None) -> Axes:
     seen = {(r["flops"], r["n_opt_observed"]) for r in bt["rows"]}
     ax.scatter(*zip(*seen, strict=True), marker="*", s=120, color="k", label="held out (observed)")
     ax.axvspan(float(np.max(res.flops)), cc[-1], color="0.92", zorder=0)
-    ax.set_xscale("log")
+    log_c_axis(ax, cc)
     ax.set_yscale("log")
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel("optimal " + _n_label(rep))
@@ -420,7 +473,7 @@ def save_emergence(table, doc: dict, path: Path) -> Path:
             ceiling = table.ceilings.get(m)
             if ceiling is not None and ax is axes[1]:
                 ax.axhline(ceiling, color=color, ls=":", lw=0.7)
-        _log_x(ax)
+        log_c_axis(ax, df["C"])
         ax.set_xlabel(c_label)
         ax.set_ylabel(ylabel)
         if names:

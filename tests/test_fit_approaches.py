@@ -313,3 +313,34 @@ def test_rows_of_other_unique_token_counts_are_not_seed_repeats(tmp_path):
     for v in noise.values():
         assert v["std"] == pytest.approx(0.002 / np.sqrt(2), rel=1e-6)
         assert v["runs"] == 2
+
+
+def test_figures_say_which_loss_keep_every_point_and_read_alike(tmp_path):
+    """The y label names the loss (a sweep's validation loss, a table's column as given),
+    points above the shown range are counted on the figure, the compute axes share one
+    tick format with no minor labels, and the contour colours span the runs' region."""
+    from chinchilla.fit.results import FitOptions, fit_all
+    from chinchilla.plots import plot_contours, plot_envelope, plot_residuals
+
+    path = reference_file("epoch_chinchilla_fig4_points.csv")
+    rep = fit_all(load_results(path), FitOptions(bootstrap=0))
+    ax = plot_envelope(rep)
+    assert ax.get_ylabel().startswith("loss (as given)")
+    top = ax.get_ylim()[1]
+    hidden = int(np.sum(rep.results.loss > top))
+    notes = [t.get_text() for t in ax.texts]
+    assert hidden > 0 and f"{hidden} point(s) above the top, not shown" in notes
+    from matplotlib.ticker import LogFormatterSciNotation, NullFormatter
+
+    for axis in (ax, plot_residuals(rep)):  # unlabelled minor ticks: nothing collides
+        assert isinstance(axis.xaxis.get_minor_formatter(), NullFormatter)
+        assert isinstance(axis.xaxis.get_major_formatter(), LogFormatterSciNotation)
+    c = plot_contours(rep)
+    fill = c.collections[0] if c.collections else None
+    assert fill is not None
+    f = rep.approach3
+    at_runs = np.log(f.loss(rep.results.n_params, rep.results.n_tokens) - f.E)
+    lo, hi = fill.levels[0], fill.levels[-1]
+    span = at_runs.max() - at_runs.min()
+    assert lo <= at_runs.min() and hi >= at_runs.max()
+    assert hi - lo < 2.5 * span  # not spent on the extrapolated corner

@@ -90,6 +90,9 @@ class Results:
     curves: Curves | None = None
     irreducible_loss: float | None = None
     sweep_dir: Path | None = None
+    # what the loss column is, for axis labels: a sweep's final validation loss, or a
+    # table's column as given
+    loss_name: str = "loss"
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -355,6 +358,9 @@ def load_results(
         variant=["|".join(str(table[c][i]) for c in distinct) for i in sel] if distinct else None,
         irreducible_loss=irreducible,
         sweep_dir=sweep_dir,
+        loss_name="final validation loss"
+        if sweep_dir is not None and cols["loss"] == "loss"
+        else f"{cols['loss']} (as given)",
     )
     if sweep_dir is not None and (sweep_dir / layout.CURVES).exists():
         res.curves = _load_curves(sweep_dir / layout.CURVES, res, curve_loss)
