@@ -275,3 +275,8 @@ def test_sweep_directory_reads_budget_and_batch_in_tokens(tmp_path):
     rep = tune(table, bootstrap=0)
     assert rep.to_json()["conventions"]["flops_convention"] == "6nd"
     assert abs(rep.batch.exponent - DEEPSEEK_BATCH[1]) < 0.025
+
+
+def test_an_isoflop_sweep_is_not_taken_for_a_tuning_grid(micro_sweep):
+    r = runner.invoke(app, ["tune", str(micro_sweep)])
+    assert r.exit_code == 2 and "not a tuning grid" in r.output, r.output

@@ -157,6 +157,17 @@ def load_tune_table(path: str | Path) -> TuneTable:
         check_positive(arr, keep, name, table_path)
     loss = np.where(np.isfinite(loss) & (loss > 0), loss, np.nan)
     sel = np.nonzero(keep)[0]
+    size = n[sel] if n is not None else np.zeros(len(sel))
+    cells = {(f, m) for f, m in zip(flops[sel], size, strict=True)}  # a budget and a size
+    tried = {(f, m, a, b) for f, m, a, b in zip(flops[sel], size, lr[sel], batch[sel], strict=True)}
+    if len(cells) > len(set(flops[sel])) and len(tried) == len(cells):
+        # budgets of several runs, but never two settings for one size: an IsoFLOP sweep
+        raise UserError(
+            f"{table_path}: one learning rate and one batch per model size and budget: not a "
+            "tuning grid "
+            "(tune reads budgets trained under several learning rates and batches: "
+            "grid.kind: hparams, see docs/tuning.md)"
+        )
     ids = [str(v) for v in table.get("run_id", range(len(loss)))]
 
     def first(col: str) -> str | None:
