@@ -209,6 +209,80 @@ def bench_fit() -> None:
     )
 
 
+def bench_small_bootstrap() -> None:
+    """Approach 3's bootstrap on small designs: screened starts (`refit_starts`) against
+    refitting every resample from the full fit's optima and every 20th start of the
+    paper's grid (how it was done before), and the whole `chinchilla fit` of a 12-row
+    table."""
+    import subprocess
+
+    from chinchilla.fit.bootstrap import resample_counts
+    from chinchilla.fit.data import Results
+    from chinchilla.fit.optimize import minimize_continuation
+    from chinchilla.fit.parametric import paper_start_grid, parametric_loss, refit_many
+    from chinchilla.fit.results import FitOptions, fit_all
+
+    print("\n3b. Approach 3 bootstrap on small designs (200 resamples; 3 budgets x k sizes)")
+    rng = np.random.default_rng(0)
+    truth = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    for k in (4, 5, 7):
+        rows = []
+        for c in (1e18, 3e18, 1e19):
+            n_opt = (c / 6) ** 0.5 / 4
+            for n in n_opt * np.geomspace(0.25, 4, k):
+                d = c / (6 * n)
+                rows.append((n, d, parametric_loss(n, d, **truth) * np.exp(rng.normal(0, 0.01))))
+        n, d, loss = (np.array(v) for v in zip(*rows, strict=True))
+        res = Results(
+            n, d, 6 * n * d, loss, None, [str(i) for i in range(len(n))], "b", "total", "6nd"
+        )
+        f3 = fit_all(res, FitOptions(bootstrap=0)).approach3
+        counts = resample_counts(len(n), 200, 3)
+        t = time.perf_counter()
+        fast = refit_many(f3, n, d, loss, counts)
+        t_fast = time.perf_counter() - t
+        x, y, z = np.log(n), np.log(d), np.log(loss)
+        starts = np.vstack([f3.theta[None], f3.basins, paper_start_grid()[::20]])
+        t = time.perf_counter()
+        r = minimize_continuation(
+            np.tile(starts, (200, 1)),
+            x,
+            y,
+            z,
+            weights=np.repeat(counts, len(starts), axis=0),
+            delta=f3.delta,
+        )
+        t_full = time.perf_counter() - t
+        th = r.theta.reshape(200, len(starts), 5)
+        f = np.where(r.certified, r.f, np.inf).reshape(200, len(starts))
+        full = th[np.arange(200), f.argmin(axis=1)]
+        a_fast = fast[:, 4] / (fast[:, 3] + fast[:, 4])
+        a_full = full[:, 4] / (full[:, 3] + full[:, 4])
+        print(
+            f"   {len(n)} points: screened {t_fast:.2f} s, every coarse start {t_full:.2f} s: "
+            f"{t_full / t_fast:.1f}x; a 80% interval {np.nanpercentile(a_fast, [10, 90]).round(3)} "
+            f"vs {np.nanpercentile(a_full, [10, 90]).round(3)}"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "t12.csv"
+        with csv.open("w") as fh:
+            fh.write("n_params,n_tokens,loss\n")
+            for i in range(12):
+                fh.write(f"{n[i * 7 // 4]},{d[i * 7 // 4]},{loss[i * 7 // 4]}\n")
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "chinchilla", "fit", str(csv), "--out", tmp, "--no-plots"],
+                check=True,
+                capture_output=True,
+            )
+            times.append(time.perf_counter() - t)
+        print(
+            f"   whole `chinchilla fit` of a 12-row table, 200 resamples: median {np.median(times):.2f} s of 3"
+        )
+
+
 def bench_sweep() -> None:
     from chinchilla.config import load_config
     from chinchilla.progress import SweepProgress
@@ -479,6 +553,7 @@ if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
     bench_training()
     bench_fit()
+    bench_small_bootstrap()
     bench_sweep()
     if not QUICK:
         bench_corpus_memory()

@@ -132,3 +132,45 @@ def test_approach1_redrawn_losses_need_finished_horizons():
     one_horizon = dataclasses.replace(res, n_params=np.arange(len(n)) + 1e7, curves=None)
     with pytest.raises(ValueError, match="finished horizons"):
         _approach1(one_horizon, loss=res.loss)
+
+
+def test_screened_refits_of_a_small_design_match_refitting_from_every_start():
+    """Approach 3's bootstrap on a 12-point design: the screened starts (`refit_starts`)
+    reach the optimum that refitting each resample from every start of the paper's coarse
+    grid reaches (the slow, plain way, done here directly), at a tenth of the cost."""
+    import time
+
+    from chinchilla.fit.bootstrap import resample_counts
+    from chinchilla.fit.data import load_results
+    from chinchilla.fit.optimize import evaluate, minimize_continuation
+    from chinchilla.fit.parametric import paper_start_grid, refit_many
+    from chinchilla.fit.results import FitOptions, fit_all
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for c in (1e18, 3e18, 1e19):
+        n_opt = (c / 6) ** 0.5 / 4
+        for n in n_opt * np.geomspace(0.25, 4, 4):
+            d = c / (6 * n)
+            loss = parametric_loss(n, d, **TRUE) * np.exp(rng.normal(0, 0.01))
+            rows.append((n, d, loss))
+    n, d, loss = (np.array(v) for v in zip(*rows, strict=True))
+    res = Results(n, d, 6 * n * d, loss, None, [str(i) for i in range(12)], "t", "total", "6nd")
+    f3 = fit_all(res, FitOptions(bootstrap=0)).approach3
+    counts = resample_counts(12, 40, 7).astype(float)
+    t = time.perf_counter()
+    fast = refit_many(f3, n, d, loss, counts)
+    t_fast = time.perf_counter() - t
+
+    x, y, z = np.log(n), np.log(d), np.log(loss)
+    starts = np.vstack([f3.theta[None], f3.basins, paper_start_grid()[::20]])
+    k = len(starts)
+    t = time.perf_counter()
+    r = minimize_continuation(
+        np.tile(starts, (40, 1)), x, y, z, weights=np.repeat(counts, k, axis=0), delta=f3.delta
+    )
+    t_full = time.perf_counter() - t
+    f_full = np.where(r.certified, r.f, np.inf).reshape(40, k).min(axis=1)
+    f_fast = evaluate(fast, x, y, z, counts, f3.delta, derivatives=False).f
+    assert np.sum(f_fast > f_full * (1 + 1e-6) + 1e-12) <= 1  # at most 1 of 40 worse
+    assert t_fast < t_full / 3
