@@ -344,3 +344,21 @@ def test_figures_say_which_loss_keep_every_point_and_read_alike(tmp_path):
     span = at_runs.max() - at_runs.min()
     assert lo <= at_runs.min() and hi >= at_runs.max()
     assert hi - lo < 2.5 * span  # not spent on the extrapolated corner
+
+
+def test_approach2_parabola_takes_distinct_sizes_not_rows():
+    """Repeats of one size count once: a budget with ten seeds of its best size still
+    fits its parabola through the 7 sizes nearest the minimum, and a table whose rows
+    all come twice gives the same Approach 2 answer as the table once."""
+    from chinchilla.fit.isoflop import near_minimum
+
+    n = np.array([1e6, 2e6, 4e6, 8e6, 16e6, 32e6, 64e6, 128e6, 256e6] + [8e6] * 10)
+    loss = np.abs(np.log(n / 8e6)) * 0.1 + 2.0
+    idx = near_minimum(n, loss)
+    assert len(np.unique(n[idx])) == 7 and np.sum(n[idx] == 8e6) == 11
+
+    n, d, loss = synthetic_points()
+    budgets = group_budgets(6 * n * d, None)
+    once = fit_isoflop(n, d, loss, budgets)
+    twice = fit_isoflop(np.tile(n, 2), np.tile(d, 2), np.tile(loss, 2), np.tile(budgets, 2))
+    assert twice.n_law.exponent == pytest.approx(once.n_law.exponent, abs=1e-9)

@@ -116,13 +116,17 @@ class IsoFlopFit(AllocationLaws):
 
 
 def near_minimum(n: np.ndarray, loss: np.ndarray, k: int = NEAR_MINIMUM) -> np.ndarray:
-    """Indices of the k points nearest in log N to the lowest-loss point. Points far from
-    the minimum (several nats above it) bend a parabola fitted through every size and bias
-    its vertex; near the minimum the profile is close to a parabola."""
+    """Indices of every point at the k distinct sizes nearest in log N to the lowest-loss
+    point (repeats of a size all count, as one size). Points far from the minimum
+    (several nats above it) bend a parabola fitted through every size and bias its
+    vertex; near the minimum the profile is close to a parabola. Counting sizes, not
+    rows, keeps a size's repeats (or a table's duplicated rows) from crowding the
+    others out of the parabola."""
     x = np.log(n)
-    best = int(np.argmin(loss))
-    order = np.argsort(np.abs(x - x[best]), kind="stable")
-    return np.sort(order[:k])
+    best = x[int(np.argmin(loss))]
+    sizes = np.unique(x)
+    nearest = sizes[np.argsort(np.abs(sizes - best), kind="stable")[:k]]
+    return np.nonzero(np.isin(x, nearest))[0]
 
 
 def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray | None, loss: np.ndarray) -> Parabola:
@@ -131,6 +135,8 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray | None, loss: np.nd
     with warnings.catch_warnings():  # resamples repeat sizes; the rank is checked by callers
         warnings.simplefilter("ignore", np.exceptions.RankWarning)
         c2, c1, c0 = np.polyfit(x, loss, 2)
+        if d is not None:
+            slope, icpt = np.polyfit(x, np.log10(d), 1)
     convex = c2 > 0
     lo, hi = float(n.min()), float(n.max())
     if convex:
@@ -139,7 +145,6 @@ def fit_parabola(budget: float, n: np.ndarray, d: np.ndarray | None, loss: np.nd
         loss_opt = c0 - c1 * c1 / (4 * c2)
         d_opt = float("nan")
         if d is not None:
-            slope, icpt = np.polyfit(x, np.log10(d), 1)
             d_opt = 10 ** (icpt + slope * xv)
     else:
         n_opt = d_opt = loss_opt = float("nan")
