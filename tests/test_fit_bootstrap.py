@@ -141,7 +141,6 @@ def test_screened_refits_of_a_small_design_match_refitting_from_every_start():
     import time
 
     from chinchilla.fit.bootstrap import resample_counts
-    from chinchilla.fit.data import load_results
     from chinchilla.fit.optimize import evaluate, minimize_continuation
     from chinchilla.fit.parametric import paper_start_grid, refit_many
     from chinchilla.fit.results import FitOptions, fit_all
