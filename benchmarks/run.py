@@ -103,30 +103,32 @@ def epoch_points():
     return n, d, loss, "245 synthetic points"
 
 
-def _fit_process(path: Path, *flags: str) -> float:
-    """Median wall time of 3 whole `chinchilla fit --approach 3 --bootstrap 0` processes."""
+def _fit_seconds(path: Path, *args: str) -> float:
+    """Median wall time of 3 whole `chinchilla fit PATH ARGS...` processes."""
     times = []
     for _ in range(3):
         t = time.perf_counter()
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "chinchilla",
-                "fit",
-                str(path),
-                "--approach",
-                "3",
-                "--json",
-                "--bootstrap",
-                "0",
-                *flags,
-            ],
+            [sys.executable, "-m", "chinchilla", "fit", str(path), *args],
             check=True,
             capture_output=True,
         )
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def _fit_process(path: Path, *flags: str) -> float:
+    """Median wall time of 3 whole `chinchilla fit --approach 3 --bootstrap 0` processes."""
+    return _fit_seconds(path, "--approach", "3", "--json", "--bootstrap", "0", *flags)
+
+
+def _write_points(path: Path, n, d, loss) -> Path:
+    """A CSV of (N, D, loss) rows, full float precision."""
+    with path.open("w") as fh:
+        fh.write("N,D,loss\n")
+        for row in zip(n, d, loss, strict=True):
+            fh.write(",".join(repr(float(v)) for v in row) + "\n")
+    return path
 
 
 def _loop_imports() -> float:
@@ -186,11 +188,7 @@ def bench_fit() -> None:
         f"(numpy, scipy) = {loop_process:.1f} s"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "points.csv"
-        with path.open("w") as fh:
-            fh.write("N,D,loss\n")
-            for row in zip(n, d, loss, strict=True):
-                fh.write(",".join(repr(float(v)) for v in row) + "\n")
+        path = _write_points(Path(tmp) / "points.csv", n, d, loss)
         for flags in ((), ("--starts", "paper")):
             proc = _fit_process(path, *flags)
             print(
@@ -214,7 +212,6 @@ def bench_small_bootstrap() -> None:
     refitting every resample from the full fit's optima and every 20th start of the
     paper's grid (how it was done before), and the whole `chinchilla fit` of a 12-row
     table."""
-    import subprocess
 
     from chinchilla.fit.bootstrap import resample_counts
     from chinchilla.fit.data import Results
@@ -263,24 +260,13 @@ def bench_small_bootstrap() -> None:
             f"{t_full / t_fast:.1f}x; a 80% interval {np.nanpercentile(a_fast, [10, 90]).round(3)} "
             f"vs {np.nanpercentile(a_full, [10, 90]).round(3)}"
         )
+    twelve = np.arange(12) * 7 // 4  # 12 of the last design's 21 points, spread over it
     with tempfile.TemporaryDirectory() as tmp:
-        csv = Path(tmp) / "t12.csv"
-        with csv.open("w") as fh:
-            fh.write("n_params,n_tokens,loss\n")
-            for i in range(12):
-                fh.write(f"{n[i * 7 // 4]},{d[i * 7 // 4]},{loss[i * 7 // 4]}\n")
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-m", "chinchilla", "fit", str(csv), "--out", tmp, "--no-plots"],
-                check=True,
-                capture_output=True,
-            )
-            times.append(time.perf_counter() - t)
-        print(
-            f"   whole `chinchilla fit` of a 12-row table, 200 resamples: median {np.median(times):.2f} s of 3"
-        )
+        csv = _write_points(Path(tmp) / "t12.csv", n[twelve], d[twelve], loss[twelve])
+        seconds = _fit_seconds(csv, "--out", tmp, "--no-plots")
+    print(
+        f"   whole `chinchilla fit` of a 12-row table, 200 resamples: median {seconds:.2f} s of 3"
+    )
 
 
 def bench_sweep() -> None:
