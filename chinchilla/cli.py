@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from chinchilla import console, layout
-from chinchilla.errors import UserError
+from chinchilla.errors import UserError, describe_os_error
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -65,8 +65,6 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from chinchilla.errors import describe_os_error
-
         try:
             return fn(*args, **kwargs)
         except UserError as exc:

@@ -55,7 +55,7 @@ def _log_x(ax: Axes) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def log_c_axis(ax: Axes, values) -> None:
+def _log_c_axis(ax: Axes, values) -> None:
     """The compute axis of every figure: log scale, labels 10^k at decades (and, over
     less than two decades, at 2 and 5 times them), minor ticks unlabelled, so labels
     never collide and read alike across figures."""
@@ -125,7 +125,7 @@ def plot_envelope(rep: FitReport, ax: Axes | None = None) -> Axes:
             color=cmap(norm(res.n_params[runs[order[0]]])),
         )
     ax.plot(env.flops, env.loss, color="k", lw=1.8, label="envelope (min over sizes)")
-    log_c_axis(ax, flops)
+    _log_c_axis(ax, flops)
     ax.set_xlabel(_c_label(rep))
     what = res.loss_name if env.source == FINISHED else "training loss (training curves)"
     ax.set_ylabel(f"{what}, nats/token")
@@ -211,7 +211,7 @@ def plot_contours(rep: FitReport, ax: Axes | None = None) -> Axes:
     )
     ax.plot(cc, n_opt, color="#2ca02c", lw=2, label="efficient frontier")
     ax.scatter(res.flops, res.n_params, s=8, color="k", label="runs")
-    log_c_axis(ax, cc)
+    _log_c_axis(ax, cc)
     ax.set_yscale("log")
     ax.set_xlim(cc[0], cc[-1])
     ax.set_ylim(10**n_lo, 10**n_hi)
@@ -263,7 +263,7 @@ def plot_frontier(rep: FitReport, ax: Axes | None = None, which: str = "n") -> A
         if pts:
             ax.scatter(*zip(*pts, strict=True), color=COLORS[2], s=18, zorder=3)
     ax.axvspan(res.flops.max(), cc[-1], color="0.9", zorder=0, label="extrapolation")
-    log_c_axis(ax, cc)
+    _log_c_axis(ax, cc)
     ax.set_yscale("log")
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel("optimal " + (_n_label(rep) if which == "n" else "training tokens D"))
@@ -283,7 +283,7 @@ def plot_residuals(rep: FitReport, ax: Axes | None = None) -> Axes:
     sc = ax.scatter(res.flops, resid, c=np.log10(res.n_params), cmap="viridis", s=14)
     ax.axhline(0, color="k", lw=0.8)
     ax.axhspan(-f.delta, f.delta, color="0.85", label=f"Huber δ = {f.delta:g}")
-    log_c_axis(ax, res.flops)
+    _log_c_axis(ax, res.flops)
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel(f"log L_fit − log L_observed ({res.loss_name})")
     ax.figure.colorbar(sc, ax=ax, label="log10 " + _n_label(rep))
@@ -343,7 +343,7 @@ def plot_backtest(rep: FitReport, bt: dict, ax: Axes | None = None) -> Axes:
     seen = {(r["flops"], r["n_opt_observed"]) for r in bt["rows"]}
     ax.scatter(*zip(*seen, strict=True), marker="*", s=120, color="k", label="held out (observed)")
     ax.axvspan(float(np.max(res.flops)), cc[-1], color="0.92", zorder=0)
-    log_c_axis(ax, cc)
+    _log_c_axis(ax, cc)
     ax.set_yscale("log")
     ax.set_xlabel(_c_label(rep))
     ax.set_ylabel("optimal " + _n_label(rep))
@@ -473,7 +473,7 @@ def save_emergence(table, doc: dict, path: Path) -> Path:
             ceiling = table.ceilings.get(m)
             if ceiling is not None and ax is axes[1]:
                 ax.axhline(ceiling, color=color, ls=":", lw=0.7)
-        log_c_axis(ax, df["C"])
+        _log_c_axis(ax, df["C"])
         ax.set_xlabel(c_label)
         ax.set_ylabel(ylabel)
         if names:

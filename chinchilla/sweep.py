@@ -383,13 +383,9 @@ def _recorded(out: Path) -> dict[str, dict[str, Any]]:
     if not (out / layout.RUNS).exists():
         return {}
     try:
-        table = load_runs(out)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        print(
-            f"warning: {out / layout.RUNS} is not readable ({type(exc).__name__}); the next "
-            "sweep rebuilds it from the parts",
-            file=sys.stderr,
-        )
+        table = load_runs(out)  # an unreadable table is read from the parts instead
+    except (UserError, OSError) as exc:  # unreadable with no parts to read, or gone
+        print(f"warning: {exc}", file=sys.stderr)
         return {}
     return {
         r.run_id: {

@@ -363,7 +363,7 @@ def load_results(
         else f"{cols['loss']} (as given)",
     )
     if sweep_dir is not None and (sweep_dir / layout.CURVES).exists():
-        res.curves = _load_curves(sweep_dir / layout.CURVES, res, curve_loss)
+        res.curves = _load_curves(sweep_dir, res, curve_loss)
     return res
 
 
@@ -374,8 +374,8 @@ def fit_compute(n_params, n_tokens):
     return 6.0 * np.asarray(n_params, float) * np.asarray(n_tokens, float)
 
 
-def _load_curves(path: Path, res: Results, loss_column: str) -> Curves | None:
-    t = _sweep_table(path.parent, path.name)
+def _load_curves(sweep_dir: Path, res: Results, loss_column: str) -> Curves | None:
+    t = _sweep_table(sweep_dir, layout.CURVES)
     if not t.get("run_id"):
         return None
     index = {rid: i for i, rid in enumerate(res.run_id)}
