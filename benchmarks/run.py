@@ -208,12 +208,11 @@ def bench_fit() -> None:
 
 
 def bench_small_bootstrap() -> None:
-    """Approach 3's bootstrap on small designs: screened starts (`refit_starts`) against
-    refitting every resample from the full fit's optima and every 20th start of the
-    paper's grid (how it was done before), and the whole `chinchilla fit` of a 12-row
-    table."""
+    """Approach 3's bootstrap on small designs, as it ships (log losses redrawn around the
+    fit, the design fixed): screened starts (`refit_starts`) against refitting every
+    resample from the full fit's optima and every 20th start of the paper's grid (how
+    it was done before), and the whole `chinchilla fit` of a 12-row table."""
 
-    from chinchilla.fit.bootstrap import resample_counts
     from chinchilla.fit.data import Results
     from chinchilla.fit.optimize import minimize_continuation
     from chinchilla.fit.parametric import paper_start_grid, parametric_loss, refit_many
@@ -230,23 +229,23 @@ def bench_small_bootstrap() -> None:
                 d = c / (6 * n)
                 rows.append((n, d, parametric_loss(n, d, **truth) * np.exp(rng.normal(0, 0.01))))
         n, d, loss = (np.array(v) for v in zip(*rows, strict=True))
-        res = Results(
-            n, d, 6 * n * d, loss, None, [str(i) for i in range(len(n))], "b", "total", "6nd"
-        )
-        f3 = fit_all(res, FitOptions(bootstrap=0)).approach3
-        counts = resample_counts(len(n), 200, 3)
+        res = Results.from_arrays(n, d, loss, source="b")
+        rep = fit_all(res, FitOptions(bootstrap=0))
+        f3, sd = rep.approach3, rep.outliers.residual_sd
+        fitted = np.log(parametric_loss(n, d, E=f3.E, A=f3.A, B=f3.B, alpha=f3.alpha, beta=f3.beta))
+        z = fitted + sd * np.random.default_rng(3).standard_normal((200, len(n)))
+        ones = np.ones_like(z)
         t = time.perf_counter()
-        fast = refit_many(f3, n, d, loss, counts)
+        fast = refit_many(f3, n, d, np.exp(z), ones)
         t_fast = time.perf_counter() - t
-        x, y, z = np.log(n), np.log(d), np.log(loss)
+        x, y = np.log(n), np.log(d)
         starts = np.vstack([f3.theta[None], f3.basins, paper_start_grid()[::20]])
         t = time.perf_counter()
         r = minimize_continuation(
             np.tile(starts, (200, 1)),
             x,
             y,
-            z,
-            weights=np.repeat(counts, len(starts), axis=0),
+            np.repeat(z, len(starts), axis=0),
             delta=f3.delta,
         )
         t_full = time.perf_counter() - t

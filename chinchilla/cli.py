@@ -507,6 +507,14 @@ def fit(
             "approach's N_opt and minimum loss there (0: off).",
         ),
     ] = 0,
+    drop_outliers: Annotated[
+        bool,
+        typer.Option(
+            "--drop-outliers",
+            help="Leave out of every fit the rows the robust outlier rule flags (they are "
+            "flagged, and kept, without it; see docs/fitting.md).",
+        ),
+    ] = False,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -516,7 +524,10 @@ def fit(
         ),
     ] = None,
 ) -> None:
-    """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt."""
+    """Fit the three Chinchilla approaches with bootstrap intervals; predict N_opt, D_opt.
+
+    Exit status 1 when an approach named by --approach (or, without it, every approach)
+    gave no certified answer; what was fitted is still printed and written."""
     from chinchilla.fit.parametric import START_SETS
     from chinchilla.fit.results import FitOptions
 
@@ -539,9 +550,16 @@ def fit(
         delta=delta,
         start_grid=starts,
         bound_e_by_min_loss=bound_e,
+        drop_outliers=drop_outliers,
     )
     columns = {"n_col": n_col, "d_col": d_col, "c_col": c_col, "loss_col": loss_col}
-    _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest)
+    rep = _fit_loss(
+        results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest
+    )
+    unanswered = rep.unanswered(explicit=approach is not None) if rep is not None else []
+    if unanswered:
+        console.stderr.print(f"error: no certified answer: {'; '.join(unanswered)}")
+        raise typer.Exit(1)
 
 
 def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest):
@@ -557,7 +575,7 @@ def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json
     target = out if out is not None else res.sweep_dir
     if backtest:
         _run_backtest(res, opts, backtest, target, as_json, plots)
-        return
+        return None
     rep = fit_all(res, opts)
     preds = predictions(rep, budgets or ([] if sizes else default_budgets(rep)), sizes)
     doc = rep.to_json() | {"predictions": preds}
@@ -567,6 +585,7 @@ def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json
         _print_fit(rep, doc)
     if target is not None:
         _write(target, lambda: _write_fit(target, doc, preds, rep if plots else None), as_json)
+    return rep
 
 
 def _write(target: Path, write, as_json: bool) -> None:

@@ -198,7 +198,7 @@ def test_a_corrupt_merged_table_is_read_from_the_parts(micro_config, tmp_path, t
         ["fit", str(out), "--metric", "continue/exact_match@4", "--out", str(tmp_path / "g")],
     ):
         r = runner.invoke(app, args)
-        assert r.exit_code in (0, 2), (args, r.output)  # 2: too few points for a fit
+        assert r.exit_code in (0, 1, 2), (args, r.output)  # 1: no approach answers; 2: too few
         assert "Traceback" not in r.output
     assert (out / table).read_bytes() == b"not parquet"  # readers never write
     rebuilt = store.tables_from_parts(out)[table]

@@ -116,7 +116,10 @@ def test_column_overrides_and_derived_tokens(tmp_path):
 def test_fit_of_a_small_sweep_reports_what_it_skips(tmp_path, micro_sweep):
     out = tmp_path / "fit"
     r = runner.invoke(app, ["fit", str(micro_sweep), "--out", str(out), "--json"])
-    assert r.exit_code == 0, r.output
+    # no approach gave an answer: exit 1, the reasons on one line, the results written
+    assert r.exit_code == 1, r.output
+    assert r.stderr.startswith("error: no certified answer: Approach 1: skipped")
+    assert len(r.stderr.strip().splitlines()) == 1
     doc = json.loads(r.stdout)
     assert set(doc["skipped"]) == {"approach1", "approach2", "approach3"}
     assert "need 3" in doc["skipped"]["approach2"]
@@ -276,10 +279,11 @@ def test_a_table_pasted_twice_fits_as_the_original(tmp_path):
     lines = src.read_text().splitlines()
     twice = tmp_path / "twice.csv"
     twice.write_text("\n".join([lines[0], *lines[1:], *lines[1:]]) + "\n")
+    # Approach 2 has no answer on these points (not IsoFLOP profiles): exit 1 for both
     args = ["--json", "--bootstrap", "40", "--approach", "2", "--approach", "3"]
     one = runner.invoke(app, ["fit", str(src), *args])
     two = runner.invoke(app, ["fit", str(twice), *args])
-    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    assert one.exit_code == 1 and two.exit_code == 1, two.output
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     assert b["duplicates_collapsed"] == len(lines) - 1 and a["duplicates_collapsed"] == 0
     assert b["n_points"] == a["n_points"]
@@ -362,3 +366,18 @@ def test_approach2_parabola_takes_distinct_sizes_not_rows():
     once = fit_isoflop(n, d, loss, budgets)
     twice = fit_isoflop(np.tile(n, 2), np.tile(d, 2), np.tile(loss, 2), np.tile(budgets, 2))
     assert twice.n_law.exponent == pytest.approx(once.n_law.exponent, abs=1e-9)
+
+
+def test_exit_status_1_only_when_a_requested_fit_has_no_answer(tmp_path):
+    n, d, loss = synthetic_points()
+    p = _csv(tmp_path, "N,D,loss", zip(n, d, loss, strict=True))
+    # by default, Approach 1 (no curves) is skipped but 2 and 3 answer: exit 0
+    r = runner.invoke(app, ["fit", str(p), "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    assert "approach1 skipped" in r.stdout
+    # named, it has no answer: exit 1, the fit still printed
+    r = runner.invoke(app, ["fit", str(p), "--bootstrap", "0", "--approach", "1", "--json"])
+    assert r.exit_code == 1 and json.loads(r.stdout)["skipped"]["approach1"]
+    assert "Approach 1: skipped" in r.stderr
+    r = runner.invoke(app, ["fit", str(p), "--bootstrap", "0", "--approach", "3"])
+    assert r.exit_code == 0, r.output

@@ -120,7 +120,9 @@ def test_branches_are_the_independent_runs_they_replace(trunk_config, tmp_path):
     fit = runner.invoke(
         app, ["fit", str(tmp_path / "shared"), "--approach", "1", "--bootstrap", "20"]
     )
-    assert fit.exit_code == 0 and "6 runs" in fit.output  # the trunks are not points
+    assert "6 runs" in fit.output, fit.output  # the trunks are not points
+    # exit 1 exactly when the named approach found no answer on this tiny design
+    assert fit.exit_code == (1 if "approach1 skipped" in fit.output else 0), fit.output
 
 
 def test_a_failed_trunk_fails_its_branches_with_the_reason(trunk_config, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ Percentiles: 10th-90th as in the paper's Table 2, and 2.5th-97.5th (95%).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,26 @@ def percentile_interval(values: np.ndarray, level: str = "80") -> list[float] | 
     return [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
 
 
+def student_interval(estimate: float, se: float, dof: float, level: str = "80") -> list[float]:
+    """estimate +- t(dof) quantile x se, at `level` ("80" or "95")."""
+    from scipy.special import stdtrit  # scipy.stats would add 0.3 s of imports
+
+    q = float(stdtrit(dof, LEVELS[level][1] / 100)) * se
+    return [estimate - q, estimate + q]
+
+
+def widened_interval(iv: list[float], estimate: float, dof: float, level: str) -> list[float]:
+    """A percentile interval's two arms about `estimate`, each stretched by the ratio of
+    Student's t quantile on `dof` degrees of freedom to the normal's: a parametric
+    bootstrap that redraws noise of an estimated scale treats the scale as known, and
+    with few degrees of freedom it is not (the same step from z to t as in a t-test)."""
+    from scipy.special import ndtri, stdtrit
+
+    q = LEVELS[level][1] / 100
+    f = float(stdtrit(dof, q) / ndtri(q))
+    return [estimate - (estimate - iv[0]) * f, estimate + (iv[1] - estimate) * f]
+
+
 @dataclass
 class Samples:
     """Bootstrap replicates of named quantities (NaN where a resample could not be fitted)."""
@@ -49,6 +69,13 @@ class Samples:
     n_resamples: int
     n_failed: int
     method: str | None = None  # what each resample redraws, in words
+    # name -> (estimate, standard error, degrees of freedom): a Student-t interval in
+    # place of the percentiles (`pooled_t_intervals`)
+    student: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    # (estimates by name, degrees of freedom): percentile intervals widened about each
+    # estimate by t(dof) / normal quantiles, where the resamples took an estimated noise
+    # scale as known (`widened_interval`)
+    widen: tuple[dict[str, float], float] | None = None
 
     @property
     def withheld(self) -> str | None:
@@ -62,7 +89,14 @@ class Samples:
 
     def interval(self, name: str, level: str = "80") -> list[float] | None:
         v = self.values.get(name)
-        return None if v is None or self.withheld else percentile_interval(v, level)
+        if v is None or self.withheld:
+            return None
+        if name in self.student:
+            return student_interval(*self.student[name], level)
+        iv = percentile_interval(v, level)
+        if iv is not None and self.widen is not None and name in self.widen[0]:
+            return widened_interval(iv, self.widen[0][name], self.widen[1], level)
+        return iv
 
     def intervals(self) -> dict[str, dict[str, list[float] | None]]:
         return {name: {lvl: self.interval(name, lvl) for lvl in LEVELS} for name in self.values}
@@ -171,6 +205,46 @@ def residual_bootstrap(
             out["log10_k_d"][r] = np.log10(dl.coefficient)
             continue
         failed += 1
-    return Samples(
+    s = Samples(
         out, n_resamples, failed, method="each parabola's residuals resampled within its budget"
+    )
+    if failed < n_resamples - 1:
+        pooled_t_intervals(s, fit, c, [len(p.index) for p in used])
+    return s
+
+
+def pooled_t_intervals(s: Samples, fit: IsoFlopFit, c: np.ndarray, m: list[int]) -> None:
+    """Student-t intervals for Approach 2's laws, calibrated where percentiles are not.
+
+    The residual bootstrap knows the vertices' noise only through each parabola's
+    residuals: m - 3 degrees of freedom per budget (2 for 5 sizes), so its spread is
+    itself uncertain, and its percentiles under-covered (72-78% for a nominal 80% on 3-4
+    budgets). The power law's own scatter about its line measures the same variance of
+    the exponent with k - 2 more degrees of freedom (k budgets). The interval is the
+    estimate +- a t quantile times the pooled standard error
+        se^2 = (nu_b se_boot^2 + (k - 2) se_line^2) / (nu_b + k - 2),  nu_b = sum (m - 3),
+    on nu_b + k - 2 degrees of freedom (se_line from the least-squares line through the
+    vertices in log10 C: its slope's standard error for a and b, its intercept's for the
+    coefficients). The coverage study (benchmarks/fit_coverage.py) measures the result."""
+    x = np.log10(c)
+    k = len(x)
+    nu_b = float(sum(mi - 3 for mi in m))
+    sxx = float(((x - x.mean()) ** 2).sum())
+    used = [p for p in fit.parabolas if p.usable]
+    for law, name, coef in (("n", "a", "log10_k_n"), ("d", "b", "log10_k_d")):
+        yv = np.log10([p.n_opt if law == "n" else p.d_opt for p in used])
+        pl = fit.n_law if law == "n" else fit.d_law
+        pred = np.log10(pl.coefficient) + pl.exponent * x
+        s2 = float(((yv - pred) ** 2).sum() / (k - 2)) if k > 2 else 0.0
+        line = {name: s2 / sxx, coef: s2 * (1 / k + x.mean() ** 2 / sxx)}
+        est = {name: pl.exponent, coef: float(np.log10(pl.coefficient))}
+        for q in (name, coef):
+            v = s.values[q]
+            boot = float(np.nanvar(v, ddof=1))
+            dof = nu_b + k - 2
+            var = (nu_b * boot + (k - 2) * line[q]) / dof
+            s.student[q] = (est[q], float(np.sqrt(var)), dof)
+    s.method += (
+        "; Student-t intervals on the standard error pooled from the resamples and the "
+        "vertices' scatter about the power law"
     )

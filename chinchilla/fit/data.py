@@ -97,6 +97,23 @@ class Results:
     def __len__(self) -> int:
         return len(self.loss)
 
+    @classmethod
+    def from_arrays(cls, n_params, n_tokens, loss, budget=None, source="arrays") -> Results:
+        """A table of runs given as arrays (simulations, tests): total N, C = 6ND, runs
+        named r0, r1, ..."""
+        n, d = np.asarray(n_params, float), np.asarray(n_tokens, float)
+        return cls(
+            n_params=n,
+            n_tokens=d,
+            flops=6 * n * d,
+            loss=np.asarray(loss, float),
+            budget=None if budget is None else np.asarray(budget, float),
+            run_id=[f"r{i}" for i in range(len(n))],
+            source=source,
+            n_convention="total",
+            flops_convention="6nd",
+        )
+
     def subset(self, keep: np.ndarray) -> Results:
         """The runs where `keep` is True (curves renumbered to match)."""
         from dataclasses import replace
@@ -326,7 +343,12 @@ def load_results(
     ):
         check_positive(arr, keep, name, table_path)
 
-    run_ids = [str(v) for v in table.get("run_id", range(len(n)))]
+    # rows are named by run_id, else as check_positive names them (the header is row 1)
+    run_ids = (
+        [str(v) for v in table["run_id"]]
+        if "run_id" in table
+        else [f"row {i + 2}" for i in range(len(n))]
+    )
     distinct = [c for c in VARIANT_COLUMNS if c in columns]
     budget = float_column(table, "budget", table_path) if "budget" in columns else None
     sel = np.nonzero(keep)[0]

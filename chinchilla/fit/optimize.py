@@ -66,7 +66,15 @@ def evaluate(theta, x, y, z, w, delta, derivatives: bool = True) -> Evaluation:
     if theta.shape[0] <= rows:
         return _evaluate_block(theta, x, y, z, w, delta, derivatives)
     parts = [
-        _evaluate_block(theta[i : i + rows], x, y, z, w[i : i + rows], delta, derivatives)
+        _evaluate_block(
+            theta[i : i + rows],
+            x,
+            y,
+            z_rows(z, slice(i, i + rows)),
+            w[i : i + rows],
+            delta,
+            derivatives,
+        )
         for i in range(0, theta.shape[0], rows)
     ]
     f = np.concatenate([p.f for p in parts])
@@ -78,6 +86,12 @@ def evaluate(theta, x, y, z, w, delta, derivatives: bool = True) -> Evaluation:
         H=np.concatenate([p.H for p in parts]),
         share=np.concatenate([p.share for p in parts]),
     )
+
+
+def z_rows(z: np.ndarray, rows) -> np.ndarray:
+    """The log losses of problems `rows`: `z` is one (n,) vector shared by every problem,
+    or (P, n), one per problem (a bootstrap that redraws the losses, the design fixed)."""
+    return z if np.ndim(z) == 1 else z[rows]
 
 
 def _evaluate_block(theta, x, y, z, w, delta, derivatives: bool) -> Evaluation:
@@ -305,7 +319,7 @@ def _minimize(starts, x, y, z, weights, delta, lower, upper, max_iter, rtol, lam
         eye = np.eye(5)
         u, ok = cholesky_solve(A[go] + lam[go, None, None] * eye, -gs[go])
         cand = np.clip(th[go] + scale[go] * np.where(ok[:, None], u, 0.0), lo, hi)
-        new = evaluate(cand, x, y, z, W[active[go]], delta)
+        new = evaluate(cand, x, y, z_rows(z, active[go]), W[active[go]], delta)
         pred = -(np.einsum("pk,pk->p", gs[go], u) + 0.5 * np.einsum("pk,pkl,pl->p", u, A[go], u))
         gain = (cache.f[go] - new.f) / np.where(pred > 0, pred, np.inf)
         accept = ok & np.isfinite(new.f) & (new.f < cache.f[go])
@@ -355,7 +369,7 @@ def minimize_continuation(starts, x, y, z, *, delta: float, path_start: float = 
     iters = np.zeros(len(theta), dtype=int)
     alive = np.ones(len(theta), dtype=bool)
     for d in delta_path(delta, path_start):
-        sub = minimize_batch(theta[alive], x, y, z, delta=d, **_rows(kw, alive))
+        sub = minimize_batch(theta[alive], x, y, z_rows(z, alive), delta=d, **_rows(kw, alive))
         iters[alive] += sub.iterations
         if res is None:
             res = sub

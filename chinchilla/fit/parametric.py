@@ -441,7 +441,7 @@ def refit_starts(
         np.tile(cand, (R, 1)),
         x,
         y,
-        z,
+        z if np.ndim(z) == 1 else np.repeat(z, G, axis=0),
         np.repeat(weights, G, axis=0),
         delta_path(fit.delta)[0],
         derivatives=False,
@@ -453,16 +453,17 @@ def refit_starts(
 def refit_many(
     fit: ParametricFit, n_params, n_tokens, loss, weights: np.ndarray, lower=None, upper=None
 ) -> np.ndarray:
-    """Refit for each row of `weights` (R, n) at once from `refit_starts`. Returns (R, 5):
-    each resample's best certified theta, NaN where none was certified or an exponent is
-    not positive."""
+    """Refit for each row of `weights` (R, n) at once from `refit_starts`; `loss` is (n,)
+    or (R, n), one redrawn loss vector per resample. Returns (R, 5): each resample's best
+    certified theta, NaN where none was certified or an exponent is not positive."""
     x, y, z = np.log(n_params), np.log(n_tokens), np.log(loss)
     per = refit_starts(fit, x, y, z, np.asarray(weights, float))
     R, k = per.shape[0], per.shape[1]
     starts = per.reshape(R * k, 5)  # resample r uses rows r*k .. r*k + k-1
     W = np.repeat(weights, k, axis=0)
+    Z = z if np.ndim(z) == 1 else np.repeat(z, k, axis=0)
     res = minimize_continuation(
-        starts, x, y, z, weights=W, delta=fit.delta, lower=lower, upper=upper
+        starts, x, y, Z, weights=W, delta=fit.delta, lower=lower, upper=upper
     )
     f = np.where(res.certified & np.isfinite(res.f), res.f, np.inf).reshape(R, k)
     pick = np.argmin(f, axis=1)
