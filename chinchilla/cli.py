@@ -515,6 +515,30 @@ def fit(
             "flagged, and kept, without it; see docs/fitting.md).",
         ),
     ] = False,
+    law: Annotated[
+        str,
+        typer.Option(
+            "--law",
+            help="chinchilla (the three approaches) or data-constrained (Muennighoff et al. "
+            "2023: repeated epochs and excess parameters; needs a unique_tokens column).",
+        ),
+    ] = "chinchilla",
+    fix: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fix",
+            help="With --law data-constrained: hold a base parameter, NAME=VALUE with NAME "
+            "one of E, A, B, alpha, beta (repeatable).",
+        ),
+    ] = None,
+    unique_tokens: Annotated[
+        float | None,
+        typer.Option(
+            "--unique-tokens",
+            help="With --law data-constrained: the unique tokens U to allocate compute "
+            "under (default: the largest U of the table's repeated-data rows).",
+        ),
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -540,6 +564,28 @@ def fit(
     if any(k not in (1, 2, 3) for k in chosen):
         raise UserError("--approach: expected 1, 2 or 3")
     budgets, sizes = _floats(predict, "--predict"), _floats(predict_n, "--predict-n")
+    if law not in ("chinchilla", "data-constrained"):
+        raise UserError(f"--law: expected chinchilla or data-constrained, got {law!r}")
+    if law == "chinchilla" and (fix or unique_tokens is not None):
+        raise UserError("--fix and --unique-tokens apply to --law data-constrained")
+    if unique_tokens is not None and not unique_tokens > 0:
+        raise UserError("--unique-tokens must be > 0")
+    if law == "data-constrained":
+        columns = {"n_col": n_col, "d_col": d_col, "c_col": c_col, "loss_col": loss_col}
+        _fit_data_constrained(
+            results,
+            columns,
+            n_convention,
+            fix,
+            unique_tokens,
+            budgets,
+            delta,
+            bootstrap,
+            seed,
+            out,
+            as_json,
+        )
+        return
     if metric is not None:
         _fit_metric(results, metric, budgets, bootstrap, seed, n_convention, out, as_json, plots)
         return
@@ -586,6 +632,149 @@ def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json
     if target is not None:
         _write(target, lambda: _write_fit(target, doc, preds, rep if plots else None), as_json)
     return rep
+
+
+def _fit_data_constrained(
+    results, columns, n_convention, fix, unique, budgets, delta, bootstrap, seed, out, as_json
+) -> None:
+    """`chinchilla fit --law data-constrained`: the law, its intervals, and the allocation
+    of compute under a cap on unique tokens; exit 1 when the fit is not certified."""
+    import numpy as np
+
+    from chinchilla.files import atomic_text
+    from chinchilla.fit.constrained import fit_constrained, parse_fixed
+    from chinchilla.fit.data import load_results
+
+    fixed = parse_fixed(fix)
+    res = load_results(results, n_convention=n_convention, **columns)
+    if len(res) == 0:
+        raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
+    if res.unique_tokens is None:
+        raise UserError(
+            f"{results}: --law data-constrained needs a unique_tokens column (the distinct "
+            "tokens each run saw; epochs = D / unique_tokens)"
+        )
+    fit = fit_constrained(
+        res.n_params,
+        res.n_tokens,
+        res.unique_tokens,
+        res.loss,
+        names=res.run_id,
+        fixed=fixed,
+        delta=delta,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    u = res.unique_tokens
+    repeated = res.n_tokens > u * (1 + 1e-9)
+    cap = unique or float(np.max(u[repeated] if repeated.any() else u))
+    top = float(np.max(res.flops))
+    targets = budgets or [top * 10**k for k in range(4)]
+    alloc = [fit.allocate(c, cap) for c in targets]
+    doc = {
+        "n_points": len(res),
+        "source": res.source,
+        "conventions": {
+            "n_params": res.n_convention,
+            "compute": "C = 6 N D",
+            "unique_tokens": "distinct tokens a run saw; epochs = D / unique_tokens",
+            "loss": "nats/token as in the input",
+        },
+        "excluded": res.excluded,
+        "duplicates_collapsed": res.duplicates,
+        "data_constrained": fit.as_dict(),
+        "allocation": alloc,
+    }
+    if as_json:
+        print(json.dumps(doc, indent=1, default=_json_default))
+    else:
+        for line in _constrained_lines(fit, res):
+            console.stdout.print(line)
+        console.stdout.print(_allocation_table(alloc))
+    target = out if out is not None else res.sweep_dir
+    if target is not None:
+
+        def write():
+            target.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(doc, indent=1, default=_json_default)
+            return [atomic_text(target / "fit_data_constrained.json", text)]
+
+        _write(target, write, as_json)
+    if not fit.certified:
+        console.stderr.print(f"error: no certified answer: data-constrained law: {fit.message}")
+        raise typer.Exit(1)
+
+
+def _constrained_lines(fit, res) -> list[str]:
+    b, iv = fit.base, fit.intervals
+    ci = lambda k: console.interval_text((iv.get(k) or {}).get("80"))  # noqa: E731
+    held = [k for k, v in fit.base_source.items() if v == "fixed"]
+    lines = [
+        f"{len(res)} runs from {res.source} (N: {res.n_convention}; D and unique tokens U as "
+        f"in the input; {fit.n_single} single-epoch rows at or below the compute-optimal "
+        "size for their tokens fit the base)",
+        f"data-constrained law (Muennighoff et al. 2023): L = E + A/N'^α + B/D'^β with "
+        f"E={b['E']:.4g}{ci('E')} A={b['A']:.4g} B={b['B']:.4g} α={b['alpha']:.4f}{ci('alpha')} "
+        f"β={b['beta']:.4f}{ci('beta')}" + (f" ({', '.join(held)} held)" if held else ""),
+        f"  R*_N = {fit.rn_star:.3g}{ci('rn_star')}, R*_D = {fit.rd_star:.3g}{ci('rd_star')} "
+        f"(80% bootstrap intervals, runs resampled); Huber objective {fit.objective:.6g} "
+        f"({fit.message})",
+        f"  in words: {fit.words()}",
+    ]
+    if "withheld" in iv:
+        lines.append(f"  warning: intervals withheld: {iv['withheld']}")
+    for w in fit.flat:
+        lines.append(f"  warning: {w}")
+    for o in fit.optima:
+        lines.append(
+            f"  note: another optimum within 0.2% of the objective: R*_N = {o['rn_star']:.3g}, "
+            f"R*_D = {o['rd_star']:.3g} (objective {o['objective']:.6g})"
+        )
+    if res.duplicates:
+        lines.append(f"warning: {res.duplicates} rows repeat an earlier row and were fitted once")
+    return lines
+
+
+def _allocation_table(rows: list[dict]):
+
+    t = _right_table(
+        "compute allocation under a cap of unique tokens (C = 6ND; loss given up: "
+        "against the same C with unlimited data)",
+        (
+            "C [FLOPs]",
+            "U [tokens]",
+            "N_opt [params]",
+            "D_opt [tokens]",
+            "epochs",
+            "loss [nats/token]",
+            "unlimited: N_opt",
+            "loss",
+            "given up",
+        ),
+    )
+    for r in rows:
+        t.add_row(
+            f"{r['flops']:.3g}",
+            f"{r['unique_tokens']:.3g}",
+            f"{r['n_opt']:.3g}",
+            f"{r['d_opt']:.3g}",
+            f"{r['epochs']:.3g}",
+            f"{r['loss']:.4f}",
+            f"{r['n_opt_unlimited']:.3g}",
+            f"{r['loss_unlimited']:.4f}",
+            f"{r['loss_given_up']:.4f}",
+        )
+    return t
+
+
+def _right_table(title: str, columns):
+    """A rich table with the title on the left and right-aligned columns (numbers)."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, justify="right")
+    return t
 
 
 def _write(target: Path, write, as_json: bool) -> None:
@@ -825,26 +1014,22 @@ def _run_backtest(res, opts, k: int, target: Path | None, as_json: bool, plots: 
     if as_json:
         print(json.dumps(bt, indent=1, default=_json_default))
         return
-    from rich.table import Table
 
-    t = Table(
-        title=f"backtest: fitted on {bt['fitted_on']} runs without the {k} largest budget(s); "
-        "C = 6ND",
-        title_justify="left",
+    t = _right_table(
+        f"backtest: fitted on {bt['fitted_on']} runs without the {k} largest budget(s); C = 6ND",
+        (
+            "approach",
+            "held-out C",
+            "x fitted C",
+            "N_opt obs.",
+            "N_opt pred.",
+            "ratio",
+            "min loss obs.",
+            "pred.",
+            "error",
+            "observed as",
+        ),
     )
-    for col in (
-        "approach",
-        "held-out C",
-        "x fitted C",
-        "N_opt obs.",
-        "N_opt pred.",
-        "ratio",
-        "min loss obs.",
-        "pred.",
-        "error",
-        "observed as",
-    ):
-        t.add_column(col, justify="right")
     for r in bt["rows"]:
         t.add_row(
             str(r["approach"]),
@@ -1082,23 +1267,20 @@ def _print_fit(rep, doc: dict) -> None:
 
 
 def _predictions_table(rows: list[dict]):
-    from rich.table import Table
 
-    t = Table(
-        title="compute-optimal allocation, C = 6ND (80% bootstrap intervals; x data: C over "
+    t = _right_table(
+        "compute-optimal allocation, C = 6ND (80% bootstrap intervals; x data: C over "
         "the largest C fitted, * N_opt beyond the largest sampled N)",
-        title_justify="left",
+        (
+            "approach",
+            "C [FLOPs]",
+            "x data",
+            "N_opt [params]",
+            "D_opt [tokens]",
+            "D/N",
+            "loss [nats/token]",
+        ),
     )
-    for col in (
-        "approach",
-        "C [FLOPs]",
-        "x data",
-        "N_opt [params]",
-        "D_opt [tokens]",
-        "D/N",
-        "loss [nats/token]",
-    ):
-        t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
             str(r["approach"]),

@@ -88,6 +88,7 @@ class Results:
     # experiments (VARIANT_COLUMNS present in the input); repeats must agree on them
     variant: list[str] | None = None
     curves: Curves | None = None
+    unique_tokens: np.ndarray | None = None  # distinct tokens each run saw, when given
     irreducible_loss: float | None = None
     sweep_dir: Path | None = None
     # what the loss column is, for axis labels: a sweep's final validation loss, or a
@@ -136,6 +137,7 @@ class Results:
             run_id=[self.run_id[i] for i in idx],
             variant=None if self.variant is None else [self.variant[i] for i in idx],
             curves=curves,
+            unique_tokens=None if self.unique_tokens is None else self.unique_tokens[idx],
         )
 
 
@@ -351,6 +353,9 @@ def load_results(
     )
     distinct = [c for c in VARIANT_COLUMNS if c in columns]
     budget = float_column(table, "budget", table_path) if "budget" in columns else None
+    unique = (
+        float_column(table, "unique_tokens", table_path) if "unique_tokens" in columns else None
+    )
     sel = np.nonzero(keep)[0]
     flops_conv = "none given" if given_c is None else "as given"
     if "flops_convention" in columns and len(sel):
@@ -378,6 +383,7 @@ def load_results(
         excluded=excluded,
         duplicates=int(duplicates.sum()),
         variant=["|".join(str(table[c][i]) for c in distinct) for i in sel] if distinct else None,
+        unique_tokens=None if unique is None else unique[sel],
         irreducible_loss=irreducible,
         sweep_dir=sweep_dir,
         loss_name="final validation loss"
