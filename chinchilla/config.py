@@ -415,6 +415,12 @@ class DataConfig:
     next token copies the one L positions back); must be below model.seq_len."""
     copy_weight: float = 0.0
     """Synthetic: probability c of the long-range copy from position L + 1 on (0: off)."""
+    unique_tokens: int | None = None
+    """Cap the training data at this many unique tokens (the first ones of the training
+    split, whole chunks of seq_len + 1), repeated for as many epochs as a run needs: a
+    repeated-data experiment (Muennighoff et al. 2023). Each run records its
+    `unique_tokens` and `epochs`; `chinchilla fit --law data-constrained` fits them.
+    Unset: no cap (a corpus smaller than a run still repeats, and says so)."""
     val_tokens: int = 131072
     """Validation tokens. Synthetic: generated for validation. Text kinds (unless
     `val_fraction` is set): the documents with the smallest content hashes, as few as
@@ -456,6 +462,8 @@ class DataConfig:
             _fail("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         if self.workers is not None and self.workers < 1:
             _fail("data.workers", f"must be >= 1, got {self.workers}")
+        if self.unique_tokens is not None and self.unique_tokens < 1:
+            _fail("data.unique_tokens", f"must be >= 1, got {self.unique_tokens}")
         if self.tokenizer_sample_bytes < 1:
             _fail("data.tokenizer_sample_bytes", f"must be >= 1, got {self.tokenizer_sample_bytes}")
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
@@ -616,6 +624,12 @@ class Config:
                     f"prompt ({self.tasks.prompt_len}) + answer ({self.tasks.continue_k}) "
                     f"tokens exceed model.seq_len {self.model.seq_len}",
                 )
+        if self.data.unique_tokens is not None and self.data.unique_tokens < self.model.seq_len:
+            _fail(
+                "data.unique_tokens",
+                f"{self.data.unique_tokens:,} is less than one sequence "
+                f"(model.seq_len = {self.model.seq_len})",
+            )
         if sized and self.train.eval_tokens > self.data.val_tokens:
             _fail(
                 "train.eval_tokens",
@@ -639,6 +653,8 @@ class Config:
         """The data section less what changes only speed (data.workers): what run ids,
         fingerprints and data caches depend on."""
         d = {k: v for k, v in self.to_dict()["data"].items() if k != "workers"}
+        if d.get("unique_tokens") is None:  # identities from before the cap existed
+            d.pop("unique_tokens", None)
         if self.data.process == "markov":  # identities from before quanta existed
             for k in ("process", *QUANTA_KEYS):
                 d.pop(k)

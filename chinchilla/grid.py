@@ -64,6 +64,18 @@ class PlannedRun:
     trunk: str | None = None
     branch_step: int | None = None
     branches: tuple[tuple[int, str], ...] = ()
+    # the unique training tokens available to the run (data.unique_tokens, or a corpus
+    # smaller than the run); None: as many as it trains on
+    token_pool: int | None = None
+
+    @property
+    def unique_tokens(self) -> int:
+        """Distinct training tokens the run sees."""
+        return self.n_tokens if self.token_pool is None else min(self.n_tokens, self.token_pool)
+
+    @property
+    def epochs(self) -> float:
+        return self.n_tokens / self.unique_tokens
 
     @property
     def is_trunk(self) -> bool:
@@ -107,6 +119,8 @@ class PlannedRun:
             "tokens_per_param": self.n_tokens / self.n_params,
             "trunk": self.trunk,
             "branch_step": self.branch_step,
+            "unique_tokens": self.unique_tokens,
+            "epochs": self.epochs,
         }
 
 
@@ -517,6 +531,9 @@ def _make_run(
         flops_chinchilla=chinchilla_flops_per_token(shape) * n_tokens,
         horizon=horizon,
         hparams_from=source,
+        token_pool=None
+        if cfg.data.unique_tokens is None
+        else cfg.data.unique_tokens // shape.seq_len * shape.seq_len,
     )
 
 

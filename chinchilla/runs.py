@@ -159,11 +159,18 @@ def load_sweep_data(cfg: Config, out: Path, runs: list[PlannedRun]):
         f"{data.chunk}, vocabulary {data.vocab_size:,}",
         file=sys.stderr,
     )
-    if need > data.train_tokens:
+    if need > data.train_tokens and cfg.data.unique_tokens is not None:
+        print(
+            f"data.unique_tokens: runs repeat {data.train_tokens:,} unique tokens, up to "
+            f"{need / data.train_tokens:.1f} epochs (runs.parquet: unique_tokens, epochs; "
+            "fit them with --law data-constrained)",
+            file=sys.stderr,
+        )
+    elif need > data.train_tokens:
         print(
             f"warning: the largest run trains on {need:,} tokens, "
             f"{need / data.train_tokens:.1f} epochs of the training split; repeated data "
-            "bends scaling laws (Muennighoff et al. 2023)",
+            "bends scaling laws (Muennighoff et al. 2023; each run records its epochs)",
             file=sys.stderr,
         )
     return data

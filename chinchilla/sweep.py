@@ -12,6 +12,7 @@ Guarantees, whatever kills the process (SIGKILL included):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -249,6 +250,18 @@ def resolve_workers(cfg: Config, requested: int | None) -> tuple[int, str]:
     return 1, "CPU"
 
 
+def with_token_pool(q: Plan, todo: list[PlannedRun], available: int):
+    """The runs with the unique tokens the loaded training split allows: a corpus smaller
+    than a run (or than data.unique_tokens) repeats, and each run records it."""
+    if not any(r.n_tokens > available for r in q.runs):
+        return q, todo
+
+    def pooled(r: PlannedRun) -> PlannedRun:
+        return dataclasses.replace(r, token_pool=min(r.token_pool or available, available))
+
+    return dataclasses.replace(q, runs=[pooled(r) for r in q.runs]), [pooled(r) for r in todo]
+
+
 def _run_locked(cfg, out, p, force, live, workers, executor, address, runs) -> SweepSummary:
     wall0 = time.perf_counter()
     executor = executor or cfg.execution.executor
@@ -263,6 +276,7 @@ def _run_locked(cfg, out, p, force, live, workers, executor, address, runs) -> S
         if not todo:
             return
         data = load_sweep_data(cfg, out, q.runs)  # the cache, built once, before any worker
+        q, todo = with_token_pool(q, todo, data.train_tokens)
         backend = backend_for(
             cfg,
             out,

@@ -30,6 +30,7 @@ class TokenData:
     seq_len: int
     meta: dict[str, Any] = field(default_factory=dict)
     shuffle: bool = True  # permute chunks per epoch (corpora); synthetic data is i.i.d.
+    cap_chunks: int | None = None  # data.unique_tokens: train on the first chunks only
     _perm_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
     _fd: int | None = field(default=None, repr=False)
 
@@ -39,7 +40,8 @@ class TokenData:
 
     @property
     def n_train_chunks(self) -> int:
-        return len(self.train) // self.chunk
+        n = len(self.train) // self.chunk
+        return n if self.cap_chunks is None else min(n, self.cap_chunks)
 
     @property
     def n_val_chunks(self) -> int:
@@ -142,14 +144,31 @@ def load_data(
     corpus whose validation split holds fewer than `min_val_tokens` predicted tokens is
     refused before its training split is tokenized."""
     kind = cfg.data.kind
+    cap = cfg.data.unique_tokens
     if kind == "synthetic":
         from chinchilla.data.synthetic import load_synthetic
 
-        return load_synthetic(cfg, cache_root, min_train_tokens)
+        need = min_train_tokens if cap is None else min(min_train_tokens, cap)
+        return capped(load_synthetic(cfg, cache_root, need), cap)
     if kind == "tokens":
         from chinchilla.data.corpus import load_token_files
 
-        return load_token_files(cfg)
+        return capped(load_token_files(cfg), cap)
     from chinchilla.data.corpus import load_text_corpus
 
-    return load_text_corpus(cfg, min_val_tokens)
+    return capped(load_text_corpus(cfg, min_val_tokens), cap)
+
+
+def capped(data: TokenData, unique_tokens: int | None) -> TokenData:
+    """`data` trained on its first `unique_tokens` predicted tokens only (whole chunks),
+    repeated: a split holding fewer is refused, since the cap would not hold."""
+    if unique_tokens is None:
+        return data
+    chunks = unique_tokens // data.seq_len
+    if chunks > data.n_train_chunks:
+        raise UserError(
+            f"data.unique_tokens = {unique_tokens:,}: the training split holds only "
+            f"{data.train_tokens:,} predicted tokens"
+        )
+    data.cap_chunks = chunks
+    return data
