@@ -586,6 +586,7 @@ def fit(
             seed,
             out,
             as_json,
+            plots,
         )
         return
     if metric is not None:
@@ -637,7 +638,18 @@ def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json
 
 
 def _fit_data_constrained(
-    results, columns, n_convention, fix, unique, budgets, delta, bootstrap, seed, out, as_json
+    results,
+    columns,
+    n_convention,
+    fix,
+    unique,
+    budgets,
+    delta,
+    bootstrap,
+    seed,
+    out,
+    as_json,
+    plots,
 ) -> None:
     """`chinchilla fit --law data-constrained`: the law, its intervals, and the allocation
     of compute under a cap on unique tokens; exit 1 when the fit is not certified."""
@@ -699,7 +711,14 @@ def _fit_data_constrained(
         def write():
             target.mkdir(parents=True, exist_ok=True)
             text = json.dumps(doc, indent=1, default=_json_default)
-            return [atomic_text(target / "fit_data_constrained.json", text)]
+            written = [atomic_text(target / "fit_data_constrained.json", text)]
+            if plots:
+                from chinchilla.plots import save_constrained
+
+                span = [float(np.min(res.flops)), max(targets)]
+                args = (res.n_params, res.n_tokens, u, res.loss, cap, span, target)
+                written += save_constrained(fit, *args)
+            return written
 
         _write(target, write, as_json)
     if not fit.certified:

@@ -653,3 +653,71 @@ def save_tune(rep, out: Path) -> list[Path]:
     plot_tune_law(rep, "batch", right)
     written.append(_save(fig, out / "tune_laws.png"))
     return written
+
+
+def plot_epochs(fit, n, d, u, loss, ax: Axes | None = None) -> Axes:
+    """Loss against epochs D / U for each model size of the repeated-data runs: the
+    measured runs, the fitted data-constrained law through them, and (dashed) what the
+    base law gives for as many fresh tokens (Muennighoff et al. 2023, Fig. 3)."""
+    from chinchilla.console import si
+    from chinchilla.fit.parametric import parametric_loss
+
+    ax = _axes(ax)
+    n, d, u, loss = (np.asarray(v, float) for v in (n, d, u, loss))
+    reps = d > u * (1 + 1e-9)
+    # one cap of unique tokens: the one with the most repeated runs
+    caps, counts = np.unique(u[reps] if reps.any() else u, return_counts=True)
+    pool = float(caps[np.argmax(counts)])
+    at = np.isclose(u, pool, rtol=1e-9)
+    sizes = np.unique(n[at & reps] if (at & reps).any() else n[at])
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    base = [fit.base[k] for k in ("E", "A", "B", "alpha", "beta")]
+    for i, size in enumerate(sizes):
+        c = cmap(i / max(1, len(sizes) - 1))
+        sel = at & (n == size)
+        ep = d[sel] / u[sel]
+        ax.scatter(ep, loss[sel], color=c, s=18, zorder=3, label=f"N = {si(size, 3)}")
+        grid = np.geomspace(min(1.0, ep.min()), max(ep.max(), 2.0), 100)
+        ax.plot(grid, fit.loss(size, grid * pool, pool), color=c, lw=1.2)
+        ax.plot(grid, parametric_loss(size, grid * pool, *base), color=c, lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("epochs D / U (tokens trained on / unique tokens)")
+    ax.set_ylabel("loss [nats/token]")
+    ax.set_title(
+        f"U = {si(pool, 3)} unique tokens, R*_D = {fit.rd_star:.3g}\n"
+        "fitted law (solid), as many fresh tokens (dashed)",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def plot_allocation(fit, unique: float, flops, ax: Axes | None = None) -> Axes:
+    """The loss-minimising N against C, with and without the cap of `unique` tokens,
+    and the loss each reaches."""
+    ax = _axes(ax)
+    flops = np.geomspace(min(flops), max(flops), 40)
+    rows = [fit.allocate(float(c), unique) for c in flops]
+    n_cap = np.array([r["n_opt"] for r in rows])
+    n_inf = np.array([r["n_opt_unlimited"] for r in rows])
+    ax.plot(flops, n_cap, color="#d62728", label=f"N_opt, U = {unique:.3g} unique tokens")
+    ax.plot(flops, n_inf, color="#1f77b4", ls="--", label="N_opt, unlimited data")
+    ax.set_yscale("log")
+    _log_c_axis(ax, flops)
+    ax.set_xlabel("training compute C = 6ND, FLOPs")
+    ax.set_ylabel("parameters N")
+    twin = ax.twinx()
+    twin.plot(flops, [r["loss"] for r in rows], color="#d62728", lw=0.8, alpha=0.6)
+    twin.plot(flops, [r["loss_unlimited"] for r in rows], color="#1f77b4", lw=0.8, ls=":")
+    twin.set_ylabel("loss [nats/token] (thin lines)")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax.set_title("allocation with and without the data cap", fontsize=9)
+    return ax
+
+
+def save_constrained(fit, n, d, u, loss, unique: float, flops, out: Path) -> list[Path]:
+    """fit_epochs.png and fit_allocation.png of a data-constrained fit."""
+    out.mkdir(parents=True, exist_ok=True)
+    a = plot_epochs(fit, n, d, u, loss)
+    b = plot_allocation(fit, unique, flops)
+    return [_save(a.figure, out / "fit_epochs.png"), _save(b.figure, out / "fit_allocation.png")]
