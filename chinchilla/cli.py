@@ -732,8 +732,13 @@ def _constrained_lines(fit, res) -> list[str]:
     held = [k for k, v in fit.base_source.items() if v == "fixed"]
     lines = [
         f"{len(res)} runs from {res.source} (N: {res.n_convention}; D and unique tokens U as "
-        f"in the input; {fit.n_single} single-epoch rows at or below the compute-optimal "
-        "size for their tokens fit the base)",
+        "in the input; "
+        + (
+            "the base held with --fix)"
+            if len(held) == 5
+            else f"{fit.n_single} single-epoch rows at or below the compute-optimal size "
+            "for their tokens fit the base)"
+        ),
         f"data-constrained law (Muennighoff et al. 2023): L = E + A/N'^α + B/D'^β with "
         f"E={b['E']:.4g}{ci('E')} A={b['A']:.4g} B={b['B']:.4g} α={b['alpha']:.4f}{ci('alpha')} "
         f"β={b['beta']:.4f}{ci('beta')}" + (f" ({', '.join(held)} held)" if held else ""),
