@@ -209,7 +209,7 @@ def check_rows(n, d, u, loss, names: list[str]) -> None:
     if bad.any():
         i = int(np.nonzero(bad)[0][0])
         raise UserError(
-            f"unique_tokens must be positive and finite: {names[i]} holds {u[i]!r} "
+            f"unique_tokens must be positive and finite: {names[i]} holds {float(u[i])!r} "
             f"({int(bad.sum())} such rows)"
         )
     over = u > d * (1 + 1e-9)

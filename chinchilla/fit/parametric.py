@@ -451,13 +451,28 @@ def refit_starts(
 
 
 def refit_many(
-    fit: ParametricFit, n_params, n_tokens, loss, weights: np.ndarray, lower=None, upper=None
+    fit: ParametricFit,
+    n_params,
+    n_tokens,
+    loss,
+    weights: np.ndarray,
+    lower=None,
+    upper=None,
+    screen: bool = True,
 ) -> np.ndarray:
     """Refit for each row of `weights` (R, n) at once from `refit_starts`; `loss` is (n,)
-    or (R, n), one redrawn loss vector per resample. Returns (R, 5): each resample's best
-    certified theta, NaN where none was certified or an exponent is not positive."""
+    or (R, n), one redrawn loss vector per resample. `screen=False`: every resample from
+    the full fit's best theta alone. Redrawn losses keep every point of the design, so a
+    resample's optimum stays in the full fit's basin: on 40 designs of the coverage
+    study's held-out law (3-7 budgets, 200 resamples each) the 80% and 95% intervals of a
+    were the same to 2e-9 as with the screened starts, 1 of 8,000 refits differed, and
+    the refits took 1.5 s against 18.8 s. Returns (R, 5): each resample's best certified
+    theta, NaN where none was certified or an exponent is not positive."""
     x, y, z = np.log(n_params), np.log(n_tokens), np.log(loss)
-    per = refit_starts(fit, x, y, z, np.asarray(weights, float))
+    w = np.asarray(weights, float)
+    per = (
+        refit_starts(fit, x, y, z, w) if screen else np.broadcast_to(fit.theta, (w.shape[0], 1, 5))
+    )
     R, k = per.shape[0], per.shape[1]
     starts = per.reshape(R * k, 5)  # resample r uses rows r*k .. r*k + k-1
     W = np.repeat(weights, k, axis=0)

@@ -585,6 +585,7 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
         np.ones((opts.bootstrap, n)),
         lower=lower,
         upper=upper,
+        screen=False,  # redrawn losses keep the design: the full fit's optimum suffices
     )
     s = _parametric_samples(
         thetas,
