@@ -360,6 +360,41 @@ def _distinct(th, fv, best):
     return keep
 
 
+def _fit_base(n, d, loss, single, fixed, lower, upper, delta):
+    """Stage 1: (the base parameters, their ParametricFit or None when all are held, the
+    rows fitted). The base is fitted where the law reduces to it: single epoch, and no
+    excess parameters (N <= N_opt(D) under the base itself, found by refitting until the
+    rows stop changing, or cycle; at most 6 fits)."""
+    free = [k for k in BASE if k not in fixed]
+    if not free:
+        return dict(fixed), None, np.zeros(len(n), dtype=bool)
+    if single.sum() < MIN_SINGLE:
+        raise UserError(
+            f"{int(single.sum())} single-epoch rows (D <= unique tokens): the base law "
+            f"needs at least {MIN_SINGLE}, or hold it with --fix NAME=VALUE for each of "
+            f"{', '.join(free)}"
+        )
+    rows, seen, base_fit = single.copy(), [], None
+    for _ in range(6):
+        if rows.sum() < MIN_SINGLE:
+            raise UserError(
+                f"{int(rows.sum())} single-epoch rows at or below the compute-optimal "
+                f"size for their tokens: the base law needs at least {MIN_SINGLE}, or "
+                f"hold it with --fix NAME=VALUE for each of {', '.join(free)}"
+            )
+        ns, ds, ls = n[rows], d[rows], loss[rows]
+        starts = start_set("profile", ns, ds, ls, delta=delta, lower=lower, upper=upper)
+        if base_fit is not None:  # the last set's optima, and a few of the grid's
+            starts = np.vstack([base_fit.theta[None], base_fit.basins, starts[::10]])
+        base_fit = fit_parametric(ns, ds, ls, delta=delta, starts=starts, lower=lower, upper=upper)
+        seen.append(rows)
+        trial = _base_of(base_fit.theta) | fixed
+        rows = single & (n <= n_for_tokens(d, trial) * (1 + 1e-9))
+        if any(np.array_equal(rows, r) for r in seen):
+            break
+    return _base_of(base_fit.theta) | fixed, base_fit, seen[-1]
+
+
 def fit_constrained(
     n,
     d,
@@ -378,45 +413,8 @@ def fit_constrained(
     check_rows(n, d, u, loss, names)
     fixed = dict(fixed or {})
     single = d <= u * (1 + 1e-9)
-    free = [k for k in BASE if k not in fixed]
     lower, upper = _bounds_for(fixed)
-    base_fit = None
-    if free:
-        if single.sum() < MIN_SINGLE:
-            raise UserError(
-                f"{int(single.sum())} single-epoch rows (D <= unique tokens): the base law "
-                f"needs at least {MIN_SINGLE}, or hold it with --fix NAME=VALUE for each of "
-                f"{', '.join(free)}"
-            )
-        # the base is fitted where the law reduces to it: single epoch, and no excess
-        # parameters (N <= N_opt(D) under the base itself, found by refitting until the
-        # rows stop changing)
-        rows, seen = single.copy(), []
-        for _ in range(6):
-            if rows.sum() < MIN_SINGLE:
-                raise UserError(
-                    f"{int(rows.sum())} single-epoch rows at or below the compute-optimal "
-                    f"size for their tokens: the base law needs at least {MIN_SINGLE}, or "
-                    f"hold it with --fix NAME=VALUE for each of {', '.join(free)}"
-                )
-            ns, ds, ls = n[rows], d[rows], loss[rows]
-            starts = start_set("profile", ns, ds, ls, delta=delta, lower=lower, upper=upper)
-            if base_fit is not None:  # the last set's optima, and a few of the grid's
-                starts = np.vstack([base_fit.theta[None], base_fit.basins, starts[::10]])
-            base_fit = fit_parametric(
-                ns, ds, ls, delta=delta, starts=starts, lower=lower, upper=upper
-            )
-            trial = _base_of(base_fit.theta) | fixed
-            seen.append(rows)
-            rows = single & (n <= n_for_tokens(d, trial) * (1 + 1e-9))
-            if any(np.array_equal(rows, r) for r in seen):  # stable (or cycling): stop
-                rows = seen[-1]
-                break
-        base = _base_of(base_fit.theta)
-        base.update(fixed)  # exactly the held values
-    else:
-        base = dict(fixed)
-    base_rows = rows if free else np.zeros(len(n), dtype=bool)
+    base, base_fit, base_rows = _fit_base(n, d, loss, single, fixed, lower, upper, delta)
     source = {
         k: "fixed" if k in fixed else f"fitted on {int(base_rows.sum())} single-epoch rows"
         for k in BASE
