@@ -611,22 +611,31 @@ def fit(
         raise typer.Exit(1)
 
 
-def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest):
-    """`chinchilla fit` on the loss: read, fit, print, then write (a write that fails
-    cannot take the printed results with it)."""
+def _load_ok(results, n_convention, columns):
+    """The table's runs with status ok (one line and exit 2 when there are none)."""
     from chinchilla.fit.data import load_results
-    from chinchilla.fit.results import fit_all
-    from chinchilla.predict import default_budgets, predictions
 
     res = load_results(results, n_convention=n_convention, **columns)
     if len(res) == 0:
         raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
+    return res
+
+
+def _fit_loss(results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest):
+    """`chinchilla fit` on the loss: read, fit, print, then write (a write that fails
+    cannot take the printed results with it)."""
+    from chinchilla.fit.results import fit_all
+    from chinchilla.predict import default_budgets, predictions
+
+    res = _load_ok(results, n_convention, columns)
     target = out if out is not None else res.sweep_dir
     if backtest:
         _run_backtest(res, opts, backtest, target, as_json, plots)
         return None
     rep = fit_all(res, opts)
-    preds = predictions(rep, budgets or ([] if sizes else default_budgets(rep)), sizes)
+    preds = predictions(
+        rep, budgets or ([] if sizes else default_budgets(rep.results.flops)), sizes
+    )
     doc = rep.to_json() | {"predictions": preds}
     if as_json:
         print(json.dumps(doc, indent=1, default=_json_default))
@@ -657,12 +666,10 @@ def _fit_data_constrained(
 
     from chinchilla.files import atomic_text
     from chinchilla.fit.constrained import fit_constrained, parse_fixed
-    from chinchilla.fit.data import load_results
+    from chinchilla.predict import default_budgets
 
     fixed = parse_fixed(fix)
-    res = load_results(results, n_convention=n_convention, **columns)
-    if len(res) == 0:
-        raise UserError(f"{results}: no runs with status ok ({res.excluded or 'empty'})")
+    res = _load_ok(results, n_convention, columns)
     if res.unique_tokens is None:
         raise UserError(
             f"{results}: --law data-constrained needs a unique_tokens column (the distinct "
@@ -682,8 +689,7 @@ def _fit_data_constrained(
     u = res.unique_tokens
     repeated = res.n_tokens > u * (1 + 1e-9)
     cap = unique or float(np.max(u[repeated] if repeated.any() else u))
-    top = float(np.max(res.flops))
-    targets = budgets or [top * 10**k for k in range(4)]
+    targets = budgets or default_budgets(res.flops)
     alloc = [fit.allocate(c, cap) for c in targets]
     doc = {
         "n_points": len(res),

@@ -134,7 +134,7 @@ def predictions(rep: FitReport, budgets=(), model_sizes=()) -> list[dict[str, An
     return rows
 
 
-def default_budgets(rep: FitReport) -> list[float]:
-    """The largest budget seen, and 10x, 100x, 1000x beyond it (extrapolation)."""
-    top = float(np.max(rep.results.flops))
+def default_budgets(flops) -> list[float]:
+    """The largest compute `flops` holds, and 10x, 100x, 1000x beyond it (extrapolation)."""
+    top = float(np.max(flops))
     return [top * 10**k for k in range(4)]

@@ -594,8 +594,8 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
         f"intervals widened by t / normal quantiles on its {rep.outliers.residual_dof} "
         "degrees of freedom",
     )
-    estimates = _parametric_samples(fit.theta[None, :], "").values
-    s.widen = ({k: float(v[0]) for k, v in estimates.items()}, rep.outliers.residual_dof)
+    point = fit.as_dict()  # the estimates the widened arms are measured from
+    s.widen = ({k: float(point[k]) for k in s.values}, rep.outliers.residual_dof)
     return s
 
 
