@@ -124,18 +124,43 @@ def plan(
             "table fits 100 columns.",
         ),
     ] = False,
+    repetition: Annotated[
+        str | None,
+        typer.Option(
+            "--repetition",
+            help="What repeating data (data.unique_tokens) costs each run: R*_D, a number "
+            "(e.g. Muennighoff et al.'s C4 fit, 15.39: what the tokens are worth), or a "
+            "fit_data_constrained.json from `chinchilla fit --law data-constrained` (also "
+            "the cost in nats).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Lay out the grid of runs with exact parameter and FLOP counts, before training."""
     from chinchilla.grid import plan as make_plan
 
+    law = None
+    if repetition is not None:
+        from chinchilla.repetition import load as load_repetition
+
+        law = load_repetition(repetition)
     p = make_plan(_load(config, set_))
+    costs = None
+    if law is not None:
+        from chinchilla.repetition import for_runs
+
+        costs = for_runs(law, p.runs, p.config.grid.n_convention)
     rate_note = _measure_cpu_rate(p)
     if as_json:
         doc = p.to_json()
         doc["estimate_assumes"]["how"] = rate_note
+        if law is not None:
+            doc["repetition"] = law.as_dict()
+            for row, cost in zip(doc["runs"], costs, strict=True):
+                row.update(cost)
         print(json.dumps(doc, indent=1))
         return
-    _print_plan(p, wide, rate_note)
+    _print_plan(p, wide, rate_note, law, costs)
 
 
 def _measure_cpu_rate(p) -> str:
@@ -163,7 +188,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _print_plan(p, wide: bool = False, rate_note: str = "") -> None:
+def _print_plan(p, wide: bool = False, rate_note: str = "", law=None, costs=None) -> None:
     from rich import box
     from rich.table import Table
 
@@ -185,6 +210,8 @@ def _print_plan(p, wide: bool = False, rate_note: str = "") -> None:
         ("D", True),
         ("D/N", True),
         ("epochs", p.config.data.unique_tokens is not None),
+        ("worth", costs is not None),
+        ("cost", costs is not None and law.base is not None),
         ("d_model x layers", wide),
         ("heads", wide),
         ("d_ff", wide),
@@ -201,8 +228,9 @@ def _print_plan(p, wide: bool = False, rate_note: str = "") -> None:
     shown = [name for name, on in columns if on]
     for name in shown:
         t.add_column(name, justify="left" if name == "run_id" else "right", no_wrap=True)
-    for r in p.runs:
+    for i, r in enumerate(p.runs):
         micro, need, fits = p.memory(r)
+        cost = costs[i] if costs is not None else {}
         cells = {
             "run_id": r.run_id,
             "C": f"{r.budget:.3g}",
@@ -211,6 +239,10 @@ def _print_plan(p, wide: bool = False, rate_note: str = "") -> None:
             "D": console.si(r.n_tokens),
             "D/N": f"{r.n_tokens / r.n_params:.{1 if r.n_tokens < 100 * r.n_params else 0}f}",
             "epochs": f"{r.epochs:.3g}",
+            "worth": f"{cost['worth']:.0%}" if cost else "",
+            "cost": f"{cost['repetition_cost_nats']:.3f}"
+            if cost.get("repetition_cost_nats") is not None
+            else "",
             "d_model x layers": f"{r.shape.d_model}x{r.shape.n_layers}",
             "heads": str(r.shape.n_heads),
             "d_ff": str(r.shape.d_ff),
@@ -232,10 +264,40 @@ def _print_plan(p, wide: bool = False, rate_note: str = "") -> None:
         }
         t.add_row(*(cells[name] for name in shown))
     console.stdout.print(t)
-    _print_plan_notes(p, c_name, rate_note)
+    _print_plan_notes(p, c_name, rate_note, law, costs)
 
 
-def _print_plan_notes(p, c_name: str, rate_note: str = "") -> None:
+def _print_repetition_note(p, law, costs) -> None:
+    """What --repetition assumed and what it says about the plan's most repeated run."""
+    if p.config.data.unique_tokens is None:
+        console.stdout.print(
+            "repetition: no run repeats data (data.unique_tokens is unset; a corpus smaller "
+            "than a run is known only when the sweep reads it, and runs.parquet records "
+            "each run's epochs)"
+        )
+        return
+    i = max(range(len(p.runs)), key=lambda k: p.runs[k].epochs, default=None)
+    if i is None:
+        return
+    r, c = p.runs[i], costs[i]
+    what = (
+        f"repetition, from {law.source}: worth = D'/D, the share of a run's tokens worth "
+        f"fresh ones (R*_D = {law.rd_star:.3g}: the k-th repeat of a token is worth "
+        f"exp(-k / R*_D) of a fresh one)"
+    )
+    if law.base is not None:
+        what += (
+            "; cost = the fitted law's loss on the run's unique tokens minus the base law's "
+            f"on fresh ones, nats/token (R*_N = {law.rn_star:.3g} for excess parameters)"
+        )
+    what += (
+        f". The most repeated run, {r.run_id}, trains {r.epochs:.3g} epochs of "
+        f"{console.si(r.unique_tokens)} tokens, worth {c['worth'] * r.epochs:.3g} fresh epochs"
+    )
+    console.stdout.print(what)
+
+
+def _print_plan_notes(p, c_name: str, rate_note: str = "", law=None, costs=None) -> None:
     """The plan's lines under its table: trunks, totals, grid notes, warnings."""
     g = p.config.grid
     dev = p.config.device
@@ -284,6 +346,8 @@ def _print_plan_notes(p, c_name: str, rate_note: str = "") -> None:
             "the budgets before them predict, and any budget may gain up to "
             f"{p.config.grid.adaptive_extra} extra sizes to bracket its minimum"
         )
+    if law is not None:
+        _print_repetition_note(p, law, costs)
     for w in p.warnings:
         console.stderr.print(f"warning: {w}")
 
@@ -453,9 +517,11 @@ def _floats(text: str | None, option: str) -> list[float]:
 @_user_errors
 def fit(
     results: Annotated[
-        Path,
+        list[Path],
         typer.Argument(
-            help="A sweep directory, or a CSV / parquet table of runs.", show_default=False
+            help="A sweep directory, or a CSV / parquet table of runs (with --law "
+            "data-constrained: several, fitted as one table).",
+            show_default=False,
         ),
     ],
     as_json: JsonOpt = False,
@@ -572,6 +638,11 @@ def fit(
         raise UserError("--fix and --unique-tokens apply to --law data-constrained")
     if unique_tokens is not None and not unique_tokens > 0:
         raise UserError("--unique-tokens must be > 0")
+    if len(results) > 1 and law != "data-constrained":
+        raise UserError(
+            "several tables are fitted together only with --law data-constrained (a fresh "
+            "sweep and its repeated-data twins); give one sweep or table"
+        )
     if law == "data-constrained":
         columns = {"n_col": n_col, "d_col": d_col, "c_col": c_col, "loss_col": loss_col}
         _fit_data_constrained(
@@ -589,6 +660,7 @@ def fit(
             plots,
         )
         return
+    results = results[0]
     if metric is not None:
         _fit_metric(results, metric, budgets, bootstrap, seed, n_convention, out, as_json, plots)
         return
@@ -666,15 +738,20 @@ def _fit_data_constrained(
 
     from chinchilla.files import atomic_text
     from chinchilla.fit.constrained import fit_constrained, parse_fixed
+    from chinchilla.fit.data import fresh_unique_tokens, join_results
     from chinchilla.predict import default_budgets
 
     fixed = parse_fixed(fix)
-    res = _load_ok(results, n_convention, columns)
-    if res.unique_tokens is None:
-        raise UserError(
-            f"{results}: --law data-constrained needs a unique_tokens column (the distinct "
-            "tokens each run saw; epochs = D / unique_tokens)"
-        )
+    tables = []
+    for path in results:
+        res = fresh_unique_tokens(_load_ok(path, n_convention, columns))
+        if res.unique_tokens is None:
+            raise UserError(
+                f"{path}: --law data-constrained needs a unique_tokens column (the distinct "
+                "tokens each run saw; epochs = D / unique_tokens)"
+            )
+        tables.append(res)
+    res = join_results(tables)
     fit = fit_constrained(
         res.n_params,
         res.n_tokens,
@@ -702,6 +779,7 @@ def _fit_data_constrained(
         },
         "excluded": res.excluded,
         "duplicates_collapsed": res.duplicates,
+        "notes": res.notes,
         "data_constrained": fit.as_dict(),
         "allocation": alloc,
     }
@@ -762,8 +840,13 @@ def _constrained_lines(fit, res) -> list[str]:
             f"  note: another optimum within 0.2% of the objective: R*_N = {o['rn_star']:.3g}, "
             f"R*_D = {o['rd_star']:.3g} (objective {o['objective']:.6g})"
         )
+    for note in res.notes:
+        lines.append(f"note: {note}")
     if res.duplicates:
-        lines.append(f"warning: {res.duplicates} rows repeat an earlier row and were fitted once")
+        lines.append(
+            f"warning: {res.duplicates} row{'s' if res.duplicates > 1 else ''} repeat"
+            f"{'' if res.duplicates > 1 else 's'} an earlier row: fitted once"
+        )
     return lines
 
 

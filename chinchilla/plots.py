@@ -655,28 +655,42 @@ def save_tune(rep, out: Path) -> list[Path]:
     return written
 
 
-def plot_epochs(fit, n, d, u, loss, ax: Axes | None = None) -> Axes:
-    """Loss against epochs D / U for each model size of the repeated-data runs: the
-    measured runs, the fitted data-constrained law through them, and (dashed) what the
-    base law gives for as many fresh tokens (Muennighoff et al. 2023, Fig. 3)."""
+def epoch_caps(d, u, most: int = 3) -> list[float]:
+    """The caps of unique tokens with repeated runs, the `most` most populated, ascending."""
+    d, u = np.asarray(d, float), np.asarray(u, float)
+    reps = d > u * (1 + 1e-9)
+    caps, counts = np.unique(u[reps] if reps.any() else u, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:most]
+    return sorted(float(caps[i]) for i in order)
+
+
+def plot_epochs(fit, n, d, u, loss, pool: float | None = None, ax: Axes | None = None) -> Axes:
+    """Loss against epochs D / U for each model size of the runs repeating one cap of U
+    unique tokens (default: the cap with the most repeated runs): the measured runs
+    (filled), the same N and D on fresh tokens where the table has them (open), the
+    fitted data-constrained law through them, and (dashed) the law with as many fresh
+    tokens (Muennighoff et al. 2023, Fig. 3)."""
     from chinchilla.console import si
-    from chinchilla.fit.parametric import parametric_loss
 
     ax = _axes(ax)
     n, d, u, loss = (np.asarray(v, float) for v in (n, d, u, loss))
     reps = d > u * (1 + 1e-9)
-    # one cap of unique tokens: the one with the most repeated runs
-    caps, counts = np.unique(u[reps] if reps.any() else u, return_counts=True)
-    pool = float(caps[np.argmax(counts)])
+    pool = epoch_caps(d, u, 1)[0] if pool is None else pool
     at = np.isclose(u, pool, rtol=1e-9)
+    fresh = ~reps & (d > pool * (1 + 1e-9))  # single-epoch runs longer than the cap
     sizes = np.unique(n[at & reps] if (at & reps).any() else n[at])
     cmap = __import__("matplotlib").colormaps["viridis"]
     base = [fit.base[k] for k in ("E", "A", "B", "alpha", "beta")]
+    from chinchilla.fit.parametric import parametric_loss
+
     for i, size in enumerate(sizes):
         c = cmap(i / max(1, len(sizes) - 1))
         sel = at & (n == size)
         ep = d[sel] / u[sel]
         ax.scatter(ep, loss[sel], color=c, s=18, zorder=3, label=f"N = {si(size, 3)}")
+        tw = fresh & (n == size) & (d <= d[sel].max() * (1 + 1e-9))
+        if tw.any():
+            ax.scatter(d[tw] / pool, loss[tw], facecolors="none", edgecolors=c, s=22, zorder=3)
         grid = np.geomspace(min(1.0, ep.min()), max(ep.max(), 2.0), 100)
         ax.plot(grid, fit.loss(size, grid * pool, pool), color=c, lw=1.2)
         ax.plot(grid, parametric_loss(size, grid * pool, *base), color=c, lw=0.8, ls="--")
@@ -685,11 +699,22 @@ def plot_epochs(fit, n, d, u, loss, ax: Axes | None = None) -> Axes:
     ax.set_ylabel("loss [nats/token]")
     ax.set_title(
         f"U = {si(pool, 3)} unique tokens, R*_D = {fit.rd_star:.3g}\n"
-        "fitted law (solid), as many fresh tokens (dashed)",
-        fontsize=9,
+        "fitted law (solid), as many fresh tokens (dashed);\nruns: repeated (filled), "
+        "fresh where measured (open)",
+        fontsize=8,
     )
     ax.legend(fontsize=7, frameon=False)
     return ax
+
+
+def epochs_figure(fit, n, d, u, loss) -> Figure:
+    """One panel of `plot_epochs` per cap of unique tokens (at most three)."""
+    caps = epoch_caps(d, u)
+    fig = Figure(figsize=(5.2 * len(caps), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(caps), sharey=True, squeeze=False)[0]
+    for ax, cap in zip(axes, caps, strict=True):
+        plot_epochs(fit, n, d, u, loss, pool=cap, ax=ax)
+    return fig
 
 
 def plot_allocation(fit, unique: float, flops, ax: Axes | None = None) -> Axes:
@@ -718,6 +743,6 @@ def plot_allocation(fit, unique: float, flops, ax: Axes | None = None) -> Axes:
 def save_constrained(fit, n, d, u, loss, unique: float, flops, out: Path) -> list[Path]:
     """fit_epochs.png and fit_allocation.png of a data-constrained fit."""
     out.mkdir(parents=True, exist_ok=True)
-    a = plot_epochs(fit, n, d, u, loss)
+    a = epochs_figure(fit, n, d, u, loss)
     b = plot_allocation(fit, unique, flops)
-    return [_save(a.figure, out / "fit_epochs.png"), _save(b.figure, out / "fit_allocation.png")]
+    return [_save(a, out / "fit_epochs.png"), _save(b.figure, out / "fit_allocation.png")]

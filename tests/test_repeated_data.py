@@ -47,7 +47,7 @@ def test_the_cap_is_validated_and_leaves_uncapped_run_ids_alone(tmp_path):
     assert not {r.run_id for r in capped_plan.runs} & {r.run_id for r in plan(load_config(p)).runs}
 
 
-def test_a_capped_sweep_records_unique_tokens_and_epochs(tmp_path):
+def test_a_capped_sweep_records_unique_tokens_and_epochs(tmp_path, micro_sweep):
     p = tmp_path / "c.yaml"
     p.write_text(MICRO_YAML.replace("n_rules: 256}", "n_rules: 256, unique_tokens: 2000}"))
     r = runner.invoke(app, ["plan", str(p)])
@@ -70,3 +70,78 @@ def test_a_capped_sweep_records_unique_tokens_and_epochs(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["n_points"] == len(runs) and doc["data_constrained"]["rd_star"] > 0
     assert (out / "fit_data_constrained.json").exists()
+    # fitted with its fresh twin, an uncapped sweep recorded before unique_tokens existed:
+    # U = D there (a synthetic source), said; a capped run that never repeated is the
+    # same run as its fresh twin and counts once
+    import shutil
+
+    fresh = tmp_path / "fresh"
+    shutil.copytree(micro_sweep, fresh)
+    old = pd.read_parquet(fresh / "runs.parquet").drop(columns=["unique_tokens", "epochs"])
+    old.to_parquet(fresh / "runs.parquet")
+    fixes = ["--fix", "E=2.0", "--fix", "A=50", "--fix", "B=300", "--fix", "alpha=0.3",
+             "--fix", "beta=0.3"]  # fmt: skip
+    r = runner.invoke(
+        app, ["fit", str(fresh), str(out), "--law", "data-constrained", "--bootstrap", "0",
+              "--json", "--out", str(tmp_path / "joint"), *fixes],
+    )  # fmt: skip
+    assert r.exit_code in (0, 1), r.output
+    joint = json.loads(r.stdout)
+    twins = int((runs["epochs"] <= 1).sum())  # the capped runs that did not repeat
+    assert joint["n_points"] == len(old) + len(runs) - twins
+    assert joint["duplicates_collapsed"] == twins
+    assert any("U = D for 4 runs" in n for n in joint["notes"])
+    assert (tmp_path / "joint" / "fit_data_constrained.json").exists()
+    # several tables are a data-constrained fit only
+    r = runner.invoke(app, ["fit", str(fresh), str(out)])
+    assert r.exit_code == 2 and "several tables" in r.output
+
+
+def _paper_worth(epochs: float, rd: float) -> float:
+    """D'/D from Muennighoff et al.'s eq. 5, written out on its own: U = 1."""
+    import math
+
+    return (1 + rd * (1 - math.exp(-(epochs - 1) / rd))) / epochs
+
+
+def test_plan_estimates_what_repetition_costs_from_r_star_or_a_fitted_law(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(MICRO_YAML.replace("n_rules: 256}", "n_rules: 256, unique_tokens: 2000}"))
+    r = runner.invoke(app, ["plan", str(p), "--repetition", "15.39", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["repetition"]["rd_star"] == 15.39 and doc["repetition"]["base"] is None
+    for run in doc["runs"]:
+        assert run["worth"] == pytest.approx(_paper_worth(run["epochs"], 15.39), rel=1e-12)
+        assert run["repetition_cost_nats"] is None
+    assert min(run["worth"] for run in doc["runs"]) < 0.99  # some run repeats
+    # a fitted law: the cost in nats, against a float64 recomputation of both laws
+    base = {"E": 2.0, "A": 50.0, "B": 300.0, "alpha": 0.3, "beta": 0.35}
+    law = {**base, "rn_star": 5.0, "rd_star": 4.0}
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    (fit / "fit_data_constrained.json").write_text(
+        json.dumps({"conventions": {"n_params": "total"}, "data_constrained": law})
+    )
+    r = runner.invoke(app, ["plan", str(p), "--repetition", str(fit), "--json"])
+    assert r.exit_code == 0, r.output
+    a, b = base["alpha"], base["beta"]
+    g = (a * base["A"] / (b * base["B"])) ** (1 / (a + b))
+    for run in json.loads(r.stdout)["runs"]:
+        N, D, U = run["n_params"], run["n_tokens"], run["unique_tokens"]
+        dp = U * (1 + 4.0 * (1 - np.exp(-(D / U - 1) / 4.0)))
+        un = min(N, g * (g * U) ** (b / a))  # the base law's compute-optimal N for U tokens
+        n_p = un * (1 + 5.0 * (1 - np.exp(-(N / un - 1) / 5.0)))
+        want = (base["A"] / n_p**a + base["B"] / dp**b) - (base["A"] / N**a + base["B"] / D**b)
+        assert run["repetition_cost_nats"] == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert run["repetition_cost_nats"] >= 0
+    r = runner.invoke(app, ["plan", str(p), "--repetition", str(fit)])
+    assert r.exit_code == 0 and "cost" in r.output and "worth" in r.output
+    # a law of another N convention, a bad value, a file of something else: one line, 2
+    (fit / "fit_data_constrained.json").write_text(
+        json.dumps({"conventions": {"n_params": "nonembedding"}, "data_constrained": law})
+    )
+    for bad in (str(fit), "0", "nan", str(tmp_path / "missing.json"), str(p)):
+        r = runner.invoke(app, ["plan", str(p), "--repetition", bad])
+        assert r.exit_code == 2, (bad, r.output)
+        assert r.output.startswith("error: --repetition") and len(r.output.splitlines()) == 1

@@ -94,6 +94,7 @@ class Results:
     # what the loss column is, for axis labels: a sweep's final validation loss, or a
     # table's column as given
     loss_name: str = "loss"
+    notes: list[str] = field(default_factory=list)  # what reading the table assumed
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -393,6 +394,79 @@ def load_results(
     if sweep_dir is not None and (sweep_dir / layout.CURVES).exists():
         res.curves = _load_curves(sweep_dir, res, curve_loss)
     return res
+
+
+def fresh_unique_tokens(res: Results) -> Results:
+    """A sweep of a synthetic source, with no data.unique_tokens, trained every run on
+    fresh tokens: where its runs.parquet has no unique_tokens (sweeps recorded before the
+    column existed), U = D, said in `notes`. Anything else is left as read."""
+    from dataclasses import replace
+
+    if res.sweep_dir is None:
+        return res
+    u = res.unique_tokens
+    missing = np.ones(len(res), bool) if u is None else ~np.isfinite(u)
+    if not missing.any():
+        return res
+    try:
+        from chinchilla.sweep import sweep_config
+
+        data = sweep_config(res.sweep_dir).data
+    except UserError:
+        return res
+    if data.kind != "synthetic" or data.unique_tokens is not None:
+        return res
+    filled = res.n_tokens.copy() if u is None else np.where(missing, res.n_tokens, u)
+    note = (
+        f"{res.sweep_dir}: U = D for {int(missing.sum())} runs recorded without unique_tokens "
+        "(a synthetic source with no data.unique_tokens draws fresh tokens)"
+    )
+    return replace(res, unique_tokens=filled, notes=[*res.notes, note])
+
+
+def join_results(tables: list[Results]) -> Results:
+    """Several tables as one (the data-constrained fit of a fresh sweep and its
+    repeated-data twins). Rows equal in N, D, unique tokens and loss are one run read
+    twice (a capped run that never repeated is its fresh twin): kept once, counted."""
+    if len(tables) == 1:
+        return tables[0]
+    conv = {t.n_convention for t in tables}
+    if len(conv) > 1:
+        raise UserError(
+            "the tables count N differently (" + ", ".join(sorted(conv)) + "): one fit, one "
+            "convention (--n-convention)"
+        )
+    n = np.concatenate([t.n_params for t in tables])
+    d = np.concatenate([t.n_tokens for t in tables])
+    u = np.concatenate([t.unique_tokens for t in tables])
+    loss = np.concatenate([t.loss for t in tables])
+    ids = [r for t in tables for r in t.run_id]
+    seen: set = set()
+    keep = np.zeros(len(n), bool)
+    for i, key in enumerate(zip(n, d, u, loss, strict=True)):
+        if key not in seen:
+            seen.add(key)
+            keep[i] = True
+    excluded: dict[str, int] = {}
+    for t in tables:
+        for k, v in t.excluded.items():
+            excluded[k] = excluded.get(k, 0) + v
+    return Results(
+        n_params=n[keep],
+        n_tokens=d[keep],
+        flops=fit_compute(n[keep], d[keep]),
+        loss=loss[keep],
+        budget=None,
+        run_id=[r for r, k in zip(ids, keep, strict=True) if k],
+        source=" + ".join(t.source for t in tables),
+        n_convention=tables[0].n_convention,
+        flops_convention="6nd",
+        excluded=excluded,
+        duplicates=sum(t.duplicates for t in tables) + int((~keep).sum()),
+        unique_tokens=u[keep],
+        notes=[x for t in tables for x in t.notes],
+        loss_name=tables[0].loss_name,
+    )
 
 
 def fit_compute(n_params, n_tokens):
