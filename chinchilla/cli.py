@@ -607,6 +607,31 @@ def fit(
             "under (default: the largest U of the table's repeated-data rows).",
         ),
     ] = None,
+    curves: Annotated[
+        bool,
+        typer.Option(
+            "--curves",
+            help="Fit a loss-curve law (Tissue et al. 2024) per model size on the sweep's "
+            "logged curves and schedules, check it by predicting each size's longest run "
+            "from its others, and predict --horizon.",
+        ),
+    ] = False,
+    horizon: Annotated[
+        str | None,
+        typer.Option(
+            "--horizon",
+            help="With --curves: training tokens to predict every size's final loss at, "
+            "e.g. 1e6,4e6 (the sweep's schedule unless --schedule).",
+        ),
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option("--schedule", help="With --curves --horizon: cosine or wsd."),
+    ] = None,
+    decay_frac: Annotated[
+        float | None,
+        typer.Option("--decay-frac", help="With --schedule wsd: the decay's share of steps."),
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -661,6 +686,13 @@ def fit(
         )
         return
     results = results[0]
+    if (horizon or schedule or decay_frac is not None) and not curves:
+        raise UserError("--horizon, --schedule and --decay-frac apply to --curves")
+    if curves:
+        if metric is not None:
+            raise UserError("--curves and --metric are different fits: one at a time")
+        _fit_curves(results, horizon, schedule, decay_frac, out, as_json, plots)
+        return
     if metric is not None:
         _fit_metric(results, metric, budgets, bootstrap, seed, n_convention, out, as_json, plots)
         return
@@ -892,6 +924,14 @@ def _right_table(title: str, columns):
     return t
 
 
+def _column_table(title: str, columns: list[tuple[str, list[str]]]):
+    """A `_right_table` filled column by column: (name, cells) pairs of equal length."""
+    t = _right_table(title, [name for name, _ in columns])
+    for row in zip(*(cells for _, cells in columns), strict=True):
+        t.add_row(*row)
+    return t
+
+
 def _write(target: Path, write, as_json: bool) -> None:
     """Call `write()` (it returns the paths written) after the results were printed; a
     filesystem fault becomes one line, and the paths are listed."""
@@ -1032,6 +1072,125 @@ def _fit_metric(results: Path, name, budgets, bootstrap, seed, n_convention, out
         print(json.dumps(doc, indent=1, default=_json_default))
         return
     _print_metric(doc, table, written)
+
+
+def _fit_curves(results: Path, horizon, schedule, decay_frac, out, as_json, plots) -> None:
+    """`chinchilla fit SWEEP --curves`: print, then write curves.json and the figure."""
+    from chinchilla.files import atomic_text
+    from chinchilla.fit.curves import report
+
+    if not Path(results).is_dir():
+        raise UserError(f"--curves: {results} is not a sweep directory (curves.parquet)")
+    if schedule not in (None, "cosine", "wsd"):
+        raise UserError(f"--schedule: expected cosine or wsd, got {schedule!r}")
+    if decay_frac is not None and not 0 < decay_frac <= 1:
+        raise UserError(f"--decay-frac must be in (0, 1], got {decay_frac}")
+    horizons = _floats(horizon, "--horizon")
+    doc, fit, curves = report(Path(results), horizons, schedule, decay_frac)
+    if as_json:
+        print(json.dumps({"curves": doc}, indent=1, default=_json_default))
+    else:
+        _print_curves(doc)
+    target = out if out is not None else Path(results)
+
+    def write():
+        target.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"curves": doc}, indent=1, default=_json_default)
+        written = [atomic_text(target / "fit_curves.json", text)]
+        if plots:
+            from chinchilla.plots import save_curves
+
+            written.append(save_curves(fit, curves, doc, target / "fit_curves.png"))
+        return written
+
+    _write(target, write, as_json)
+
+
+def _print_curves(doc: dict) -> None:
+    si = console.si
+    out = console.stdout
+    n_runs = sum(len(z["runs"]) for z in doc["sizes"])
+    out.print(
+        f"loss-curve law {doc['form']}, on {n_runs} runs of {len(doc['sizes'])} sizes "
+        f"(N: total parameters; S1: summed learning rate; S2: annealing area, momentum "
+        f"λ = {doc['lambda']:g}); α = {doc['alpha']:.4g} and λ shared by every size, "
+        "L0, A, C per size (size = N, peak lr, batch)"
+    )
+    out.print(
+        _column_table(
+            "per size (rmse: of the training-loss interval means and of the evaluations, nats)",
+            [
+                ("N", [si(z["n_params"]) for z in doc["sizes"]]),
+                ("lr", [f"{z['lr']:.3g}" for z in doc["sizes"]]),
+                ("batch", [str(z["batch_size"]) for z in doc["sizes"]]),
+                ("runs", [str(len(z["runs"])) for z in doc["sizes"]]),
+                ("points", [str(z["points"]) for z in doc["sizes"]]),
+                ("L0", [f"{z['L0']:.4f}" for z in doc["sizes"]]),
+                ("A", [f"{z['A']:.4g}" for z in doc["sizes"]]),
+                ("C", [f"{z['C']:.4g}" for z in doc["sizes"]]),
+                ("rmse train", [f"{z['rmse_train']:.4f}" for z in doc["sizes"]]),
+                ("rmse eval", [f"{z['rmse_eval']:.4f}" for z in doc["sizes"]]),
+            ],
+        )
+    )
+    h = doc["holdout"]
+    if h:
+        out.print(
+            _column_table(
+                "hold-out: each size's longest horizon hidden, its final validation loss "
+                "predicted from the other runs (nats)",
+                [
+                    ("run_id", [x["run_id"] for x in h]),
+                    ("N", [si(x["n_params"]) for x in h]),
+                    ("D", [si(x["n_tokens"]) for x in h]),
+                    ("fitted on (steps)", [",".join(map(str, x["fitted_steps"])) for x in h]),
+                    ("steps", [str(x["steps"]) for x in h]),
+                    ("predicted", [f"{x['predicted']:.4f}" for x in h]),
+                    ("measured", [f"{x['measured']:.4f}" for x in h]),
+                    ("error", [f"{x['error']:+.4f}" for x in h]),
+                ],
+            )
+        )
+        noise = doc["seed_noise"]
+        said = (
+            f"seed noise: sd {noise['sd']:.4f} from {noise['groups']} groups of repeats "
+            f"(spread {noise['spread_min']:.4f}-{noise['spread_max']:.4f})"
+            if noise["sd"] is not None
+            else "no repeats measure the seed noise (grid.repeats)"
+        )
+        out.print(
+            f"hold-out: mean absolute error {doc['mae']:.4f} nats over {len(h)} runs "
+            f"(bias {doc['bias']:+.4f}, rms {doc['rmse']:.4f}); {said}"
+        )
+    else:
+        out.print("hold-out: no size has runs of two horizons; nothing to check")
+    if doc["predictions"]:
+        p = doc["predictions"]
+        out.print(
+            _column_table(
+                "predicted final loss (nats; ± the hold-out rms error, an empirical band)",
+                [
+                    ("N", [si(x["n_params"]) for x in p]),
+                    ("D", [si(x["tokens"]) for x in p]),
+                    ("steps", [str(x["steps"]) for x in p]),
+                    (
+                        "schedule",
+                        [
+                            x["schedule"]
+                            + (f" {x['decay_frac']:g}" if x["schedule"] == "wsd" else "")
+                            for x in p
+                        ],
+                    ),
+                    ("predicted", [f"{x['predicted']:.4f}" for x in p]),
+                    (
+                        "band",
+                        [console.interval_text(x["interval"], "{:.4f}").strip() for x in p],
+                    ),
+                ],
+            )
+        )
+    for rid, why in doc["left_out"].items():
+        console.stderr.print(f"warning: {rid} left out: {why}")
 
 
 def _print_metric(doc: dict, table, written) -> None:

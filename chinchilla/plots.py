@@ -10,6 +10,7 @@ decides where files go. `matplotlib.figure.Figure` is used (no pyplot state).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -746,3 +747,60 @@ def save_constrained(fit, n, d, u, loss, unique: float, flops, out: Path) -> lis
     a = epochs_figure(fit, n, d, u, loss)
     b = plot_allocation(fit, unique, flops)
     return [_save(a, out / "fit_epochs.png"), _save(b.figure, out / "fit_allocation.png")]
+
+
+def save_curves(fit, curves, doc: dict, path: Path) -> Path:
+    """fit_curves.png: one panel per model size, each run's logged training loss (thin)
+    and evaluations (dots), the fitted curve law along its schedule (dashed), and the
+    hold-out prediction of the size's longest run (a cross)."""
+    from chinchilla.console import si
+
+    groups: dict = {}
+    for c in curves:
+        groups.setdefault(c.group, []).append(c)
+    keys = sorted(groups)
+    ncol = min(4, len(keys))
+    nrow = -(-len(keys) // ncol)
+    fig = Figure(figsize=(3.6 * ncol, 3.0 * nrow + 0.6), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    held = {h["run_id"]: h for h in doc["holdout"]}
+    cmap = __import__("matplotlib").colormaps["plasma"]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        runs = sorted(groups[key], key=lambda c: c.steps)
+        law = fit.laws[key]
+        top = max(c.steps for c in runs)
+        for c in runs:
+            col = cmap(0.85 * math.log(c.steps) / math.log(max(top, 2)))
+            tok = c.n_tokens / c.steps  # tokens per step
+            ax.plot(c.train_end * tok, c.train_loss, color=col, lw=0.6, alpha=0.45)
+            ax.scatter(c.eval_step * tok, c.eval_loss, color=col, s=10, zorder=3)
+            s = np.unique(np.geomspace(c.warmup + 1, c.steps, 120).astype(int))
+            ax.plot(s * tok, law.loss_at(c.lrs, s), color=col, lw=1.1, ls="--")
+            if c.run_id in held:
+                ax.scatter(
+                    [c.n_tokens], [held[c.run_id]["predicted"]], marker="x", color="k", s=36,
+                    zorder=4,
+                )  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(__import__("matplotlib").ticker.NullFormatter())
+        many = "runs" if len(runs) > 1 else "run"
+        ax.set_title(f"N = {si(key[0], 3)}, lr {key[1]:.3g}, {len(runs)} {many}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        lows = [float(np.min(c.eval_loss)) for c in runs if len(c.eval_loss)]
+        lows += [held[c.run_id]["predicted"] for c in runs if c.run_id in held]
+        highs = [float(np.percentile(c.train_loss, 90)) for c in runs if len(c.train_loss)]
+        if lows and highs:
+            lo, hi = min(lows), max(highs)
+            ax.set_ylim(lo - 0.05 * (hi - lo) - 0.01, hi + 0.05 * (hi - lo))
+    for ax in axes.flat[len(keys) :]:
+        ax.set_visible(False)
+    fig.supxlabel("training tokens", fontsize=9)
+    fig.supylabel("loss [nats/token]", fontsize=9)
+    mae = doc.get("mae")
+    fig.suptitle(
+        f"loss-curve law (dashed, α = {doc['alpha']:.3g}, λ = {doc['lambda']:g}) over logged "
+        "training loss (lines) and evaluations (dots); x: the hold-out prediction of each "
+        "size's longest run" + (f", mean abs. error {mae:.3f} nats" if mae is not None else ""),
+        fontsize=9,
+    )
+    return _save(fig, path)

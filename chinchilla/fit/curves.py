@@ -1,0 +1,526 @@
+"""Loss-curve laws: a run's loss at every step from its learning-rate schedule.
+
+Tissue et al. 2024 ("Scaling Law with Learning Rate Annealing"):
+
+    L(s) = L0 + A * S1(s)^-alpha - C * S2(s)
+    S1(s) = sum of the learning rates of the first s steps         (forward area)
+    S2(s) = sum over steps i < s of m_i,  m_i = lam * m_(i-1) + max(eta_(i-1) - eta_i, 0)
+                                                                    (annealing area)
+
+fitted per model size (one recipe: size, peak learning rate and batch) on every logged
+point of every run of that size after its warm-up: the training losses (each the mean
+over its logging interval, so the law is averaged over the same steps) and the
+evaluations (the loss after s steps). The two kinds of point are weighted by the inverse
+of their own residual variance (two passes). For a given alpha the law is linear in
+(L0, A, C): bounded least squares (A, C >= 0) on a grid of alpha, refined by a bounded
+scalar search around the best grid point; lam is chosen from LAMBDAS the same way.
+
+Schedules are rebuilt from the sweep's config with the trainer's own `lr_at`, and
+checked against the learning rate logged at every logged step: a run whose rebuilt
+schedule disagrees is left out, with the reason.
+
+Hold-out check (`holdout`): per size with runs of at least two horizons, the runs of
+the longest horizon are hidden, the law fitted on the others, and the hidden runs'
+final evaluation losses predicted; the mean absolute error is reported next to the seed
+noise that repeated runs measure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from chinchilla import layout
+from chinchilla.errors import UserError
+
+LAMBDAS = (0.9, 0.99, 0.999)
+ALPHAS = np.geomspace(0.02, 4.0, 121)
+FORM = "L(s) = L0 + A S1^-alpha - C S2 (Tissue et al. 2024)"
+
+
+@dataclass
+class RunCurve:
+    """One run's schedule and logged losses."""
+
+    run_id: str
+    n_params: float
+    n_tokens: float
+    lr: float  # peak
+    batch_size: int
+    seed: int
+    lrs: np.ndarray  # the learning rate of each step, (steps,)
+    warmup: int
+    train_end: np.ndarray  # logged steps done (interval ends) with a training loss
+    train_start: np.ndarray  # the interval's first step
+    train_loss: np.ndarray
+    eval_step: np.ndarray
+    eval_loss: np.ndarray
+    final: float  # the final evaluation loss (runs.parquet `loss`)
+
+    @property
+    def steps(self) -> int:
+        return len(self.lrs)
+
+    @property
+    def group(self) -> tuple:
+        return (self.n_params, self.lr, self.batch_size)
+
+
+def areas(lrs: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """S1[s], S2[s] for s = 0..steps (state after s steps)."""
+    from scipy.signal import lfilter
+
+    lrs = np.asarray(lrs, float)
+    s1 = np.concatenate([[0.0], np.cumsum(lrs)])
+    drop = np.maximum(np.concatenate([[0.0], lrs[:-1] - lrs[1:]]), 0.0)  # at step i
+    m = lfilter([1.0], [1.0, -lam], drop)
+    s2 = np.concatenate([[0.0], np.cumsum(m)])
+    return s1, s2
+
+
+@dataclass
+class CurveLaw:
+    L0: float
+    A: float
+    alpha: float
+    C: float
+    lam: float
+    rmse_train: float
+    rmse_eval: float
+    n_points: int
+    runs: list[str] = field(default_factory=list)
+
+    def loss_at(self, lrs: np.ndarray, steps=None) -> np.ndarray:
+        """The law's loss after each of `steps` (default: the last) of schedule `lrs`."""
+        s1, s2 = areas(lrs, self.lam)
+        s = np.atleast_1d(len(lrs) if steps is None else np.asarray(steps))
+        with np.errstate(divide="ignore"):
+            return self.L0 + self.A * s1[s] ** -self.alpha - self.C * s2[s]
+
+    def final(self, lrs: np.ndarray) -> float:
+        return float(self.loss_at(lrs)[0])
+
+    def as_dict(self) -> dict:
+        return {
+            "L0": self.L0,
+            "A": self.A,
+            "alpha": self.alpha,
+            "C": self.C,
+            "lambda": self.lam,
+            "rmse_train": self.rmse_train,
+            "rmse_eval": self.rmse_eval,
+            "points": self.n_points,
+            "runs": self.runs,
+        }
+
+
+def _design(curves: list[RunCurve], lam: float):
+    """Per point: the kind (0 train, 1 eval), loss, and the intervals' S1 rows and S2."""
+    rows_s1, f2, y, kind = [], [], [], []
+    for c in curves:
+        s1, s2 = areas(c.lrs, lam)
+        for a, b, loss in zip(c.train_start, c.train_end, c.train_loss, strict=True):
+            rows_s1.append(s1[a:b])
+            f2.append(s2[a:b].mean())
+            y.append(loss)
+            kind.append(0)
+        for s, loss in zip(c.eval_step, c.eval_loss, strict=True):
+            rows_s1.append(s1[s : s + 1])
+            f2.append(s2[s])
+            y.append(loss)
+            kind.append(1)
+    # the S1 rows padded into one array for a vectorised mean of S1^-alpha
+    width = max(len(r) for r in rows_s1)
+    pad = np.full((len(rows_s1), width), np.nan)
+    for i, r in enumerate(rows_s1):
+        pad[i, : len(r)] = r
+    return pad, np.array(f2), np.array(y), np.array(kind)
+
+
+def _f1(pad, alphas):
+    """Mean of S1^-alpha over each point's steps, for every alpha: (len(alphas), n)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nanmean(pad[None, :, :] ** -np.asarray(alphas)[:, None, None], axis=2)
+
+
+def _solve_many(f1s, f2, y, w):
+    """Weighted least squares of y on (1, f1, -f2) for each row of f1s, with L0, A, C
+    >= 0: (sse per alpha, coefficients per alpha). Exact: the bounded optimum is the
+    unconstrained optimum on its own support, so every support of the three
+    coefficients is solved and the best feasible one kept."""
+    k = len(f1s)
+    X = np.stack([np.ones_like(f1s), f1s, np.broadcast_to(-f2, f1s.shape)], axis=2)  # k,n,3
+    scale = np.abs(X).max(axis=1)  # k,3: columns of unit size
+    scale[scale == 0] = 1.0
+    Xw = X / scale[:, None, :] * np.sqrt(w)[None, :, None]
+    yw = y * np.sqrt(w)
+    G = np.einsum("kni,knj->kij", Xw, Xw)
+    b = np.einsum("kni,n->ki", Xw, yw)
+    yy = float(yw @ yw)
+    best_sse = np.full(k, yy)  # the empty support: every coefficient 0
+    best = np.zeros((k, 3))
+    for support in ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)):
+        idx = np.array(support)
+        Gs = G[:, idx[:, None], idx[None, :]] + 1e-13 * np.eye(len(idx))
+        with np.errstate(all="ignore"):
+            c = np.linalg.solve(Gs, b[:, idx, None])[:, :, 0]
+        sse = yy - np.einsum("ki,ki->k", c, b[:, idx])
+        ok = np.all(np.isfinite(c) & (c >= 0), axis=1) & (sse < best_sse)
+        best_sse = np.where(ok, sse, best_sse)
+        full = np.zeros((k, 3))
+        full[:, idx] = c
+        best = np.where(ok[:, None], full, best)
+    coef = best / scale
+    r = y[None, :] - np.einsum("kni,ki->kn", X, coef)
+    return np.sum(w[None, :] * r * r, axis=1), coef
+
+
+@dataclass
+class _Design:
+    key: tuple
+    pad: np.ndarray
+    f2: np.ndarray
+    y: np.ndarray
+    kind: np.ndarray
+    w: np.ndarray
+
+
+def _reweight(designs: list[_Design], alpha: float, pooled: bool) -> None:
+    """Weights: the inverse residual variance of each kind of point (training interval
+    means, evaluations), pooled over the designs or per design."""
+    res = []
+    for d in designs:
+        _, coef = _solve_many(_f1(d.pad, [alpha]), d.f2, d.y, d.w)
+        res.append(d.y - (coef[0, 0] + coef[0, 1] * _f1(d.pad, [alpha])[0] - coef[0, 2] * d.f2))
+    for kind in (0, 1):
+        if pooled:
+            r = np.concatenate([r[d.kind == kind] for d, r in zip(designs, res, strict=True)])
+            if len(r) >= 2:
+                var = max(float(np.mean(r * r)), 1e-12)
+                for d in designs:
+                    d.w[d.kind == kind] = 1.0 / var
+        else:
+            for d, r in zip(designs, res, strict=True):
+                sel = d.kind == kind
+                if sel.sum() >= 2:
+                    d.w[sel] = 1.0 / max(float(np.mean(r[sel] ** 2)), 1e-12)
+
+
+def _best_alpha(designs: list[_Design]) -> tuple[float, float]:
+    """The alpha minimising the summed weighted SSE: grid, then bounded refinement."""
+    from scipy.optimize import minimize_scalar
+
+    def total(alphas):
+        return sum(_solve_many(_f1(d.pad, alphas), d.f2, d.y, d.w)[0] for d in designs)
+
+    sse = total(ALPHAS)
+    k = int(np.argmin(sse))
+    best = (float(sse[k]), float(ALPHAS[k]))
+    lo, hi = ALPHAS[max(k - 1, 0)], ALPHAS[min(k + 1, len(ALPHAS) - 1)]
+    opt = minimize_scalar(
+        lambda la: float(total([math.exp(la)])[0]),
+        bounds=(math.log(lo), math.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-7},
+    )
+    if opt.fun < best[0]:
+        best = (float(opt.fun), math.exp(opt.x))
+    return best
+
+
+@dataclass
+class CurveFit:
+    """Per size (L0, A, C) and, shared by every size (or per size, `shared` False),
+    alpha and lam."""
+
+    laws: dict  # group -> CurveLaw
+    shared: bool
+    form: str = FORM
+
+    def law(self, key: tuple) -> CurveLaw:
+        return self.laws[key]
+
+
+def fit_curves(curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS) -> CurveFit:
+    """The curve law of every size (n_params, peak lr, batch) on the given runs' points.
+    `shared`: one alpha and lam for all sizes (each still has its own L0, A, C), which
+    pins alpha where a size has only one or two schedules."""
+    groups: dict[tuple, list[RunCurve]] = {}
+    for c in curves:
+        groups.setdefault(c.group, []).append(c)
+    if not groups:
+        raise UserError("no runs to fit a curve law on")
+    sets = [sorted(groups)] if shared else [[k] for k in sorted(groups)]
+    laws = {}
+    for keys in sets:
+        best = None
+        for lam in lambdas:
+            designs = []
+            for key in keys:
+                pad, f2, y, kind = _design(groups[key], lam)
+                if len(y) < 5:
+                    raise UserError(
+                        f"size N={key[0]:.4g}: {len(y)} logged points after warm-up, too few "
+                        "for a curve law"
+                    )
+                designs.append(_Design(key, pad, f2, y, kind, np.ones_like(y)))
+            for _ in range(2):
+                _, alpha = _best_alpha(designs)
+                _reweight(designs, alpha, pooled=shared)
+            sse, alpha = _best_alpha(designs)
+            score = sse / sum(float(d.w.sum()) for d in designs)
+            if best is None or score < best[0]:
+                best = (score, lam, alpha, designs)
+        _, lam, alpha, designs = best
+        for d in designs:
+            f1 = _f1(d.pad, [alpha])
+            _, coef = _solve_many(f1, d.f2, d.y, d.w)
+            r = d.y - (coef[0, 0] + coef[0, 1] * f1[0] - coef[0, 2] * d.f2)
+            rm = [
+                float(np.sqrt(np.mean(r[d.kind == k] ** 2))) if (d.kind == k).any() else math.nan
+                for k in (0, 1)
+            ]
+            laws[d.key] = CurveLaw(
+                L0=float(coef[0, 0]),
+                A=float(coef[0, 1]),
+                alpha=float(alpha),
+                C=float(coef[0, 2]),
+                lam=lam,
+                rmse_train=rm[0],
+                rmse_eval=rm[1],
+                n_points=len(d.y),
+                runs=[c.run_id for c in groups[d.key]],
+            )
+    return CurveFit(laws=laws, shared=shared)
+
+
+# ------------------------------------------------------------------- reading sweeps
+
+
+def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
+    """The finished runs of a sweep with their rebuilt schedules and logged losses;
+    the runs left out, each with the reason; the sweep's config."""
+    from chinchilla.grid import plan as make_plan
+    from chinchilla.grid import warmup_steps
+    from chinchilla.store import load_table
+    from chinchilla.train import lr_at
+
+    cfg_path = sweep / "config.yaml"
+    if not cfg_path.is_file():
+        raise UserError(f"{sweep}: --curves needs a sweep directory (its config.yaml and curves)")
+    from chinchilla.sweep import sweep_config
+
+    cfg = sweep_config(sweep)
+    runs = load_table(sweep, layout.RUNS)
+    curves = load_table(sweep, layout.CURVES)
+    if runs.empty or curves.empty:
+        raise UserError(f"{sweep}: no finished runs with logged curves")
+    try:
+        planned = {r.run_id: r for r in make_plan(cfg).runs}
+    except UserError:
+        planned = {}
+    by_run = {rid: g.sort_values("step") for rid, g in curves.groupby("run_id")}
+    out, left = [], {}
+    for row in runs.itertuples(index=False):
+        rid = row.run_id
+        if row.status != "ok":
+            left[rid] = f"status {row.status}"
+            continue
+        if rid not in by_run:
+            left[rid] = "no logged curve"
+            continue
+        p = planned.get(rid)
+        steps, peak = int(row.steps), float(row.lr)
+        fixed = p.warmup if p is not None else None
+        stable = bool(p is not None and p.is_trunk)
+        lrs = np.array([lr_at(i, steps, peak, cfg, warmup=fixed, stable=stable)
+                        for i in range(steps)])  # fmt: skip
+        g = by_run[rid]
+        done = g["step"].to_numpy(int)
+        logged = g["lr"].to_numpy(float)
+        ok = (done >= 1) & (done <= steps)
+        if not np.allclose(lrs[done[ok] - 1], logged[ok], rtol=1e-6, atol=1e-12):
+            left[rid] = "its logged learning rates differ from the rebuilt schedule"
+            continue
+        warm = warmup_steps(steps, cfg, fixed)
+        starts = np.concatenate([[0], done[:-1]])
+        tl = g["train_loss"].to_numpy(float)
+        keep_t = np.isfinite(tl) & (starts >= max(warm, 1)) & (done <= steps)
+        el = g["eval_loss"].to_numpy(float)
+        keep_e = np.isfinite(el) & (done > warm) & (done <= steps)
+        out.append(
+            RunCurve(
+                run_id=rid,
+                n_params=float(row.n_params),
+                n_tokens=float(row.n_tokens),
+                lr=peak,
+                batch_size=int(row.batch_size),
+                seed=int(row.seed) if row.seed == row.seed else 0,
+                lrs=lrs,
+                warmup=warm,
+                train_end=done[keep_t],
+                train_start=starts[keep_t],
+                train_loss=tl[keep_t],
+                eval_step=done[keep_e],
+                eval_loss=el[keep_e],
+                final=float(row.loss),
+            )
+        )
+    return out, left, cfg
+
+
+# ------------------------------------------------------------------- the check
+
+
+def seed_noise(curves: list[RunCurve]) -> dict:
+    """Run-to-run noise of the final loss from runs that differ only in seed."""
+    groups: dict[tuple, list[float]] = {}
+    for c in curves:
+        groups.setdefault((*c.group, c.steps), []).append(c.final)
+    diffs, ss, dof = [], 0.0, 0
+    for v in groups.values():
+        if len(v) >= 2:
+            v = np.asarray(v)
+            ss += float(np.sum((v - v.mean()) ** 2))
+            dof += len(v) - 1
+            diffs.append(float(v.max() - v.min()))
+    return {
+        "sd": math.sqrt(ss / dof) if dof else None,
+        "dof": dof,
+        "spread_min": min(diffs) if diffs else None,
+        "spread_max": max(diffs) if diffs else None,
+        "groups": len(diffs),
+    }
+
+
+def holdout(curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS) -> list[dict]:
+    """Per size with at least two horizons: hide its longest-horizon runs, fit the law on
+    every other run (of every size, when alpha and lam are shared), and predict the
+    hidden runs' final losses."""
+    groups: dict[tuple, list[RunCurve]] = {}
+    for c in curves:
+        groups.setdefault(c.group, []).append(c)
+    out = []
+    for key in sorted(groups):
+        g = groups[key]
+        longest = max(c.steps for c in g)
+        hidden = [c for c in g if c.steps == longest]
+        seen = [c for c in g if c.steps < longest]
+        if not seen:
+            continue
+        hidden_ids = {c.run_id for c in hidden}
+        pool = [c for c in curves if c.run_id not in hidden_ids] if shared else seen
+        try:
+            law = fit_curves(pool, shared, lambdas).law(key)
+        except UserError:
+            continue
+        for c in hidden:
+            pred = law.final(c.lrs)
+            out.append(
+                {
+                    "run_id": c.run_id,
+                    "n_params": c.n_params,
+                    "n_tokens": c.n_tokens,
+                    "steps": c.steps,
+                    "fitted_on": [s.run_id for s in seen],
+                    "fitted_steps": sorted({s.steps for s in seen}),
+                    "predicted": pred,
+                    "measured": c.final,
+                    "error": pred - c.final,
+                }
+            )
+    return out
+
+
+# ------------------------------------------------------------------- the report
+
+
+def schedule_for(cfg, steps: int, peak: float, schedule: str | None, decay_frac: float | None):
+    """The learning rate of every step of a run of `steps` under the sweep's training
+    config, its schedule (cosine or wsd) and decay fraction optionally replaced."""
+    import dataclasses
+
+    from chinchilla.train import lr_at
+
+    t = cfg.train
+    if schedule is not None or decay_frac is not None:
+        t = dataclasses.replace(
+            t,
+            schedule=schedule or t.schedule,
+            decay_frac=t.decay_frac if decay_frac is None else decay_frac,
+        )
+        cfg = dataclasses.replace(cfg, train=t)
+    return np.array([lr_at(i, steps, peak, cfg) for i in range(steps)])
+
+
+def report(
+    sweep: Path,
+    horizons: list[float] | None = None,
+    schedule: str | None = None,
+    decay_frac: float | None = None,
+    check: bool = True,
+) -> tuple[dict, CurveFit, list[RunCurve]]:
+    """`chinchilla fit SWEEP --curves`: the laws, the hold-out check, and predictions
+    for the named horizons (tokens) under the sweep's (or the named) schedule."""
+    curves, left, cfg = read_sweep(sweep)
+    if not curves:
+        raise UserError(f"{sweep}: no run's curve could be read ({left})")
+    fit = fit_curves(curves)
+    held = holdout(curves) if check else []
+    err = np.array([h["error"] for h in held])
+    noise = seed_noise(curves)
+    rmse = float(np.sqrt(np.mean(err**2))) if len(err) else None
+    seq_len = cfg.model.seq_len
+    preds = []
+    for key, law in sorted(fit.laws.items()):
+        n, peak, batch = key
+        for tokens in horizons or []:
+            steps = max(1, round(tokens / (batch * seq_len)))
+            lrs = schedule_for(cfg, steps, peak, schedule, decay_frac)
+            p = law.final(lrs)
+            preds.append(
+                {
+                    "n_params": n,
+                    "lr": peak,
+                    "batch_size": batch,
+                    "tokens": steps * batch * seq_len,
+                    "steps": steps,
+                    "schedule": schedule or cfg.train.schedule,
+                    "decay_frac": decay_frac if decay_frac is not None else cfg.train.decay_frac,
+                    "predicted": p,
+                    "interval": None if rmse is None else [p - rmse, p + rmse],
+                }
+            )
+    one = next(iter(fit.laws.values()))
+    doc = {
+        "form": fit.form,
+        "source": str(sweep),
+        "conventions": {
+            "loss": "nats/token; training losses are means over their logging interval, "
+            "evaluations the loss after s steps",
+            "S1": "sum of the learning rates of the steps taken",
+            "S2": "sum of m_i, m_i = lambda m_(i-1) + max(eta_(i-1) - eta_i, 0)",
+            "n_params": "total parameters",
+            "tokens": "training tokens (steps x batch x seq_len)",
+        },
+        "shared": fit.shared,
+        "alpha": one.alpha,
+        "lambda": one.lam,
+        "sizes": [
+            {"n_params": k[0], "lr": k[1], "batch_size": k[2], **law.as_dict()}
+            for k, law in sorted(fit.laws.items())
+        ],
+        "holdout": held,
+        "mae": float(np.mean(np.abs(err))) if len(err) else None,
+        "bias": float(np.mean(err)) if len(err) else None,
+        "rmse": rmse,
+        "seed_noise": noise,
+        "left_out": left,
+        "predictions": preds,
+        "prediction_interval": "the prediction plus or minus the hold-out check's RMS error "
+        "(an empirical band, not a coverage-checked interval)",
+    }
+    return doc, fit, curves

@@ -1,0 +1,195 @@
+"""The loss-curve law (Tissue et al. 2024): planted truth, a scipy reference, schedules
+rebuilt from a sweep, and the CLI."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import lsq_linear, minimize_scalar
+from typer.testing import CliRunner
+
+from chinchilla.cli import app
+from chinchilla.fit import curves as cv
+
+runner = CliRunner()
+
+
+def _cosine(steps, peak=0.05, warm=0.05, floor=0.1):
+    """Warm-up then cosine to floor * peak, written out on its own (not lr_at)."""
+    w = max(1, round(warm * steps))
+    i = np.arange(steps)
+    prog = (i - w) / max(1, steps - w - 1)
+    lr = floor * peak + (1 - floor) * peak * 0.5 * (1 + np.cos(np.pi * np.minimum(prog, 1)))
+    return np.where(i < w, peak * (i + 1) / w, lr), w
+
+
+def _wsd(steps, peak=0.05, warm=0.05, decay=0.2, floor=0.1):
+    w = max(1, round(warm * steps))
+    start = steps - round(decay * steps)
+    i = np.arange(steps)
+    prog = np.clip((i - start) / max(1, steps - start - 1), 0, 1)
+    lr = np.where(i < start, peak, peak - (1 - floor) * peak * prog)
+    return np.where(i < w, peak * (i + 1) / w, lr), w
+
+
+def _truth(lrs, law, lam):
+    """The law after s steps, from plain loops (not cv.areas)."""
+    s1, s2, m, prev = [0.0], [0.0], 0.0, None
+    for eta in lrs:
+        drop = 0.0 if prev is None else max(prev - eta, 0.0)
+        m = lam * m + drop
+        s1.append(s1[-1] + eta)
+        s2.append(s2[-1] + m)
+        prev = eta
+    s1, s2 = np.array(s1), np.array(s2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return law["L0"] + law["A"] * s1 ** -law["alpha"] - law["C"] * s2
+
+
+def _run(rid, n, lrs, warm, law, lam, rng, sd_train=0.02, sd_eval=0.004, every=10, evals=6):
+    true = _truth(lrs, law, lam)
+    steps = len(lrs)
+    ends = np.arange(every, steps + 1, every)
+    if ends[-1] != steps:
+        ends = np.append(ends, steps)
+    starts = np.concatenate([[0], ends[:-1]])
+    train = np.array([true[a:b].mean() for a, b in zip(starts, ends, strict=True)])
+    ev = np.unique([max(1, round(steps * (k + 1) / evals)) for k in range(evals)])
+    keep_t, keep_e = starts >= warm, ev > warm
+    eval_loss = true[ev] + rng.normal(0, sd_eval, len(ev))
+    return cv.RunCurve(
+        run_id=rid,
+        n_params=n,
+        n_tokens=steps * 1024.0,
+        lr=float(lrs.max()),
+        batch_size=32,
+        seed=0,
+        lrs=lrs,
+        warmup=warm,
+        train_end=ends[keep_t],
+        train_start=starts[keep_t],
+        train_loss=train[keep_t] + rng.normal(0, sd_train, keep_t.sum()),
+        eval_step=ev[keep_e],
+        eval_loss=eval_loss[keep_e],
+        final=float(eval_loss[-1]),
+    )
+
+
+LAWS = {
+    1000.0: {"L0": 1.6, "A": 0.9, "alpha": 0.6, "C": 0.8},
+    4000.0: {"L0": 1.1, "A": 1.2, "alpha": 0.6, "C": 1.1},
+}
+
+
+def _planted(seed, lam=0.99):
+    rng = np.random.default_rng(seed)
+    runs = []
+    for n, law in LAWS.items():
+        for steps in (300, 1000, 3000):
+            lrs, w = _cosine(steps)
+            runs.append(_run(f"c{n:g}-{steps}", n, lrs, w, law, lam, rng))
+        lrs, w = _wsd(2000)
+        runs.append(_run(f"w{n:g}", n, lrs, w, law, lam, rng))
+    return runs
+
+
+def test_areas_are_the_papers_sums():
+    lrs, _ = _wsd(500)
+    law = {"L0": 0.0, "A": 0.0, "alpha": 1.0, "C": -1.0}  # the law is then S2 itself
+    for lam in (0.9, 0.999):
+        s1, s2 = cv.areas(lrs, lam)
+        assert np.allclose(s2[1:], _truth(lrs, law, lam)[1:], rtol=1e-12, atol=1e-15)
+        assert np.allclose(s1, np.concatenate([[0], np.cumsum(lrs)]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_curves_give_back_their_law(seed):
+    fit = cv.fit_curves(_planted(seed))
+    for (n, *_), law in fit.laws.items():
+        truth = LAWS[n]
+        assert law.lam == 0.99
+        assert law.alpha == pytest.approx(truth["alpha"], rel=0.08)
+        assert law.L0 == pytest.approx(truth["L0"], abs=0.02)
+        assert law.C == pytest.approx(truth["C"], rel=0.15)
+        assert law.rmse_eval < 0.008  # the eval noise is 0.004
+    # the longest cosine run of each size, hidden, is predicted within the noise
+    held = cv.holdout(_planted(seed))
+    assert len(held) == 2 and all(abs(h["error"]) < 0.015 for h in held)
+
+
+def test_the_solver_matches_scipy_and_no_alpha_does_better():
+    """Our exact active-set least squares against scipy's lsq_linear, and the fitted
+    alpha against a bounded scalar search of scipy's own solution."""
+    runs = [r for r in _planted(3) if r.n_params == 1000.0]
+    pad, f2, y, kind = cv._design(runs, 0.99)
+    w = np.where(kind == 1, 25.0, 1.0)
+    rng = np.random.default_rng(0)
+    for alpha in (0.05, 0.6, 2.5):  # small alpha: the bounds bind
+        for scale in (1.0, -1.0):  # a falling and a rising target: other supports
+            yy = y if scale > 0 else y.max() + 1 - y + rng.normal(0, 0.01, len(y))
+            sse, coef = cv._solve_many(cv._f1(pad, [alpha]), f2, yy, w)
+            X = np.column_stack([np.ones(len(y)), cv._f1(pad, [alpha])[0], -f2])
+            sw = np.sqrt(w)
+            ref = lsq_linear(X * sw[:, None], yy * sw, bounds=(0, np.inf), tol=1e-14)
+            ref_sse = float(np.sum(w * (yy - X @ ref.x) ** 2))
+            assert sse[0] <= ref_sse * (1 + 1e-7) + 1e-12
+            assert sse[0] == pytest.approx(ref_sse, rel=1e-5, abs=1e-10)
+
+    def scipy_sse(log_a):
+        X = np.column_stack([np.ones(len(y)), cv._f1(pad, [math.exp(log_a)])[0], -f2])
+        sw = np.sqrt(w)
+        x = lsq_linear(X * sw[:, None], y * sw, bounds=(0, np.inf), tol=1e-14).x
+        return float(np.sum(w * (y - X @ x) ** 2))
+
+    ref = min(
+        (minimize_scalar(scipy_sse, bounds=b, method="bounded") for b in [(-4, 0), (-1, 1.4)]),
+        key=lambda r: r.fun,
+    )
+    design = cv._Design((1000.0,), pad, f2, y, kind, w.copy())
+    ours, _ = cv._best_alpha([design])
+    assert ours <= ref.fun * (1 + 1e-6)
+
+
+def test_a_sweep_rebuilds_its_schedules_and_fits_from_the_cli(micro_sweep, tmp_path):
+    curves, left, _ = cv.read_sweep(micro_sweep)
+    assert not left and len(curves) == 4
+    for c in curves:
+        assert len(c.lrs) == c.steps and c.lrs.max() == pytest.approx(c.lr)
+    r = runner.invoke(
+        app, ["fit", str(micro_sweep), "--curves", "--json", "--horizon", "2e4",
+              "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)["curves"]
+    assert {"holdout", "mae", "sizes", "predictions", "seed_noise", "alpha"} <= set(doc)
+    assert all(h["measured"] > 0 and math.isfinite(h["predicted"]) for h in doc["holdout"])
+    assert len(doc["predictions"]) == len(doc["sizes"])
+    assert (tmp_path / "o" / "fit_curves.png").exists()
+    # a run whose logged learning rates are not its schedule's is left out, with why
+    bad = tmp_path / "bad"
+    shutil.copytree(micro_sweep, bad)
+    cur = pd.read_parquet(bad / "curves.parquet")
+    first = cur["run_id"].iloc[0]
+    cur.loc[cur["run_id"] == first, "lr"] *= 2
+    cur.to_parquet(bad / "curves.parquet")
+    (bad / "parts").exists() and shutil.rmtree(bad / "parts")
+    curves, left, _ = cv.read_sweep(bad)
+    assert first in left and "schedule" in left[first] and len(curves) == 3
+
+
+def test_bad_curve_options_give_one_line_and_exit_2(micro_sweep, tmp_path):
+    csv = tmp_path / "t.csv"
+    pd.read_parquet(micro_sweep / "runs.parquet").to_csv(csv, index=False)
+    for args in (
+        [str(csv), "--curves"],
+        [str(micro_sweep), "--horizon", "1e5"],
+        [str(micro_sweep), "--curves", "--schedule", "linear"],
+        [str(micro_sweep), "--curves", "--schedule", "wsd", "--decay-frac", "0"],
+        [str(micro_sweep), "--curves", "--horizon", "abc"],
+    ):
+        r = runner.invoke(app, ["fit", *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1
