@@ -455,11 +455,27 @@ def prepare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, as_json:
 def status(
     out: Annotated[Path, typer.Argument(help="Sweep directory.", show_default=False)],
     as_json: JsonOpt = False,
+    predict: Annotated[
+        bool,
+        typer.Option(
+            "--predict",
+            help="For runs in progress or interrupted: the final loss the loss-curve law "
+            "predicts from their last checkpoint and the finished runs of their size.",
+        ),
+    ] = False,
 ) -> None:
     """Show done, pending, running, interrupted, diverged and failed runs of a sweep."""
     from chinchilla.sweep import status as sweep_status
 
     st = sweep_status(out)
+    if predict:
+        from chinchilla.fit.curves import predict_in_progress
+
+        open_ids = [r["run_id"] for r in st["runs"] if r["status"] in ("running", "interrupted")]
+        found = predict_in_progress(out, open_ids) if open_ids else {}
+        for r in st["runs"]:
+            if r["run_id"] in found:
+                r["prediction"] = found[r["run_id"]]
     if as_json:
         print(json.dumps(st, indent=1))
         return
@@ -478,6 +494,7 @@ def status(
         "D [tokens]",
         "planned by",
         "worker",
+        *(["predicted final loss [nats]"] if predict else []),
     ):
         t.add_column(col)
     for r in st["runs"]:
@@ -489,8 +506,24 @@ def status(
             console.si(r["n_tokens"]),
             r["planned_by"],
             r["worker"] or "",
+            *([_prediction_cell(r.get("prediction"))] if predict else []),
         )
     console.stdout.print(t)
+    if predict:
+        console.stdout.print(
+            "predicted: the loss-curve law (Tissue et al. 2024) fitted on the run's last "
+            "checkpoint and the finished runs of its size, at its last step; the band is "
+            "the sweep's hold-out RMS error (chinchilla fit --curves), an empirical band"
+        )
+
+
+def _prediction_cell(p: dict | None) -> str:
+    if not p:
+        return ""
+    if "why" in p:
+        return p["why"]
+    band = console.interval_text(p["band"], "{:.3f}")
+    return f"{p['predicted']:.3f}{band} at step {p['step']}/{p['steps']}"
 
 
 # ----------------------------------------------------------------------------- fit
@@ -616,6 +649,14 @@ def fit(
             "from its others, and predict --horizon.",
         ),
     ] = False,
+    curve_law: Annotated[
+        str,
+        typer.Option(
+            "--curve-law",
+            help="With --curves: multi-power (Luo et al. 2025; the better predictor of "
+            "the demo's runs) or tissue (Tissue et al. 2024; faster).",
+        ),
+    ] = "multi-power",
     horizon: Annotated[
         str | None,
         typer.Option(
@@ -691,7 +732,7 @@ def fit(
     if curves:
         if metric is not None:
             raise UserError("--curves and --metric are different fits: one at a time")
-        _fit_curves(results, horizon, schedule, decay_frac, out, as_json, plots)
+        _fit_curves(results, curve_law, horizon, schedule, decay_frac, out, as_json, plots)
         return
     if metric is not None:
         _fit_metric(results, metric, budgets, bootstrap, seed, n_convention, out, as_json, plots)
@@ -1074,19 +1115,25 @@ def _fit_metric(results: Path, name, budgets, bootstrap, seed, n_convention, out
     _print_metric(doc, table, written)
 
 
-def _fit_curves(results: Path, horizon, schedule, decay_frac, out, as_json, plots) -> None:
+def _fit_curves(
+    results: Path, form: str, horizon, schedule, decay_frac, out, as_json, plots
+) -> None:
     """`chinchilla fit SWEEP --curves`: print, then write curves.json and the figure."""
     from chinchilla.files import atomic_text
     from chinchilla.fit.curves import report
 
     if not Path(results).is_dir():
         raise UserError(f"--curves: {results} is not a sweep directory (curves.parquet)")
+    from chinchilla.fit.curves import FORMS
+
+    if form not in FORMS:
+        raise UserError(f"--curve-law: expected {' or '.join(FORMS)}, got {form!r}")
     if schedule not in (None, "cosine", "wsd"):
         raise UserError(f"--schedule: expected cosine or wsd, got {schedule!r}")
     if decay_frac is not None and not 0 < decay_frac <= 1:
         raise UserError(f"--decay-frac must be in (0, 1], got {decay_frac}")
     horizons = _floats(horizon, "--horizon")
-    doc, fit, curves = report(Path(results), horizons, schedule, decay_frac)
+    doc, fit, curves = report(Path(results), horizons, schedule, decay_frac, form=form)
     if as_json:
         print(json.dumps({"curves": doc}, indent=1, default=_json_default))
     else:
@@ -1110,24 +1157,24 @@ def _print_curves(doc: dict) -> None:
     si = console.si
     out = console.stdout
     n_runs = sum(len(z["runs"]) for z in doc["sizes"])
+    shared = ", ".join(f"{k} = {v:.4g}" for k, v in doc["shared"].items())
     out.print(
         f"loss-curve law {doc['form']}, on {n_runs} runs of {len(doc['sizes'])} sizes "
-        f"(N: total parameters; S1: summed learning rate; S2: annealing area, momentum "
-        f"λ = {doc['lambda']:g}); α = {doc['alpha']:.4g} and λ shared by every size, "
-        "L0, A, C per size (size = N, peak lr, batch)"
+        f"(N: total parameters; S1: summed learning rate); shared by every size: {shared}; "
+        "the rest per size (size = N, peak lr, batch)"
     )
+    own = [k for k in doc["sizes"][0] if k not in ("n_params", "lr", "batch_size", "runs",
+                                                  "points", "rmse_train", "rmse_eval")]  # fmt: skip
     out.print(
         _column_table(
-            "per size (rmse: of the training-loss interval means and of the evaluations, nats)",
+            "per size (rmse: of the training points and of the evaluations, nats)",
             [
                 ("N", [si(z["n_params"]) for z in doc["sizes"]]),
                 ("lr", [f"{z['lr']:.3g}" for z in doc["sizes"]]),
                 ("batch", [str(z["batch_size"]) for z in doc["sizes"]]),
                 ("runs", [str(len(z["runs"])) for z in doc["sizes"]]),
                 ("points", [str(z["points"]) for z in doc["sizes"]]),
-                ("L0", [f"{z['L0']:.4f}" for z in doc["sizes"]]),
-                ("A", [f"{z['A']:.4g}" for z in doc["sizes"]]),
-                ("C", [f"{z['C']:.4g}" for z in doc["sizes"]]),
+                *((k, [f"{z[k]:.4g}" for z in doc["sizes"]]) for k in own),
                 ("rmse train", [f"{z['rmse_train']:.4f}" for z in doc["sizes"]]),
                 ("rmse eval", [f"{z['rmse_eval']:.4f}" for z in doc["sizes"]]),
             ],

@@ -797,8 +797,9 @@ def save_curves(fit, curves, doc: dict, path: Path) -> Path:
     fig.supxlabel("training tokens", fontsize=9)
     fig.supylabel("loss [nats/token]", fontsize=9)
     mae = doc.get("mae")
+    shared = ", ".join(f"{k} {v:.3g}" for k, v in doc["shared"].items())
     fig.suptitle(
-        f"loss-curve law (dashed, α = {doc['alpha']:.3g}, λ = {doc['lambda']:g}) over logged "
+        f"{doc['law']} loss-curve law (dashed; {shared}) over logged "
         "training loss (lines) and evaluations (dots); x: the hold-out prediction of each "
         "size's longest run" + (f", mean abs. error {mae:.3f} nats" if mae is not None else ""),
         fontsize=9,

@@ -297,6 +297,273 @@ def fit_curves(curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS) -> 
     return CurveFit(laws=laws, shared=shared)
 
 
+# ------------------------------------------------------------------- multi-power law
+
+MPL_FORM = (
+    "L(t) = L0 + A S1^-alpha - B sum_k (eta_(k-1) - eta_k) (1 - (C eta_k^-gamma S_k(t) + 1)"
+    "^-beta) (Luo et al. 2025)"
+)
+MPL_BLOCKS = 100  # each run's decay steps merged into at most this many blocks
+MPL_STARTS = ((0.5, 1.0, 0.5, 0.5), (0.5, 100.0, 0.5, 0.5))  # alpha, C, beta, gamma
+
+
+def _decay_blocks(lrs: np.ndarray, blocks: int = MPL_BLOCKS):
+    """The steps where the learning rate drops, merged into at most `blocks` blocks:
+    (summed drop, the drop-weighted step of each block, the rate there)."""
+    drop = np.concatenate([[0.0], lrs[:-1] - lrs[1:]])  # eta_(k-1) - eta_k at step k
+    ks = np.nonzero(drop > 0)[0]
+    d = drop[ks]
+    if len(ks) > blocks:
+        edges = np.linspace(0, len(ks), blocks + 1).round().astype(int)
+        sums = np.add.reduceat(d, edges[:-1])
+        where = np.add.reduceat(d * ks, edges[:-1]) / sums
+        d, ks = sums, np.rint(where).astype(int)
+    return d, ks, lrs[ks] if len(ks) else np.zeros(0)
+
+
+def _loss_drop(s1, blocks, steps, C, beta, gamma) -> np.ndarray:
+    """LD(t) / B at each of `steps`: the decay's summed, saturating benefit."""
+    d, ks, eta = blocks
+    steps = np.asarray(steps)
+    if len(ks) == 0:
+        return np.zeros(len(steps))
+    live = ks[None, :] < steps[:, None]
+    sk = np.maximum(s1[steps][:, None] - s1[ks][None, :], 0.0)  # eta summed over k..t-1
+    x = eta[None, :] ** -gamma * sk
+    return np.sum(np.where(live, d[None, :] * -np.expm1(-beta * np.log1p(C * x)), 0.0), axis=1)
+
+
+@dataclass
+class MultiPowerLaw:
+    """One size's multi-power law (Luo et al. 2025, eqs. 4-6); S1 sums the learning
+    rate from the first step, warm-up included (their S1 + S_W)."""
+
+    L0: float
+    A: float
+    B: float
+    alpha: float
+    C: float
+    beta: float
+    gamma: float
+    rmse_train: float
+    rmse_eval: float
+    n_points: int
+    runs: list[str] = field(default_factory=list)
+
+    def loss_at(self, lrs: np.ndarray, steps=None) -> np.ndarray:
+        lrs = np.asarray(lrs, float)
+        s1 = np.concatenate([[0.0], np.cumsum(lrs)])
+        s = np.atleast_1d(len(lrs) if steps is None else np.asarray(steps))
+        ld = _loss_drop(s1, _decay_blocks(lrs), s, self.C, self.beta, self.gamma)
+        with np.errstate(divide="ignore"):
+            return self.L0 + self.A * s1[s] ** -self.alpha - self.B * ld
+
+    def final(self, lrs: np.ndarray) -> float:
+        return float(self.loss_at(lrs)[0])
+
+    def as_dict(self) -> dict:
+        return {
+            "L0": self.L0,
+            "A": self.A,
+            "B": self.B,
+            "alpha": self.alpha,
+            "C": self.C,
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "rmse_train": self.rmse_train,
+            "rmse_eval": self.rmse_eval,
+            "points": self.n_points,
+            "runs": self.runs,
+        }
+
+
+def _solve3(X, y, w):
+    """Bounded (>= 0) weighted least squares on three columns, exactly: every support of
+    the coefficients solved (normal equations of unit-scaled columns), the best feasible
+    kept. (sse, coefficients)."""
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    Xs = X / scale
+    G = Xs.T @ (Xs * w[:, None])
+    b = Xs.T @ (w * y)
+    yy = float(np.sum(w * y * y))
+    best, coef = yy, np.zeros(3)
+    for support in ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)):
+        idx = list(support)
+        try:
+            c = np.linalg.solve(G[np.ix_(idx, idx)] + 1e-13 * np.eye(len(idx)), b[idx])
+        except np.linalg.LinAlgError:
+            continue
+        sse = yy - float(c @ b[idx])
+        if np.all(c >= 0) and sse < best:
+            best = sse
+            coef = np.zeros(3)
+            coef[idx] = c
+    coef = coef / scale
+    r = y - X @ coef
+    return float(np.sum(w * r * r)), coef
+
+
+@dataclass
+class _MplGroup:
+    """One size's points, with what the decay term needs precomputed: per point, the
+    learning rate summed from each decay block to the point (0 past the point), the
+    blocks' drops and log rates (padded to MPL_BLOCKS columns with zero drops)."""
+
+    key: tuple
+    s1: np.ndarray  # S1 at each point
+    sk: np.ndarray  # (points, blocks)
+    run: np.ndarray  # (points,) each point's run: a row of `drop` and `log_eta`
+    drop: np.ndarray  # (runs, blocks)
+    log_eta: np.ndarray  # (runs, blocks)
+    y: np.ndarray
+    kind: np.ndarray
+    w: np.ndarray
+
+    def columns(self, alpha, C, beta, gamma) -> np.ndarray:
+        x = self.sk * np.exp(-gamma * self.log_eta)[self.run]
+        ld = np.sum(self.drop[self.run] * -np.expm1(-beta * np.log1p(C * x)), axis=1)
+        return np.column_stack([np.ones_like(self.s1), self.s1**-alpha, -ld])
+
+
+def _mpl_groups(curves: list[RunCurve]) -> list[_MplGroup]:
+    by: dict[tuple, list[RunCurve]] = {}
+    for c in curves:
+        by.setdefault(c.group, []).append(c)
+    out = []
+    for key in sorted(by):
+        parts = {k: [] for k in ("s1", "sk", "run", "drop", "log_eta", "y", "kind")}
+        for i, c in enumerate(by[key]):
+            s1 = np.concatenate([[0.0], np.cumsum(c.lrs)])
+            t = np.concatenate([c.train_end, c.eval_step]).astype(int)
+            d, ks, eta = _decay_blocks(c.lrs)
+            pad = MPL_BLOCKS - len(ks)
+            sk = np.maximum(s1[t][:, None] - s1[ks][None, :], 0.0)
+            parts["s1"].append(s1[t])
+            parts["sk"].append(np.pad(sk, ((0, 0), (0, pad))))
+            parts["run"].append(np.full(len(t), i))
+            parts["drop"].append(np.pad(d, (0, pad)))
+            parts["log_eta"].append(np.log(np.pad(eta, (0, pad), constant_values=1.0)))
+            parts["y"].append(np.concatenate([c.train_loss, c.eval_loss]))
+            parts["kind"].append(
+                np.concatenate([np.zeros(len(c.train_end)), np.ones(len(c.eval_step))])
+            )
+        y = np.concatenate(parts["y"])
+        if len(y) < 5:
+            raise UserError(
+                f"size N={key[0]:.4g}: {len(y)} logged points after warm-up, too few for a "
+                "curve law"
+            )
+        out.append(
+            _MplGroup(
+                key,
+                np.concatenate(parts["s1"]),
+                np.concatenate(parts["sk"]),
+                np.concatenate(parts["run"]),
+                np.stack(parts["drop"]),
+                np.stack(parts["log_eta"]),
+                y,
+                np.concatenate(parts["kind"]),
+                np.ones_like(y),
+            )
+        )
+    return out
+
+
+# the search box of (log alpha, log C beta, log beta, gamma)
+MPL_BOUNDS = ((-7.0, 3.0), (-35.0, 10.0), (-7.0, 7.0), (-3.0, 5.0))
+MPL_METHOD = "L-BFGS-B"  # Nelder-Mead reaches the same optimum on the demo, 2.5x slower
+
+
+def _search(f, x0):
+    """A local search of the shape parameters from x0."""
+    from scipy.optimize import minimize
+
+    if MPL_METHOD == "L-BFGS-B":
+        x0 = np.clip(x0, [b[0] for b in MPL_BOUNDS], [b[1] for b in MPL_BOUNDS])
+        return minimize(f, x0, method="L-BFGS-B", bounds=MPL_BOUNDS,
+                        options={"eps": 1e-7, "ftol": 1e-12})  # fmt: skip
+    return minimize(f, x0, method="Nelder-Mead",
+                    options={"maxiter": 400, "xatol": 1e-4, "fatol": 1e-10})  # fmt: skip
+
+
+def fit_multipower(curves: list[RunCurve]) -> CurveFit:
+    """The multi-power law of every size: (L0, A, B) >= 0 per size, exactly, for each
+    (alpha, C, beta, gamma), shared by the sizes and searched by L-BFGS-B from
+    MPL_STARTS; the training points are read at their interval's last step. Weights:
+    each kind of point's inverse residual variance, pooled over sizes (two passes)."""
+
+    if not curves:
+        raise UserError("no runs to fit a curve law on")
+    groups = _mpl_groups(curves)
+
+    def unpack(theta):
+        """alpha, C, beta, gamma from (log alpha, log (C beta), log beta, gamma): the
+        product C beta sets the decay term's initial slope; as beta grows the term tends
+        to 1 - exp(-C beta x), so beta is held within [e^-7, e^7]."""
+        beta = math.exp(float(np.clip(theta[2], -7.0, 7.0)))
+        return math.exp(theta[0]), math.exp(theta[1]) / beta, beta, float(theta[3])
+
+    def total(theta):
+        try:
+            p = unpack(theta)
+        except OverflowError:
+            return 1e30
+        with np.errstate(all="ignore"):
+            sse = sum(_solve3(g.columns(*p), g.y, g.w)[0] for g in groups)
+        return sse if np.isfinite(sse) else 1e30  # finite: the gradient is by differences
+
+    starts = [np.array([math.log(a), math.log(c * b), math.log(b), g]) for a, c, b, g in MPL_STARTS]
+    best = None
+    for _ in range(2):
+        tries = [best.x] if best is not None else starts
+        best = min((_search(total, s) for s in tries), key=lambda r: r.fun)
+        p = unpack(best.x)
+        res = {0: [], 1: []}
+        for g in groups:
+            X = g.columns(*p)
+            r = g.y - X @ _solve3(X, g.y, g.w)[1]
+            for k in (0, 1):
+                res[k].append(r[g.kind == k])
+        for k in (0, 1):
+            r = np.concatenate(res[k])
+            if len(r) >= 2:
+                var = max(float(np.mean(r * r)), 1e-12)
+                for g in groups:
+                    g.w[g.kind == k] = 1.0 / var
+    best = _search(total, best.x)
+    alpha, C, beta, gamma = unpack(best.x)
+    laws = {}
+    by = {}
+    for c in curves:
+        by.setdefault(c.group, []).append(c.run_id)
+    for g in groups:
+        X = g.columns(alpha, C, beta, gamma)
+        coef = _solve3(X, g.y, g.w)[1]
+        r = g.y - X @ coef
+        rm = [float(np.sqrt(np.mean(r[g.kind == k] ** 2))) if (g.kind == k).any() else math.nan
+              for k in (0, 1)]  # fmt: skip
+        laws[g.key] = MultiPowerLaw(
+            L0=float(coef[0]), A=float(coef[1]), B=float(coef[2]), alpha=alpha, C=C,
+            beta=beta, gamma=gamma, rmse_train=rm[0], rmse_eval=rm[1], n_points=len(g.y),
+            runs=by[g.key],
+        )  # fmt: skip
+    return CurveFit(laws=laws, shared=True, form=MPL_FORM)
+
+
+FORMS = ("multi-power", "tissue")
+
+
+def fit_form(curves: list[RunCurve], form: str = "multi-power") -> CurveFit:
+    """The curve law of the named form, alpha (and the form's other shape parameters)
+    shared by every size."""
+    if form == "multi-power":
+        return fit_multipower(curves)
+    if form == "tissue":
+        return fit_curves(curves)
+    raise UserError(f"--curve-law: expected {' or '.join(FORMS)}, got {form!r}")
+
+
 # ------------------------------------------------------------------- reading sweeps
 
 
@@ -396,7 +663,9 @@ def seed_noise(curves: list[RunCurve]) -> dict:
     }
 
 
-def holdout(curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS) -> list[dict]:
+def holdout(
+    curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS, form: str = "tissue"
+) -> list[dict]:
     """Per size with at least two horizons: hide its longest-horizon runs, fit the law on
     every other run (of every size, when alpha and lam are shared), and predict the
     hidden runs' final losses."""
@@ -414,7 +683,8 @@ def holdout(curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS) -> lis
         hidden_ids = {c.run_id for c in hidden}
         pool = [c for c in curves if c.run_id not in hidden_ids] if shared else seen
         try:
-            law = fit_curves(pool, shared, lambdas).law(key)
+            fit = fit_curves(pool, shared, lambdas) if form == "tissue" else fit_form(pool, form)
+            law = fit.law(key)
         except UserError:
             continue
         for c in hidden:
@@ -462,14 +732,15 @@ def report(
     schedule: str | None = None,
     decay_frac: float | None = None,
     check: bool = True,
+    form: str = "multi-power",
 ) -> tuple[dict, CurveFit, list[RunCurve]]:
     """`chinchilla fit SWEEP --curves`: the laws, the hold-out check, and predictions
     for the named horizons (tokens) under the sweep's (or the named) schedule."""
     curves, left, cfg = read_sweep(sweep)
     if not curves:
         raise UserError(f"{sweep}: no run's curve could be read ({left})")
-    fit = fit_curves(curves)
-    held = holdout(curves) if check else []
+    fit = fit_form(curves, form)
+    held = holdout(curves, form=form) if check else []
     err = np.array([h["error"] for h in held])
     noise = seed_noise(curves)
     rmse = float(np.sqrt(np.mean(err**2))) if len(err) else None
@@ -494,23 +765,32 @@ def report(
                     "interval": None if rmse is None else [p - rmse, p + rmse],
                 }
             )
-    one = next(iter(fit.laws.values()))
+    one = next(iter(fit.laws.values())).as_dict()
+    shape = ("alpha", "lambda") if form == "tissue" else ("alpha", "C", "beta", "gamma")
     doc = {
+        "law": form,
         "form": fit.form,
         "source": str(sweep),
         "conventions": {
             "loss": "nats/token; training losses are means over their logging interval, "
             "evaluations the loss after s steps",
-            "S1": "sum of the learning rates of the steps taken",
-            "S2": "sum of m_i, m_i = lambda m_(i-1) + max(eta_(i-1) - eta_i, 0)",
+            "S1": "sum of the learning rates of the steps taken, warm-up included",
+            "S2": "tissue: sum of m_i, m_i = lambda m_(i-1) + max(eta_(i-1) - eta_i, 0)",
+            "S_k(t)": "multi-power: sum of the learning rates of steps k..t-1; the decay's "
+            f"steps merged into at most {MPL_BLOCKS} blocks per run",
+            "points": "tissue: training-loss interval means; multi-power: each interval's "
+            "mean read at its last step; both: evaluations, after warm-up",
             "n_params": "total parameters",
             "tokens": "training tokens (steps x batch x seq_len)",
         },
-        "shared": fit.shared,
-        "alpha": one.alpha,
-        "lambda": one.lam,
+        "shared": {k: one[k] for k in shape},
         "sizes": [
-            {"n_params": k[0], "lr": k[1], "batch_size": k[2], **law.as_dict()}
+            {
+                "n_params": k[0],
+                "lr": k[1],
+                "batch_size": k[2],
+                **{name: v for name, v in law.as_dict().items() if name not in shape},
+            }
             for k, law in sorted(fit.laws.items())
         ],
         "holdout": held,
@@ -524,3 +804,115 @@ def report(
         "(an empirical band, not a coverage-checked interval)",
     }
     return doc, fit, curves
+
+
+# ------------------------------------------------------------------- runs in progress
+
+
+def _partial(run, cfg, state: dict) -> RunCurve | None:
+    """A run in progress as a RunCurve: its full schedule, the points of its checkpoint."""
+    from chinchilla.grid import warmup_steps
+    from chinchilla.train import lr_at
+
+    rows = [r for r in state.get("curve", []) if 1 <= int(r.get("step", 0)) <= run.steps]
+    if not rows:
+        return None
+    lrs = np.array(
+        [
+            lr_at(i, run.steps, run.lr, cfg, warmup=run.warmup, stable=run.is_trunk)
+            for i in range(run.steps)
+        ]
+    )
+    warm = warmup_steps(run.steps, cfg, run.warmup)
+    done = np.array([int(r["step"]) for r in rows])
+    starts = np.concatenate([[0], done[:-1]])
+    tl = np.array([float(r.get("train_loss", math.nan)) for r in rows])
+    el = np.array([float(r.get("eval_loss", math.nan)) for r in rows])
+    kt = np.isfinite(tl) & (starts >= max(warm, 1))
+    ke = np.isfinite(el) & (done > warm)
+    return RunCurve(
+        run_id=run.run_id,
+        n_params=float(run.n_params),
+        n_tokens=float(run.n_tokens),
+        lr=float(run.lr),
+        batch_size=int(run.batch_size),
+        seed=int(run.seed or cfg.train.seed),
+        lrs=lrs,
+        warmup=warm,
+        train_end=done[kt],
+        train_start=starts[kt],
+        train_loss=tl[kt],
+        eval_step=done[ke],
+        eval_loss=el[ke],
+        final=math.nan,
+    )
+
+
+def _saved_rmse(sweep: Path) -> float | None:
+    """The hold-out RMS error of the sweep's `fit --curves`, when written after the
+    sweep's last finished run (else None: recomputed)."""
+    import json
+
+    saved, tables = sweep / "fit_curves.json", sweep / layout.CURVES
+    try:
+        if saved.stat().st_mtime < tables.stat().st_mtime:
+            return None
+        rmse = json.loads(saved.read_text())["curves"]["rmse"]
+        return float(rmse) if rmse is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def predict_in_progress(
+    sweep: Path, run_ids: list[str], form: str = "multi-power"
+) -> dict[str, dict]:
+    """For runs not finished that left a checkpoint: the final loss the curve law
+    predicts from the finished runs of the same size and the run's own logged points,
+    with the sweep's hold-out RMS error as an empirical band (when a size has finished
+    runs of two horizons). {run_id: {...}} or {run_id: {"why": ...}}."""
+    import torch
+
+    from chinchilla.grid import plan as make_plan
+    from chinchilla.sweep import sweep_config
+
+    cfg = sweep_config(sweep)
+    planned = {r.run_id: r for r in make_plan(cfg).runs}
+    try:
+        finished, _, _ = read_sweep(sweep)
+    except UserError:
+        finished = []
+    band = _saved_rmse(sweep)
+    if band is None and finished:
+        err = [h["error"] for h in holdout(finished, form=form)]
+        band = float(np.sqrt(np.mean(np.square(err)))) if err else None
+    out: dict[str, dict] = {}
+    for rid in run_ids:
+        run = planned.get(rid)
+        path = sweep / layout.CHECKPOINTS / f"{rid}.pt"
+        if run is None or not path.exists():
+            out[rid] = {"why": "no checkpoint yet"}
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a checkpoint being replaced, or unreadable
+            out[rid] = {"why": f"checkpoint unreadable ({type(exc).__name__})"}
+            continue
+        part = _partial(run, cfg, state)
+        if part is None or len(part.train_end) + len(part.eval_step) < 5:
+            out[rid] = {"why": "too few points logged after warm-up"}
+            continue
+        same = [c for c in finished if c.group == part.group]
+        try:
+            law = fit_form([*same, part] if same else [part], form).law(part.group)
+        except UserError as exc:
+            out[rid] = {"why": str(exc)}
+            continue
+        pred = law.final(part.lrs)
+        out[rid] = {
+            "step": int(state.get("step", part.train_end.max(initial=0))),
+            "steps": run.steps,
+            "predicted": pred,
+            "band": None if band is None else [pred - band, pred + band],
+            "from_runs": len(same),
+        }
+    return out
