@@ -591,6 +591,16 @@ def fit(
     bound_e: Annotated[
         bool, typer.Option("--bound-e", help="Constrain E to at most the lowest observed loss.")
     ] = False,
+    columns_map: Annotated[
+        str | None,
+        typer.Option(
+            "--columns",
+            help="Columns of another naming or unit, QUANTITY=COLUMN[*FACTOR] comma-"
+            "separated, QUANTITY one of n_params, n_tokens, flops, loss, unique_tokens; e.g. "
+            "n_params=params_M*1e6,n_tokens=tokens (a W&B export, a paper's CSV).",
+            show_default=False,
+        ),
+    ] = None,
     n_col: Annotated[str | None, typer.Option("--n-col", help="Column holding N.")] = None,
     d_col: Annotated[str | None, typer.Option("--d-col", help="Column holding D.")] = None,
     c_col: Annotated[str | None, typer.Option("--c-col", help="Column holding C.")] = None,
@@ -704,6 +714,13 @@ def fit(
         raise UserError("--fix and --unique-tokens apply to --law data-constrained")
     if unique_tokens is not None and not unique_tokens > 0:
         raise UserError("--unique-tokens must be > 0")
+    from chinchilla.fit.data import parse_columns
+
+    mapping = parse_columns(columns_map)
+    for key, given in (("n_params", n_col), ("n_tokens", d_col), ("flops", c_col),
+                       ("loss", loss_col)):  # fmt: skip
+        if key in mapping and given is not None:
+            raise UserError(f"--columns {key}=... and its --*-col option name it twice")
     if len(results) > 1 and law != "data-constrained":
         raise UserError(
             "several tables are fitted together only with --law data-constrained (a fresh "
@@ -711,6 +728,7 @@ def fit(
         )
     if law == "data-constrained":
         columns = {"n_col": n_col, "d_col": d_col, "c_col": c_col, "loss_col": loss_col}
+        columns["mapping"] = mapping
         _fit_data_constrained(
             results,
             columns,
@@ -747,6 +765,7 @@ def fit(
         drop_outliers=drop_outliers,
     )
     columns = {"n_col": n_col, "d_col": d_col, "c_col": c_col, "loss_col": loss_col}
+    columns["mapping"] = mapping
     rep = _fit_loss(
         results, opts, columns, n_convention, budgets, sizes, out, as_json, plots, backtest
     )

@@ -95,6 +95,8 @@ class Results:
     # table's column as given
     loss_name: str = "loss"
     notes: list[str] = field(default_factory=list)  # what reading the table assumed
+    # quantity -> the column read for it, with the factor applied ("params x 1e+06")
+    columns_read: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -306,11 +308,30 @@ def load_results(
     loss_col: str | None = None,
     n_convention: str = "total",
     curve_loss: str = "train_loss",
+    mapping: dict[str, tuple[str, float]] | None = None,
 ) -> Results:
-    """Read a sweep directory or a results table; keep runs with status ok."""
+    """Read a sweep directory or a results table; keep runs with status ok. `mapping`
+    (`--columns`): quantity -> (column, factor) for tables that name or scale their
+    columns otherwise (a W&B export, a paper's CSV with N in millions)."""
     p = Path(path)
     table_path, table = read_results_table(p)
     sweep_dir = p if p.is_dir() else None
+    read: dict[str, str] = {}
+    for key, (col, factor) in (mapping or {}).items():
+        if col not in table:
+            raise UserError(
+                f"{table_path}: --columns {key}={col}: no such column (columns: {', '.join(table)})"
+            )
+        if factor != 1.0:
+            table[col] = list(float_column(table, col, table_path) * factor)
+        read[key] = col if factor == 1.0 else f"{col} x {factor:g}"
+        if key == "unique_tokens":
+            table["unique_tokens"] = table[col]
+        else:
+            n_col = col if key == "n_params" else n_col
+            d_col = col if key == "n_tokens" else d_col
+            c_col = col if key == "flops" else c_col
+            loss_col = col if key == "loss" else loss_col
     columns = list(table)
 
     # 1. which columns; total vs non-embedding N
@@ -369,7 +390,12 @@ def load_results(
     if "irreducible_loss" in columns and len(sel):
         v = table["irreducible_loss"][sel[0]]
         irreducible = float(v) if v not in (None, "") and math.isfinite(float(v)) else None
+    for key, col in (("n_params", cols["n"]), ("n_tokens", cols["d"]), ("flops", cols["c"]),
+                     ("loss", cols["loss"])):  # fmt: skip
+        if col is not None:
+            read.setdefault(key, col)
     res = Results(
+        columns_read=read,
         n_params=n[sel],
         n_tokens=d[sel],
         flops=c[sel],
@@ -394,6 +420,40 @@ def load_results(
     if sweep_dir is not None and (sweep_dir / layout.CURVES).exists():
         res.curves = _load_curves(sweep_dir, res, curve_loss)
     return res
+
+
+MAPPABLE = ("n_params", "n_tokens", "flops", "loss", "unique_tokens")
+
+
+def parse_columns(text: str | None) -> dict[str, tuple[str, float]]:
+    """`--columns n_params=params*1e6,n_tokens=tokens,loss=val/loss` -> {quantity:
+    (column, factor)}; one line naming a bad item."""
+    out: dict[str, tuple[str, float]] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, col = item.partition("=")
+        key, col = key.strip(), col.strip()
+        if not sep or key not in MAPPABLE or not col:
+            raise UserError(
+                f"--columns {item.strip()!r}: expected QUANTITY=COLUMN[*FACTOR] with QUANTITY "
+                f"one of {', '.join(MAPPABLE)}"
+            )
+        factor = 1.0
+        name, star, scale = col.rpartition("*")
+        if star:
+            try:
+                factor = float(scale)
+            except ValueError:
+                factor = 1.0  # a '*' that is part of the column's name
+            else:
+                col = name.strip()
+                if not (math.isfinite(factor) and factor > 0):
+                    raise UserError(f"--columns {item.strip()!r}: the factor must be > 0")
+        if key in out:
+            raise UserError(f"--columns: {key} given twice")
+        out[key] = (col, factor)
+    return out
 
 
 def fresh_unique_tokens(res: Results) -> Results:

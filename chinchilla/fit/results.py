@@ -80,6 +80,9 @@ class FitReport:
             f"C = 6ND with that N for every approach; D: {conv['n_tokens']})"
             + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
         )
+        scaled = {k: v for k, v in conv.get("columns", {}).items() if " x " in v}
+        if scaled:
+            p("columns scaled on reading: " + ", ".join(f"{k} = {v}" for k, v in scaled.items()))
         if doc["duplicates_collapsed"]:
             p(
                 f"warning: {doc['duplicates_collapsed']} rows repeat an earlier row in every "
@@ -171,6 +174,7 @@ class FitReport:
                 "input_compute_over_6nd": r.input_flops_ratio,
                 "n_tokens": "C / (6 N)" if r.tokens_derived else "as in the input",
                 "loss": "nats/token as in the input",
+                "columns": r.columns_read,
             },
             "excluded": r.excluded,
             "duplicates_collapsed": r.duplicates,
