@@ -1451,6 +1451,55 @@ def verify(
 
 @app.command()
 @_user_errors
+def report(
+    results: Annotated[
+        Path,
+        typer.Argument(
+            help="A sweep directory, or a CSV / parquet table of runs.", show_default=False
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="The HTML file (default: report.html in the sweep, or <table>_report.html "
+            "beside the table).",
+        ),
+    ] = None,
+    bootstrap: BootstrapOpt = 200,
+    seed: SeedOpt = 0,
+    n_convention: Annotated[
+        str, typer.Option("--n-convention", help="total or nonembedding, when both are present.")
+    ] = "total",
+) -> None:
+    """One self-contained HTML page: the experiment, the runs, each approach's law with its
+    intervals, predictions, and the sweep's verification, task metrics, loss curves and
+    repeated-data law when present (figures inline; opens with no network)."""
+    from chinchilla.files import atomic_text
+    from chinchilla.report import build
+
+    _check_n_convention(n_convention)
+    page, _ = build(results, bootstrap=bootstrap, seed=seed, n_convention=n_convention)
+    if out is None:
+        out = (
+            results / "report.html"
+            if Path(results).is_dir()
+            else Path(results).with_name(Path(results).stem + "_report.html")
+        )
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {out}: the report is an HTML file (.html)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_text(out, page)
+    except OSError as exc:
+        raise UserError(
+            f"could not write the report to {exc.filename or out}: {exc.strerror or exc}"
+        ) from None
+    console.stdout.print(f"wrote {out} ({len(page.encode()) / 1024:.0f} KiB, figures inline)")
+
+
+@app.command()
+@_user_errors
 def compare(
     results: Annotated[
         list[Path], typer.Argument(help="Two or more sweep directories.", show_default=False)
