@@ -574,6 +574,30 @@ class ExecutionConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging (the `wandb` package, imported only when set)."""
+
+    project: str = "chinchilla"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """offline (default): run folders under the sweep's wandb/, `wandb sync` uploads them
+    later; online needs a network and a login."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs also log their scalars (no effect on results; nothing is imported
+    unless enabled). A tracker that fails warns once; the run goes on."""
+
+    tensorboard: bool = False
+    """Write each run's scalars under the sweep's tensorboard/<run_id>/ (needs the
+    `tensorboard` package: pip install 'chinchilla-scaling[tracking]')."""
+    wandb: WandbConfig | None = None
+    """A mapping, e.g. {project: my-scaling, mode: offline} or {} for the defaults:
+    each run is a W&B run named and id'd by its run id, grouped by the sweep's name."""
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment: what to plan, how to train it, on what data and hardware."""
 
@@ -585,6 +609,7 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     base_dir: str = field(default=".", metadata={"internal": True})
     """Folder of the YAML file, for relative paths (not a YAML key)."""
 
@@ -667,6 +692,7 @@ class Config:
         """Hash of everything that changes results (the execution section and the
         speed-only train settings do not)."""
         d = self.to_dict(with_execution=False)
+        d.pop("tracking")  # where runs also log: not what they compute
         d["train"] = {k: v for k, v in d["train"].items() if k not in SPEED_ONLY}
         d["data"] = self.data_identity()
         d["device"] = {k: v for k, v in d["device"].items() if k != "memory_gb"}

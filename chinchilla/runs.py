@@ -228,6 +228,7 @@ def attempt_run(
                 on_progress=on_progress,
                 branch_points=points,
                 start_from=start_from,
+                track_to=out,
             )
             if run.is_trunk and result.status == "ok":
                 result.status = "trunk"  # not a point of the scaling law

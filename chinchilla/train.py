@@ -397,6 +397,8 @@ class RunState:
             self.loss_sum += state.get("loss_sum", 0.0)
             self.n_summed = state.get("n_summed", 0)
         self.last_ckpt = time.perf_counter()
+        self.peak: float | None = None
+        self.trackers = None  # chinchilla.tracking.Trackers when tracking is enabled
 
     def _restore(self, start_from: Path | None) -> dict[str, Any] | None:
         """Load this run's checkpoint, else (a branch) its trunk's state at the branch
@@ -494,6 +496,8 @@ class RunState:
                 tt = time.perf_counter()
                 r.metrics += metric_rows(self.tasks, self.model, self.device, done, tokens)
                 r.task_seconds += time.perf_counter() - tt
+        if self.trackers:
+            self._track(done, row)
         if on_progress is not None:
             on_progress(
                 {
@@ -507,6 +511,28 @@ class RunState:
                 }
             )
         return True
+
+    def _track(self, done: int, row: dict[str, Any]) -> None:
+        """This log's scalars to the trackers: losses, rate, tokens, throughput and MFU
+        over this segment's timed steps, and the task metrics scored at this step."""
+        r = self.result
+        scalars = {
+            "loss/train": row["train_loss"],
+            "loss/validation": row["eval_loss"],
+            "lr": row["lr"],
+            "tokens": row["tokens"],
+        }
+        timed = done - self.start - 1
+        seconds = r.step_seconds - self.prior["step_seconds"]
+        if timed > 0 and seconds > 0:
+            tps = timed * self.tokens_per_step / seconds
+            scalars["tokens_per_second"] = tps
+            if self.peak:
+                scalars["mfu"] = tps * chinchilla_flops_per_token(self.run.shape) / self.peak
+        for m in r.metrics:
+            if m.get("step") == done:
+                scalars[f"tasks/{m['task']}/{m['metric']}"] = m["value"]
+        self.trackers.log(done, scalars)
 
     def checkpoint_if_due(self, done: int) -> None:
         """Save a resumable checkpoint when train.checkpoint_every_s has passed."""
@@ -546,6 +572,7 @@ def train_run(
     on_progress: ProgressFn | None = None,
     branch_points: dict[int, Path] | None = None,
     start_from: Path | None = None,
+    track_to: Path | None = None,
 ) -> RunResult:
     """Train one planned run to its token budget and evaluate it.
 
@@ -562,6 +589,19 @@ def train_run(
     """
     # 1-2. model, optimizer, and whatever a checkpoint restores
     s = RunState(run, cfg, data, device, checkpoint, start_from)
+    s.peak = peak
+    if track_to is not None and (cfg.tracking.tensorboard or cfg.tracking.wandb is not None):
+        from chinchilla.tracking import Trackers
+
+        s.trackers = Trackers(cfg, track_to, run, s.start)
+    try:
+        return _train_loop(s, run, cfg, data, device, on_progress, branch_points)
+    finally:
+        if s.trackers is not None:
+            s.trackers.close()
+
+
+def _train_loop(s, run, cfg, data, device, on_progress, branch_points) -> RunResult:
     r, bs, seed = s.result, run.batch_size, s.seed
     saves = dict(branch_points or {})
     s.model.train()
@@ -588,7 +628,7 @@ def train_run(
             _save_checkpoint(saves.pop(done), s.snapshot(done))
             clock.restart()
     # 5. summary
-    return s.summary(peak)
+    return s.summary(s.peak)
 
 
 def reference_versions() -> dict[str, str]:
