@@ -27,8 +27,10 @@ h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid 
 th,td{padding:.2rem .5rem;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
 th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto;display:block;margin:.5rem 0}
+table.kv td{text-align:left;white-space:normal}
 .note{color:#555;font-size:.9rem}pre{white-space:pre-wrap;font-size:.85rem}
-@media (max-width:640px){body{padding:.5rem}table{font-size:.75rem}}
+@media (max-width:640px){body{padding:.5rem}table{font-size:.75rem}
+.fig img{width:var(--phone-width,640px);max-width:none}}
 """
 
 
@@ -36,15 +38,25 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _table(columns: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+def _table(columns: list[str], rows: list[list], cls: str = "") -> str:
+    head = (
+        "" if not any(columns) else "<tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>"
+    )
     body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in r) + "</tr>" for r in rows)
-    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+    attr = f' class="{cls}"' if cls else ""
+    return f'<div class="scroll"><table{attr}>{head}{body}</table></div>'
 
 
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    """A figure, inline; on a phone it keeps a legible width and scrolls sideways."""
+    raw = Path(path).read_bytes()
+    width = int.from_bytes(raw[16:20], "big")  # the PNG header's width, pixels at 150 dpi
+    data = base64.b64encode(raw).decode("ascii")
+    style = f"--phone-width:{max(width // 2, 320)}px"  # 75 dpi: the figure's text legible
+    return (
+        f'<div class="scroll fig"><img alt="{_e(alt)}" style="{style}" '
+        f'src="data:image/png;base64,{data}"></div>'
+    )
 
 
 def _lines(lines: list[str]) -> str:
@@ -53,6 +65,11 @@ def _lines(lines: list[str]) -> str:
 
 def _ci(v, fmt="{:.3g}") -> str:
     return console.interval_text(v, fmt).strip()
+
+
+def _si_ci(v) -> str:
+    """An interval of counts, in the page's k/M/B notation."""
+    return f"[{console.si(v[0])}, {console.si(v[1])}]" if v else ""
 
 
 def _section(anchor: str, title: str, body: str) -> str:
@@ -86,7 +103,7 @@ def _experiment(sweep: Path | None) -> str:
             + (f", {cfg.data.unique_tokens:,} unique tokens" if cfg.data.unique_tokens else ""),
         ],  # fmt: skip
     ]
-    return _table(["", ""], rows)
+    return _table(["", ""], rows, cls="kv")
 
 
 def _runs(res, sweep: Path | None) -> str:
@@ -121,8 +138,8 @@ def _fit(rep, doc: dict, preds: list[dict], figures: list[Path]) -> str:
             [
                 f"Approach {p['approach']}",
                 f"{p['flops']:.3g}",
-                console.si(p["n_opt"]) + " " + _ci(p.get("n_opt_ci")),
-                console.si(p["d_opt"]) + " " + _ci(p.get("d_opt_ci")),
+                console.si(p["n_opt"]) + " " + _si_ci(p.get("n_opt_ci")),
+                console.si(p["d_opt"]) + " " + _si_ci(p.get("d_opt_ci")),
                 f"{p['tokens_per_param']:.1f}",
                 "" if p.get("loss") is None else f"{p['loss']:.4f}",
             ]
@@ -151,7 +168,7 @@ def _verification(sweep: Path | None) -> str:
         rows = [
             [
                 f"Approach {a['approach']}",
-                console.si(a["n_opt_predicted"]) + " " + _ci(a.get("n_opt_ci")),
+                console.si(a["n_opt_predicted"]) + " " + _si_ci(a.get("n_opt_ci")),
                 "yes" if a.get("n_opt_measured_inside_ci") else "no",
                 f"{a['loss_predicted']:.4f} " + _ci(a.get("loss_ci"), "{:.4f}"),
                 "yes" if a.get("loss_measured_inside_ci") else "no",
