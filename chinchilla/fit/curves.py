@@ -27,6 +27,7 @@ noise that repeated runs measure.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,19 @@ def areas(lrs: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     return s1, s2
 
 
+class _Law:
+    """What both curve laws share: the final loss of a schedule and their JSON."""
+
+    def final(self, lrs: np.ndarray) -> float:
+        return float(self.loss_at(lrs)[0])
+
+    def as_dict(self) -> dict:
+        names = {"lam": "lambda", "n_points": "points"}
+        return {names.get(k, k): v for k, v in dataclasses.asdict(self).items()}
+
+
 @dataclass
-class CurveLaw:
+class CurveLaw(_Law):
     L0: float
     A: float
     alpha: float
@@ -99,22 +111,6 @@ class CurveLaw:
         s = np.atleast_1d(len(lrs) if steps is None else np.asarray(steps))
         with np.errstate(divide="ignore"):
             return self.L0 + self.A * s1[s] ** -self.alpha - self.C * s2[s]
-
-    def final(self, lrs: np.ndarray) -> float:
-        return float(self.loss_at(lrs)[0])
-
-    def as_dict(self) -> dict:
-        return {
-            "L0": self.L0,
-            "A": self.A,
-            "alpha": self.alpha,
-            "C": self.C,
-            "lambda": self.lam,
-            "rmse_train": self.rmse_train,
-            "rmse_eval": self.rmse_eval,
-            "points": self.n_points,
-            "runs": self.runs,
-        }
 
 
 def _design(curves: list[RunCurve], lam: float):
@@ -334,7 +330,7 @@ def _loss_drop(s1, blocks, steps, C, beta, gamma) -> np.ndarray:
 
 
 @dataclass
-class MultiPowerLaw:
+class MultiPowerLaw(_Law):
     """One size's multi-power law (Luo et al. 2025, eqs. 4-6); S1 sums the learning
     rate from the first step, warm-up included (their S1 + S_W)."""
 
@@ -357,24 +353,6 @@ class MultiPowerLaw:
         ld = _loss_drop(s1, _decay_blocks(lrs), s, self.C, self.beta, self.gamma)
         with np.errstate(divide="ignore"):
             return self.L0 + self.A * s1[s] ** -self.alpha - self.B * ld
-
-    def final(self, lrs: np.ndarray) -> float:
-        return float(self.loss_at(lrs)[0])
-
-    def as_dict(self) -> dict:
-        return {
-            "L0": self.L0,
-            "A": self.A,
-            "B": self.B,
-            "alpha": self.alpha,
-            "C": self.C,
-            "beta": self.beta,
-            "gamma": self.gamma,
-            "rmse_train": self.rmse_train,
-            "rmse_eval": self.rmse_eval,
-            "points": self.n_points,
-            "runs": self.runs,
-        }
 
 
 def _solve3(X, y, w):
