@@ -284,3 +284,33 @@ def test_planted_multi_power_curves_give_back_their_law():
     assert one.alpha == pytest.approx(MPL["alpha"], rel=0.15)
     held = cv.holdout(runs, form="multi-power")
     assert len(held) == 2 and all(abs(h["error"]) < 0.01 for h in held)
+
+
+def test_a_trunk_sweep_counts_every_point_once(tmp_path):
+    """Shared trunks: a branch's curve repeats its trunk's up to the branch point; the
+    law reads those points once, from the trunk, and hides only branches."""
+    from chinchilla.config import load_config
+    from chinchilla.sweep import run_sweep
+
+    from .test_trunks import TRUNK_YAML
+
+    cfg = tmp_path / "trunks.yaml"
+    cfg.write_text(TRUNK_YAML)
+    out = tmp_path / "s"
+    run_sweep(load_config(cfg), out, live=False)
+    curves, left, _ = cv.read_sweep(out)
+    assert not left
+    trunks = [c for c in curves if c.trunk]
+    assert len(trunks) == 2 and all(math.isnan(c.final) for c in trunks)
+    runs = pd.read_parquet(out / "runs.parquet").set_index("run_id")
+    for c in curves:
+        if c.trunk:
+            continue
+        at = runs.loc[c.run_id, "branch_step"]
+        if at == at:  # a branch: only its own steps, past the point it left the trunk
+            assert c.train_end.min() > at and c.eval_step.min() > at
+            trunk = next(t for t in trunks if t.run_id == runs.loc[c.run_id, "trunk"])
+            assert trunk.train_end.min() <= at  # the shared steps, read from the trunk
+    held = cv.holdout(curves, form="tissue")
+    assert held and not {h["run_id"] for h in held} & {c.run_id for c in trunks}
+    assert all(math.isfinite(h["predicted"]) for h in held)

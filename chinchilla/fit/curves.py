@@ -59,7 +59,8 @@ class RunCurve:
     train_loss: np.ndarray
     eval_step: np.ndarray
     eval_loss: np.ndarray
-    final: float  # the final evaluation loss (runs.parquet `loss`)
+    final: float  # the final evaluation loss (runs.parquet `loss`); nan for a trunk
+    trunk: bool = False  # a shared trunk: its points fit the law, it is never hidden
 
     @property
     def steps(self) -> int:
@@ -571,7 +572,7 @@ def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
     out, left = [], {}
     for row in runs.itertuples(index=False):
         rid = row.run_id
-        if row.status != "ok":
+        if row.status not in ("ok", "trunk"):
             left[rid] = f"status {row.status}"
             continue
         if rid not in by_run:
@@ -592,10 +593,13 @@ def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
             continue
         warm = warmup_steps(steps, cfg, fixed)
         starts = np.concatenate([[0], done[:-1]])
+        # a branch's curve repeats its trunk's up to the branch point: those points are
+        # the trunk's, counted once there
+        first = int(row.branch_step) + 1 if p is not None and p.trunk is not None else 1
         tl = g["train_loss"].to_numpy(float)
-        keep_t = np.isfinite(tl) & (starts >= max(warm, 1)) & (done <= steps)
+        keep_t = np.isfinite(tl) & (starts >= max(warm, first - 1, 1)) & (done <= steps)
         el = g["eval_loss"].to_numpy(float)
-        keep_e = np.isfinite(el) & (done > warm) & (done <= steps)
+        keep_e = np.isfinite(el) & (done > warm) & (done >= first) & (done <= steps)
         out.append(
             RunCurve(
                 run_id=rid,
@@ -611,7 +615,8 @@ def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
                 train_loss=tl[keep_t],
                 eval_step=done[keep_e],
                 eval_loss=el[keep_e],
-                final=float(row.loss),
+                final=math.nan if stable else float(row.loss),
+                trunk=stable,
             )
         )
     return out, left, cfg
@@ -624,7 +629,8 @@ def seed_noise(curves: list[RunCurve]) -> dict:
     """Run-to-run noise of the final loss from runs that differ only in seed."""
     groups: dict[tuple, list[float]] = {}
     for c in curves:
-        groups.setdefault((*c.group, c.steps), []).append(c.final)
+        if not c.trunk:
+            groups.setdefault((*c.group, c.steps), []).append(c.final)
     diffs, ss, dof = [], 0.0, 0
     for v in groups.values():
         if len(v) >= 2:
@@ -652,7 +658,9 @@ def holdout(
         groups.setdefault(c.group, []).append(c)
     out = []
     for key in sorted(groups):
-        g = groups[key]
+        g = [c for c in groups[key] if not c.trunk]  # points of the law, not of the check
+        if not g:
+            continue
         longest = max(c.steps for c in g)
         hidden = [c for c in g if c.steps == longest]
         seen = [c for c in g if c.steps < longest]
