@@ -754,10 +754,9 @@ def save_curves(fit, curves, doc: dict, path: Path) -> Path:
     and evaluations (dots), the fitted curve law along its schedule (dashed), and the
     hold-out prediction of the size's longest run (a cross)."""
     from chinchilla.console import si
+    from chinchilla.fit.curves import by_size
 
-    groups: dict = {}
-    for c in curves:
-        groups.setdefault(c.group, []).append(c)
+    groups = by_size(curves)
     keys = sorted(groups)
     ncol = min(4, len(keys))
     nrow = -(-len(keys) // ncol)

@@ -143,13 +143,13 @@ def _f1(pad, alphas):
         return np.nanmean(pad[None, :, :] ** -np.asarray(alphas)[:, None, None], axis=2)
 
 
-def _solve_many(f1s, f2, y, w):
-    """Weighted least squares of y on (1, f1, -f2) for each row of f1s, with L0, A, C
-    >= 0: (sse per alpha, coefficients per alpha). Exact: the bounded optimum is the
+def _nonneg_lstsq(X, y, w):
+    """Weighted least squares of y on the three columns of each X[k] (k, n, 3), every
+    coefficient >= 0: (sse per k, coefficients per k). Exact: the bounded optimum is the
     unconstrained optimum on its own support, so every support of the three
-    coefficients is solved and the best feasible one kept."""
-    k = len(f1s)
-    X = np.stack([np.ones_like(f1s), f1s, np.broadcast_to(-f2, f1s.shape)], axis=2)  # k,n,3
+    coefficients is solved (normal equations of unit-scaled columns) and the best
+    feasible one kept."""
+    k = len(X)
     scale = np.abs(X).max(axis=1)  # k,3: columns of unit size
     scale[scale == 0] = 1.0
     Xw = X / scale[:, None, :] * np.sqrt(w)[None, :, None]
@@ -175,6 +175,38 @@ def _solve_many(f1s, f2, y, w):
     return np.sum(w[None, :] * r * r, axis=1), coef
 
 
+def _solve_many(f1s, f2, y, w):
+    """Tissue's (L0, A, C) >= 0 for each row of f1s (one per alpha): y on (1, f1, -f2)."""
+    X = np.stack([np.ones_like(f1s), f1s, np.broadcast_to(-f2, f1s.shape)], axis=2)
+    return _nonneg_lstsq(X, y, w)
+
+
+def _set_weights(items, residuals, pooled: bool) -> None:
+    """Weights: the inverse residual variance of each kind of point (0: training
+    intervals, 1: evaluations), pooled over the items (each with .kind and .w) or per
+    item."""
+    for kind in (0, 1):
+        if pooled:
+            r = np.concatenate([r[d.kind == kind] for d, r in zip(items, residuals, strict=True)])
+            if len(r) >= 2:
+                var = max(float(np.mean(r * r)), 1e-12)
+                for d in items:
+                    d.w[d.kind == kind] = 1.0 / var
+        else:
+            for d, r in zip(items, residuals, strict=True):
+                sel = d.kind == kind
+                if sel.sum() >= 2:
+                    d.w[sel] = 1.0 / max(float(np.mean(r[sel] ** 2)), 1e-12)
+
+
+def by_size(curves: list[RunCurve]) -> dict[tuple, list[RunCurve]]:
+    """The runs of each size (N, peak lr, batch), in the order given."""
+    groups: dict[tuple, list[RunCurve]] = {}
+    for c in curves:
+        groups.setdefault(c.group, []).append(c)
+    return groups
+
+
 @dataclass
 class _Design:
     key: tuple
@@ -186,24 +218,13 @@ class _Design:
 
 
 def _reweight(designs: list[_Design], alpha: float, pooled: bool) -> None:
-    """Weights: the inverse residual variance of each kind of point (training interval
-    means, evaluations), pooled over the designs or per design."""
+    """The designs' weights from their residuals at `alpha` (`_set_weights`)."""
     res = []
     for d in designs:
-        _, coef = _solve_many(_f1(d.pad, [alpha]), d.f2, d.y, d.w)
-        res.append(d.y - (coef[0, 0] + coef[0, 1] * _f1(d.pad, [alpha])[0] - coef[0, 2] * d.f2))
-    for kind in (0, 1):
-        if pooled:
-            r = np.concatenate([r[d.kind == kind] for d, r in zip(designs, res, strict=True)])
-            if len(r) >= 2:
-                var = max(float(np.mean(r * r)), 1e-12)
-                for d in designs:
-                    d.w[d.kind == kind] = 1.0 / var
-        else:
-            for d, r in zip(designs, res, strict=True):
-                sel = d.kind == kind
-                if sel.sum() >= 2:
-                    d.w[sel] = 1.0 / max(float(np.mean(r[sel] ** 2)), 1e-12)
+        f1 = _f1(d.pad, [alpha])
+        _, coef = _solve_many(f1, d.f2, d.y, d.w)
+        res.append(d.y - (coef[0, 0] + coef[0, 1] * f1[0] - coef[0, 2] * d.f2))
+    _set_weights(designs, res, pooled)
 
 
 def _best_alpha(designs: list[_Design]) -> tuple[float, float]:
@@ -245,9 +266,7 @@ def fit_curves(curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS) -> 
     """The curve law of every size (n_params, peak lr, batch) on the given runs' points.
     `shared`: one alpha and lam for all sizes (each still has its own L0, A, C), which
     pins alpha where a size has only one or two schedules."""
-    groups: dict[tuple, list[RunCurve]] = {}
-    for c in curves:
-        groups.setdefault(c.group, []).append(c)
+    groups = by_size(curves)
     if not groups:
         raise UserError("no runs to fit a curve law on")
     sets = [sorted(groups)] if shared else [[k] for k in sorted(groups)]
@@ -357,30 +376,9 @@ class MultiPowerLaw(_Law):
 
 
 def _solve3(X, y, w):
-    """Bounded (>= 0) weighted least squares on three columns, exactly: every support of
-    the coefficients solved (normal equations of unit-scaled columns), the best feasible
-    kept. (sse, coefficients)."""
-    scale = np.abs(X).max(axis=0)
-    scale[scale == 0] = 1.0
-    Xs = X / scale
-    G = Xs.T @ (Xs * w[:, None])
-    b = Xs.T @ (w * y)
-    yy = float(np.sum(w * y * y))
-    best, coef = yy, np.zeros(3)
-    for support in ((0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)):
-        idx = list(support)
-        try:
-            c = np.linalg.solve(G[np.ix_(idx, idx)] + 1e-13 * np.eye(len(idx)), b[idx])
-        except np.linalg.LinAlgError:
-            continue
-        sse = yy - float(c @ b[idx])
-        if np.all(c >= 0) and sse < best:
-            best = sse
-            coef = np.zeros(3)
-            coef[idx] = c
-    coef = coef / scale
-    r = y - X @ coef
-    return float(np.sum(w * r * r)), coef
+    """`_nonneg_lstsq` of one design X (n, 3): (sse, coefficients)."""
+    sse, coef = _nonneg_lstsq(X[None], y, w)
+    return float(sse[0]), coef[0]
 
 
 @dataclass
@@ -406,9 +404,7 @@ class _MplGroup:
 
 
 def _mpl_groups(curves: list[RunCurve]) -> list[_MplGroup]:
-    by: dict[tuple, list[RunCurve]] = {}
-    for c in curves:
-        by.setdefault(c.group, []).append(c)
+    by = by_size(curves)
     out = []
     for key in sorted(by):
         parts = {k: [] for k in ("s1", "sk", "run", "drop", "log_eta", "y", "kind")}
@@ -498,24 +494,15 @@ def fit_multipower(curves: list[RunCurve]) -> CurveFit:
         tries = [best.x] if best is not None else starts
         best = min((_search(total, s) for s in tries), key=lambda r: r.fun)
         p = unpack(best.x)
-        res = {0: [], 1: []}
+        res = []
         for g in groups:
             X = g.columns(*p)
-            r = g.y - X @ _solve3(X, g.y, g.w)[1]
-            for k in (0, 1):
-                res[k].append(r[g.kind == k])
-        for k in (0, 1):
-            r = np.concatenate(res[k])
-            if len(r) >= 2:
-                var = max(float(np.mean(r * r)), 1e-12)
-                for g in groups:
-                    g.w[g.kind == k] = 1.0 / var
+            res.append(g.y - X @ _solve3(X, g.y, g.w)[1])
+        _set_weights(groups, res, pooled=True)
     best = _search(total, best.x)
     alpha, C, beta, gamma = unpack(best.x)
     laws = {}
-    by = {}
-    for c in curves:
-        by.setdefault(c.group, []).append(c.run_id)
+    by = by_size(curves)
     for g in groups:
         X = g.columns(alpha, C, beta, gamma)
         coef = _solve3(X, g.y, g.w)[1]
@@ -525,7 +512,7 @@ def fit_multipower(curves: list[RunCurve]) -> CurveFit:
         laws[g.key] = MultiPowerLaw(
             L0=float(coef[0]), A=float(coef[1]), B=float(coef[2]), alpha=alpha, C=C,
             beta=beta, gamma=gamma, rmse_train=rm[0], rmse_eval=rm[1], n_points=len(g.y),
-            runs=by[g.key],
+            runs=[c.run_id for c in by[g.key]],
         )  # fmt: skip
     return CurveFit(laws=laws, shared=True, form=MPL_FORM)
 
@@ -546,13 +533,39 @@ def fit_form(curves: list[RunCurve], form: str = "multi-power") -> CurveFit:
 # ------------------------------------------------------------------- reading sweeps
 
 
+def lr_schedule(cfg, steps: int, peak: float, warmup: int | None = None, stable: bool = False):
+    """The learning rate of every step of a run, by the trainer's own `lr_at`."""
+    from chinchilla.train import lr_at
+
+    return np.array(
+        [lr_at(i, steps, peak, cfg, warmup=warmup, stable=stable) for i in range(steps)]
+    )
+
+
+def _points(done, train_loss, eval_loss, steps: int, warm: int, first: int) -> dict:
+    """A run's usable logged points: training intervals starting after warm-up,
+    evaluations after it, both from step `first` on (a branch: past its branch point,
+    the steps before being its trunk's) and within the run's steps."""
+    done = np.asarray(done, int)
+    starts = np.concatenate([[0], done[:-1]])
+    tl, el = np.asarray(train_loss, float), np.asarray(eval_loss, float)
+    kt = np.isfinite(tl) & (starts >= max(warm, first - 1, 1)) & (done <= steps)
+    ke = np.isfinite(el) & (done > warm) & (done >= first) & (done <= steps)
+    return {
+        "train_end": done[kt],
+        "train_start": starts[kt],
+        "train_loss": tl[kt],
+        "eval_step": done[ke],
+        "eval_loss": el[ke],
+    }
+
+
 def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
     """The finished runs of a sweep with their rebuilt schedules and logged losses;
     the runs left out, each with the reason; the sweep's config."""
     from chinchilla.grid import plan as make_plan
     from chinchilla.grid import warmup_steps
     from chinchilla.store import load_table
-    from chinchilla.train import lr_at
 
     cfg_path = sweep / "config.yaml"
     if not cfg_path.is_file():
@@ -582,8 +595,7 @@ def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
         steps, peak = int(row.steps), float(row.lr)
         fixed = p.warmup if p is not None else None
         stable = bool(p is not None and p.is_trunk)
-        lrs = np.array([lr_at(i, steps, peak, cfg, warmup=fixed, stable=stable)
-                        for i in range(steps)])  # fmt: skip
+        lrs = lr_schedule(cfg, steps, peak, fixed, stable)
         g = by_run[rid]
         done = g["step"].to_numpy(int)
         logged = g["lr"].to_numpy(float)
@@ -592,14 +604,7 @@ def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
             left[rid] = "its logged learning rates differ from the rebuilt schedule"
             continue
         warm = warmup_steps(steps, cfg, fixed)
-        starts = np.concatenate([[0], done[:-1]])
-        # a branch's curve repeats its trunk's up to the branch point: those points are
-        # the trunk's, counted once there
         first = int(row.branch_step) + 1 if p is not None and p.trunk is not None else 1
-        tl = g["train_loss"].to_numpy(float)
-        keep_t = np.isfinite(tl) & (starts >= max(warm, first - 1, 1)) & (done <= steps)
-        el = g["eval_loss"].to_numpy(float)
-        keep_e = np.isfinite(el) & (done > warm) & (done >= first) & (done <= steps)
         out.append(
             RunCurve(
                 run_id=rid,
@@ -610,11 +615,7 @@ def read_sweep(sweep: Path) -> tuple[list[RunCurve], dict[str, str], object]:
                 seed=int(row.seed) if row.seed == row.seed else 0,
                 lrs=lrs,
                 warmup=warm,
-                train_end=done[keep_t],
-                train_start=starts[keep_t],
-                train_loss=tl[keep_t],
-                eval_step=done[keep_e],
-                eval_loss=el[keep_e],
+                **_points(done, g["train_loss"], g["eval_loss"], steps, warm, first),
                 final=math.nan if stable else float(row.loss),
                 trunk=stable,
             )
@@ -653,9 +654,7 @@ def holdout(
     """Per size with at least two horizons: hide its longest-horizon runs, fit the law on
     every other run (of every size, when alpha and lam are shared), and predict the
     hidden runs' final losses."""
-    groups: dict[tuple, list[RunCurve]] = {}
-    for c in curves:
-        groups.setdefault(c.group, []).append(c)
+    groups = by_size(curves)
     out = []
     for key in sorted(groups):
         g = [c for c in groups[key] if not c.trunk]  # points of the law, not of the check
@@ -697,10 +696,6 @@ def holdout(
 def schedule_for(cfg, steps: int, peak: float, schedule: str | None, decay_frac: float | None):
     """The learning rate of every step of a run of `steps` under the sweep's training
     config, its schedule (cosine or wsd) and decay fraction optionally replaced."""
-    import dataclasses
-
-    from chinchilla.train import lr_at
-
     t = cfg.train
     if schedule is not None or decay_frac is not None:
         t = dataclasses.replace(
@@ -709,7 +704,7 @@ def schedule_for(cfg, steps: int, peak: float, schedule: str | None, decay_frac:
             decay_frac=t.decay_frac if decay_frac is None else decay_frac,
         )
         cfg = dataclasses.replace(cfg, train=t)
-    return np.array([lr_at(i, steps, peak, cfg) for i in range(steps)])
+    return lr_schedule(cfg, steps, peak)
 
 
 def report(
@@ -796,26 +791,15 @@ def report(
 
 
 def _partial(run, cfg, state: dict) -> RunCurve | None:
-    """A run in progress as a RunCurve: its full schedule, the points of its checkpoint."""
+    """A run in progress as a RunCurve: its full schedule, the points of its checkpoint
+    (a branch's own, past its branch point)."""
     from chinchilla.grid import warmup_steps
-    from chinchilla.train import lr_at
 
     rows = [r for r in state.get("curve", []) if 1 <= int(r.get("step", 0)) <= run.steps]
     if not rows:
         return None
-    lrs = np.array(
-        [
-            lr_at(i, run.steps, run.lr, cfg, warmup=run.warmup, stable=run.is_trunk)
-            for i in range(run.steps)
-        ]
-    )
     warm = warmup_steps(run.steps, cfg, run.warmup)
-    done = np.array([int(r["step"]) for r in rows])
-    starts = np.concatenate([[0], done[:-1]])
-    tl = np.array([float(r.get("train_loss", math.nan)) for r in rows])
-    el = np.array([float(r.get("eval_loss", math.nan)) for r in rows])
-    kt = np.isfinite(tl) & (starts >= max(warm, 1))
-    ke = np.isfinite(el) & (done > warm)
+    first = run.branch_step + 1 if run.trunk is not None else 1
     return RunCurve(
         run_id=run.run_id,
         n_params=float(run.n_params),
@@ -823,14 +807,18 @@ def _partial(run, cfg, state: dict) -> RunCurve | None:
         lr=float(run.lr),
         batch_size=int(run.batch_size),
         seed=int(run.seed or cfg.train.seed),
-        lrs=lrs,
+        lrs=lr_schedule(cfg, run.steps, run.lr, run.warmup, run.is_trunk),
         warmup=warm,
-        train_end=done[kt],
-        train_start=starts[kt],
-        train_loss=tl[kt],
-        eval_step=done[ke],
-        eval_loss=el[ke],
+        **_points(
+            [int(r["step"]) for r in rows],
+            [float(r.get("train_loss", math.nan)) for r in rows],
+            [float(r.get("eval_loss", math.nan)) for r in rows],
+            run.steps,
+            warm,
+            first,
+        ),
         final=math.nan,
+        trunk=run.is_trunk,
     )
 
 
