@@ -596,6 +596,10 @@ class TrackingConfig:
     """A mapping, e.g. {project: my-scaling, mode: offline} or {} for the defaults:
     each run is a W&B run named and id'd by its run id, grouped by the sweep's name."""
 
+    @property
+    def enabled(self) -> bool:
+        return self.tensorboard or self.wandb is not None
+
 
 @dataclass(frozen=True)
 class Config:

@@ -100,7 +100,7 @@ class Trackers:
     def __init__(self, cfg, out: Path | None, run, start: int):
         self.items: list[_Tracker] = []
         t = cfg.tracking
-        if out is None or not (t.tensorboard or t.wandb is not None):
+        if out is None or not t.enabled:
             return
         self.run_id = run.run_id
         if t.tensorboard:

@@ -590,7 +590,7 @@ def train_run(
     # 1-2. model, optimizer, and whatever a checkpoint restores
     s = RunState(run, cfg, data, device, checkpoint, start_from)
     s.peak = peak
-    if track_to is not None and (cfg.tracking.tensorboard or cfg.tracking.wandb is not None):
+    if track_to is not None and cfg.tracking.enabled:
         from chinchilla.tracking import Trackers
 
         s.trackers = Trackers(cfg, track_to, run, s.start)
