@@ -299,6 +299,23 @@ def exact_duplicates(table: dict[str, list], keep: np.ndarray) -> np.ndarray:
     return dup
 
 
+def _apply_mapping(table: dict[str, list], mapping: dict, table_path: Path) -> dict[str, str]:
+    """`--columns`: scale each mapped column in place (unique_tokens is also copied to
+    its own name); returns quantity -> what was read ("params_M x 1e+06")."""
+    read: dict[str, str] = {}
+    for key, (col, factor) in mapping.items():
+        if col not in table:
+            raise UserError(
+                f"{table_path}: --columns {key}={col}: no such column (columns: {', '.join(table)})"
+            )
+        if factor != 1.0:
+            table[col] = list(float_column(table, col, table_path) * factor)
+        read[key] = col if factor == 1.0 else f"{col} x {factor:g}"
+        if key == "unique_tokens":
+            table["unique_tokens"] = table[col]
+    return read
+
+
 def load_results(
     path: str | Path,
     *,
@@ -316,22 +333,11 @@ def load_results(
     p = Path(path)
     table_path, table = read_results_table(p)
     sweep_dir = p if p.is_dir() else None
-    read: dict[str, str] = {}
-    for key, (col, factor) in (mapping or {}).items():
-        if col not in table:
-            raise UserError(
-                f"{table_path}: --columns {key}={col}: no such column (columns: {', '.join(table)})"
-            )
-        if factor != 1.0:
-            table[col] = list(float_column(table, col, table_path) * factor)
-        read[key] = col if factor == 1.0 else f"{col} x {factor:g}"
-        if key == "unique_tokens":
-            table["unique_tokens"] = table[col]
-        else:
-            n_col = col if key == "n_params" else n_col
-            d_col = col if key == "n_tokens" else d_col
-            c_col = col if key == "flops" else c_col
-            loss_col = col if key == "loss" else loss_col
+    read = _apply_mapping(table, mapping or {}, table_path)
+    n_col = mapping["n_params"][0] if "n_params" in read else n_col
+    d_col = mapping["n_tokens"][0] if "n_tokens" in read else d_col
+    c_col = mapping["flops"][0] if "flops" in read else c_col
+    loss_col = mapping["loss"][0] if "loss" in read else loss_col
     columns = list(table)
 
     # 1. which columns; total vs non-embedding N
