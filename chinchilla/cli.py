@@ -1139,12 +1139,10 @@ def _fit_curves(
 ) -> None:
     """`chinchilla fit SWEEP --curves`: print, then write curves.json and the figure."""
     from chinchilla.files import atomic_text
-    from chinchilla.fit.curves import report
+    from chinchilla.fit.curves import FORMS, report
 
     if not Path(results).is_dir():
         raise UserError(f"--curves: {results} is not a sweep directory (curves.parquet)")
-    from chinchilla.fit.curves import FORMS
-
     if form not in FORMS:
         raise UserError(f"--curve-law: expected {' or '.join(FORMS)}, got {form!r}")
     if schedule not in (None, "cosine", "wsd"):
@@ -1153,15 +1151,15 @@ def _fit_curves(
         raise UserError(f"--decay-frac must be in (0, 1], got {decay_frac}")
     horizons = _floats(horizon, "--horizon")
     doc, fit, curves = report(Path(results), horizons, schedule, decay_frac, form=form)
+    text = json.dumps({"curves": doc}, indent=1, default=_json_default)
     if as_json:
-        print(json.dumps({"curves": doc}, indent=1, default=_json_default))
+        print(text)
     else:
         _print_curves(doc)
     target = out if out is not None else Path(results)
 
     def write():
         target.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"curves": doc}, indent=1, default=_json_default)
         written = [atomic_text(target / "fit_curves.json", text)]
         if plots:
             from chinchilla.plots import save_curves
