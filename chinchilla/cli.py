@@ -310,6 +310,18 @@ def _print_plan_notes(p, c_name: str, rate_note: str = "", law=None, costs=None)
             f"{p.unshared_flops:.3g} trained one by one: {ratio:.3f}x, {1 - ratio:.1%} fewer "
             "(a branch trains only its decay, train.decay_frac of its steps)"
         )
+    if g.fill == "curves":
+        ratio = p.total_flops / p.unshared_flops
+        trained = {r.run_id for r in p.runs}
+        filled = {(r.n_params, r.lr, r.batch_size, r.steps) for r in p.targets
+                  if r.run_id not in trained}  # fmt: skip
+        probes = sum(r.planned_by == "probe" for r in p.runs)
+        console.stdout.print(
+            f"fill curves: the grid's {len(p.targets)} runs cost {p.unshared_flops:.3g} FLOPs "
+            f"({c_name}); these {len(p.runs)} ({probes} probes) cost {p.total_flops:.3g}, "
+            f"{ratio:.1%} of it; `chinchilla fit` predicts the other {len(filled)} points "
+            "(each size's longest run, seed repeats once) from the loss-curve law"
+        )
     console.stdout.print(
         f"total: {p.total_flops:.3g} FLOPs ({c_name}), "
         f"{sum(r.flops_chinchilla * r.trained_fraction for r in p.runs):.3g} FLOPs (App. F); "

@@ -193,6 +193,17 @@ class GridConfig:
     checkpoint at its own decay start (Hägele et al. 2024). An IsoFLOP grid shares
     where sizes repeat across budgets (the generated families reuse their shapes)."""
 
+    fill: Literal["none", "curves"] = "none"
+    """Kind isoflop: `curves` trains every run of the grid but each model size's
+    longest, and `chinchilla fit` fills those from the loss-curve law fitted on the
+    size's shorter runs (chinchilla/fit/fill.py), the law's prediction error, measured
+    inside the sweep, carried into the intervals. A size with one run gets one shorter
+    probe (`probe_fraction`) in its place. The trained runs are the full grid's own (the
+    same ids): a later sweep of the grid with fill none trains only the rest."""
+    probe_fraction: float = 0.5
+    """Fill curves: a model size with one run in the grid trains a probe of this share
+    of its steps (under the same schedule rule), from which that run is predicted."""
+
     def __post_init__(self) -> None:
         if self.kind in ("isoflop", "hparams") and not self.budgets:
             _fail("grid.budgets", f"kind '{self.kind}' needs at least one budget")
@@ -237,6 +248,15 @@ class GridConfig:
             _fail("grid.share_trunks", "not with grid.adaptive (its budgets are planned late)")
         if not 0 < self.budget_tolerance < 1:
             _fail("grid.budget_tolerance", f"must be in (0, 1), got {self.budget_tolerance}")
+        if self.fill == "curves":
+            if self.kind != "isoflop":
+                _fail("grid.fill", "curves fill the points of an IsoFLOP grid (grid.kind: isoflop)")
+            if self.adaptive:
+                _fail("grid.fill", "not with grid.adaptive (the probes are planned up front)")
+            if self.share_trunks:
+                _fail("grid.share_trunks", "not with grid.fill curves (runs train one by one)")
+            if not 0 < self.probe_fraction < 1:
+                _fail("grid.probe_fraction", f"must be in (0, 1), got {self.probe_fraction}")
 
 
 # Train settings that change speed, memory or logging but not a run's results (toggling

@@ -129,6 +129,9 @@ class Plan:
     config: Config
     runs: list[PlannedRun]
     warnings: list[str] = field(default_factory=list)
+    # grid.fill curves: the IsoFLOP runs the curve law fills (planned, never trained);
+    # `runs` then holds the probes that are trained
+    targets: list[PlannedRun] = field(default_factory=list)
     _memory: dict[str, tuple[int, float, bool]] = field(default_factory=dict, repr=False)
     # (seconds per step fixed, seconds per FLOP of a step) measured on this CPU
     # (`train.measure_cpu_rate`); None: estimates use device.plan_peak_flops
@@ -146,8 +149,9 @@ class Plan:
 
     @property
     def unshared_flops(self) -> float:
-        """FLOPs of the same points trained each from scratch."""
-        return sum(r.flops for r in self.points)
+        """FLOPs of the same points trained each from scratch (a filled grid: of its
+        IsoFLOP runs, each trained)."""
+        return sum(r.flops for r in (self.targets or self.points))
 
     def estimated_seconds(self, run: PlannedRun) -> float:
         """Wall time of one run. With a measured CPU rate: its steps at the time per step
@@ -212,7 +216,8 @@ class Plan:
             ],
             "memory_assumes": {"device_memory_gib": dev.memory_gb, "headroom": 0.85},
             "n_runs": len(self.runs),
-            "n_points": len(self.points),
+            "n_points": len(self.targets or self.points),
+            "filled": [r.row() for r in self.targets],
             "total_flops": self.total_flops,
             "unshared_flops": self.unshared_flops,
             "total_flops_chinchilla": sum(
@@ -711,6 +716,43 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
     return out
 
 
+def fill_runs(targets: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
+    """Grid fill curves: the runs trained. Per model size (shape, batch and learning
+    rate) of the IsoFLOP runs: every run but those of its longest horizon (which the
+    curve law fills); a size with one horizon trains a probe of grid.probe_fraction of
+    its steps instead."""
+    groups: dict[str, list[PlannedRun]] = {}
+    for r in targets:
+        key = json.dumps([r.shape.as_dict(), r.batch_size, round(r.lr, 12)], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for members in groups.values():
+        longest = max(r.steps for r in members)
+        if any(r.steps < longest for r in members):
+            out += [r for r in members if r.steps < longest]
+            continue
+        first = min(members, key=lambda r: r.seed or 0)
+        steps = max(1, round(cfg.grid.probe_fraction * longest))
+        tokens = steps * first.batch_size * first.shape.seq_len
+        scale = tokens / first.n_tokens
+        rid = run_id(first.shape, tokens, first.lr, cfg, seed=first.seed, batch=id_batch(first))
+        out.append(
+            dataclasses.replace(
+                first,
+                run_id=rid,
+                budget=first.flops * scale,
+                n_tokens=tokens,
+                steps=steps,
+                flops=first.flops * scale,
+                flops_6nd=first.flops_6nd * scale,
+                flops_6nd_nonembedding=first.flops_6nd_nonembedding * scale,
+                flops_chinchilla=first.flops_chinchilla * scale,
+                planned_by="probe",
+            )
+        )
+    return sorted(out, key=lambda r: (r.budget, r.n_params))
+
+
 def plan(cfg: Config) -> Plan:
     """Lay out every run of the experiment, with exact parameter and FLOP counts."""
     warnings: list[str] = []
@@ -732,10 +774,12 @@ def plan(cfg: Config) -> Plan:
         raise UserError(
             "config: grid: no run fits the budgets (see warnings: " + "; ".join(warnings[:2]) + ")"
         )
-    runs = list(seen.values())
+    runs, targets = list(seen.values()), []
     if cfg.grid.share_trunks:
         runs = share_trunks(runs, cfg)
-    p = Plan(config=cfg, runs=runs, warnings=warnings)
+    if cfg.grid.fill == "curves":
+        runs, targets = fill_runs(runs, cfg), runs
+    p = Plan(config=cfg, runs=runs, warnings=warnings, targets=targets)
     laws = tuned_laws(cfg)
     if laws is not None:
         far = max(

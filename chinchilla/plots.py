@@ -150,10 +150,15 @@ def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
     budgets = np.unique(rep.budgets)
     cmap = matplotlib.colormaps["plasma"]
     norm = _norm_logn(budgets)
+    psd = res.prediction_sd if res.prediction_sd is not None else np.zeros(len(res))
     for p in fit.parabolas:
         sel = rep.budgets == p.budget
         color = cmap(norm(p.budget) * 0.85)
-        ax.scatter(res.n_params[sel], res.loss[sel], s=16, color=color, zorder=3)
+        meas, pred = sel & (psd == 0), sel & (psd > 0)
+        ax.scatter(res.n_params[meas], res.loss[meas], s=16, color=color, zorder=3)
+        if pred.any():  # predicted, not trained: open, with ± their prediction sd
+            ax.errorbar(res.n_params[pred], res.loss[pred], yerr=psd[pred], fmt="o", ms=4.5,
+                        mfc="white", mec=color, ecolor=color, elinewidth=0.8, zorder=3)  # fmt: skip
         xs = np.linspace(np.log10(p.n_range[0]) - 0.1, np.log10(p.n_range[1]) + 0.1, 100)
         c2, c1, c0 = p.coef
         ax.plot(10**xs, c2 * xs**2 + c1 * xs + c0, color=color, lw=1.2, label=f"{p.budget:.2g}")
@@ -172,7 +177,9 @@ def plot_isoflop(rep: FitReport, ax: Axes | None = None) -> Axes:
     ax.set_xlabel(_n_label(rep))
     ax.set_ylabel("final loss (nats/token)")
     ax.set_title(
-        "IsoFLOP profiles (cf. Fig. 3): ★ minimum used, X dropped (see fit.json)", fontsize=9
+        "IsoFLOP profiles (cf. Fig. 3): ★ minimum used, X dropped (see fit.json)"
+        + ("\nopen: predicted by the curve law, ± its prediction sd" if (psd > 0).any() else ""),
+        fontsize=9,
     )
     ax.legend(title="budget C (FLOPs)", fontsize=7, title_fontsize=8, loc="upper right")
     return ax

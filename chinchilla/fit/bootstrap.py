@@ -28,6 +28,7 @@ import numpy as np
 from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_parabola, fit_power_law
 
 LEVELS = {"80": (10.0, 90.0), "95": (2.5, 97.5)}
+PREDICTED_METHOD = "; predicted rows' losses redrawn with their prediction sd"
 MAX_FAILED = 0.10
 
 
@@ -172,12 +173,15 @@ def residual_bootstrap(
     flops: np.ndarray,
     n_resamples: int,
     seed: int,
+    prediction_sd: np.ndarray | None = None,
 ):
     """Bootstrap of the allocation laws by resampling each parabola's residuals within
     its budget (the design stays fixed: resampling runs would leave budgets with too few
     distinct sizes). Residuals are inflated by sqrt(m / (m - 3)) for the 3 fitted
-    coefficients. A resample whose vertex leaves the sizes used counts as failed."""
+    coefficients. A resample whose vertex leaves the sizes used counts as failed.
+    `prediction_sd`: rows predicted rather than measured get N(0, sd^2) draws added."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng(seed + 1_000_003)  # draws the plain bootstrap never sees
     used = [p for p in fit.parabolas if p.usable]
     fitted, resid = [], []
     for p in used:
@@ -193,6 +197,8 @@ def residual_bootstrap(
         n_opt, d_opt = [], []
         for p, f, e in zip(used, fitted, resid, strict=True):
             y = f + e[rng.integers(0, len(e), len(e))]
+            if prediction_sd is not None:
+                y = y + prediction_sd[p.index] * extra.standard_normal(len(y))
             q = fit_parabola(p.budget, n[p.index], d[p.index], y)
             n_opt.append(q.n_opt)
             d_opt.append(q.d_opt)
@@ -205,9 +211,10 @@ def residual_bootstrap(
             out["log10_k_d"][r] = np.log10(dl.coefficient)
             continue
         failed += 1
-    s = Samples(
-        out, n_resamples, failed, method="each parabola's residuals resampled within its budget"
-    )
+    method = "each parabola's residuals resampled within its budget"
+    if prediction_sd is not None:
+        method += PREDICTED_METHOD
+    s = Samples(out, n_resamples, failed, method=method)
     if failed < n_resamples - 1:
         pooled_t_intervals(s, fit, c, [len(p.index) for p in used])
     return s

@@ -97,6 +97,11 @@ class Results:
     notes: list[str] = field(default_factory=list)  # what reading the table assumed
     # quantity -> the column read for it, with the factor applied ("params x 1e+06")
     columns_read: dict[str, str] = field(default_factory=dict)
+    # rows predicted rather than measured (a `prediction_sd` column; a grid filled by the
+    # curve law): each row's prediction standard deviation, 0 where measured. Every
+    # bootstrap adds draws of it to the losses (`prediction_noise`); None: all measured
+    prediction_sd: np.ndarray | None = None
+    fill: dict | None = None  # a filled grid's account (chinchilla/fit/fill.py)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -141,7 +146,15 @@ class Results:
             variant=None if self.variant is None else [self.variant[i] for i in idx],
             curves=curves,
             unique_tokens=None if self.unique_tokens is None else self.unique_tokens[idx],
+            prediction_sd=None if self.prediction_sd is None else self.prediction_sd[idx],
         )
+
+    def prediction_noise(self, rng: np.random.Generator, shape=()) -> np.ndarray:
+        """Draws of the predicted rows' error, N(0, prediction_sd^2) per row (0 for
+        measured rows), of shape (*shape, len(self))."""
+        if self.prediction_sd is None:
+            return np.zeros((*shape, len(self)))
+        return self.prediction_sd * rng.standard_normal((*shape, len(self)))
 
 
 def find_column(
@@ -331,7 +344,15 @@ def load_results(
     (`--columns`): quantity -> (column, factor) for tables that name or scale their
     columns otherwise (a W&B export, a paper's CSV with N in millions)."""
     p = Path(path)
-    table_path, table = read_results_table(p)
+    fill = None
+    from chinchilla.fit.fill import fill_sweep, is_filled
+
+    if p.is_dir() and is_filled(p):
+        fill = fill_sweep(p)
+        table_path = p / layout.RUNS
+        table = {c: fill.table[c].tolist() for c in fill.table.columns}
+    else:
+        table_path, table = read_results_table(p)
     sweep_dir = p if p.is_dir() else None
     read = _apply_mapping(table, mapping or {}, table_path)
     n_col = mapping["n_params"][0] if "n_params" in read else n_col
@@ -384,6 +405,14 @@ def load_results(
     unique = (
         float_column(table, "unique_tokens", table_path) if "unique_tokens" in columns else None
     )
+    psd = None
+    if "prediction_sd" in columns:
+        psd = np.nan_to_num(float_column(table, "prediction_sd", table_path), nan=0.0)
+        bad = keep & ~(np.isfinite(psd) & (psd >= 0))
+        if bad.any():
+            raise UserError(
+                f"{table_path}: prediction_sd must be >= 0 (row {int(np.nonzero(bad)[0][0]) + 2})"
+            )
     sel = np.nonzero(keep)[0]
     flops_conv = "none given" if given_c is None else "as given"
     if "flops_convention" in columns and len(sel):
@@ -418,6 +447,8 @@ def load_results(
         variant=["|".join(str(table[c][i]) for c in distinct) for i in sel] if distinct else None,
         unique_tokens=None if unique is None else unique[sel],
         irreducible_loss=irreducible,
+        prediction_sd=None if psd is None or not psd[sel].any() else psd[sel],
+        fill=None if fill is None else fill.as_dict(),
         sweep_dir=sweep_dir,
         loss_name="final validation loss"
         if sweep_dir is not None and cols["loss"] == "loss"
@@ -496,6 +527,11 @@ def join_results(tables: list[Results]) -> Results:
     twice (a capped run that never repeated is its fresh twin): kept once, counted."""
     if len(tables) == 1:
         return tables[0]
+    if any(t.prediction_sd is not None for t in tables):
+        raise UserError(
+            "a table with predicted rows (prediction_sd) cannot join others: the joint fit "
+            "would count its predictions as measured"
+        )
     conv = {t.n_convention for t in tables}
     if len(conv) > 1:
         raise UserError(

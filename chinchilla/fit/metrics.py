@@ -70,6 +70,8 @@ def load_metric_table(sweep: Path, n_convention: str = "total") -> MetricTable:
         )
     runs = load_runs(sweep)
     runs = runs[runs["status"] == "ok"]
+    if "planned_by" in runs:  # a filled grid's probes are not points of any budget
+        runs = runs[runs["planned_by"] != "probe"]
     m = load_metrics(sweep)
     if not len(m):
         raise UserError(f"{metrics_path}: no task metrics recorded")

@@ -16,6 +16,7 @@ import numpy as np
 
 from chinchilla.console import interval_text
 from chinchilla.fit.bootstrap import (
+    PREDICTED_METHOD,
     Samples,
     bootstrap_loop,
     noise_loop,
@@ -80,6 +81,22 @@ class FitReport:
             f"C = 6ND with that N for every approach; D: {conv['n_tokens']})"
             + (f"; left out: {doc['excluded']}" if doc["excluded"] else "")
         )
+        fill = doc.get("fill")
+        if fill:
+            p(
+                f"filled by the loss-curve law ({fill['law']}): {fill['predicted']} of "
+                f"{doc['n_points']} runs predicted, not trained; prediction sd "
+                f"{fill['prediction_sd']:.3g} nats from {len(fill['check'])} in-sweep checks, "
+                f"drawn into every bootstrap resample; trained {fill['flops_share']:.1%} of the "
+                "grid's FLOPs"
+            )
+            if fill["missing"]:
+                p(f"  note: {len(fill['missing'])} runs of the grid are neither trained nor filled")
+        elif doc["predicted_rows"]:
+            p(
+                f"{doc['predicted_rows']} rows are predictions (prediction_sd > 0): their "
+                "error is drawn into every bootstrap resample"
+            )
         scaled = {k: v for k, v in conv.get("columns", {}).items() if " x " in v}
         if scaled:
             p("columns scaled on reading: " + ", ".join(f"{k} = {v}" for k, v in scaled.items()))
@@ -180,6 +197,7 @@ class FitReport:
             "duplicates_collapsed": r.duplicates,
             "outliers": self.outliers.as_dict(),
             "irreducible_loss": r.irreducible_loss,
+            "predicted_rows": 0 if r.prediction_sd is None else int((r.prediction_sd > 0).sum()),
             "approach1": None,
             "approach2": None,
             "approach3": None,
@@ -206,6 +224,8 @@ class FitReport:
                 "bootstrap_method": s.method if s else None,
                 "warnings": self.approach3_warnings(),
             }
+        if r.fill is not None:
+            out["fill"] = r.fill
         out["noise"] = {f"{b:.6g}": v for b, v in sorted(self.noise.items())} | (
             {"warnings": self.noise_warnings()} if self.noise else {}
         )
@@ -407,26 +427,42 @@ def approach1_samples(
     res = rep.results
     finished = rep.approach1 is not None and rep.approach1.source == FINISHED
     sigma = run_sigma(rep.budgets, rep.noise) if finished else None
+    psd = res.prediction_sd if finished else None
+    more = "" if psd is None else PREDICTED_METHOD
+
+    def with_predicted(sigma):  # a predicted row's loss: its noise and its prediction's
+        return sigma if psd is None else np.sqrt(sigma**2 + psd**2)
+
     if sigma is not None:
-        s = noise_loop(sigma, n_resamples, seed, lambda e: stat(_approach1(res, loss=res.loss + e)))
+        s = noise_loop(
+            with_predicted(sigma),
+            n_resamples,
+            seed,
+            lambda e: stat(_approach1(res, loss=res.loss + e)),
+        )
         line = len(_usable_noise(rep.noise)) >= LINE_MIN_BUDGETS
-        s.method = NOISE_METHOD + (NOISE_LINE if line else NOISE_NEAREST)
+        s.method = NOISE_METHOD + (NOISE_LINE if line else NOISE_NEAREST) + more
         return s
     sd = rep.outliers.residual_sd
     if finished and sd is not None:
         # no repeats: the noise is the parametric fit's residual standard deviation
-        sigma = sd * res.loss
+        sigma = with_predicted(sd * res.loss)
         s = noise_loop(sigma, n_resamples, seed, lambda e: stat(_approach1(res, loss=res.loss + e)))
-        s.method = NOISE_METHOD + NOISE_RESIDUAL
+        s.method = NOISE_METHOD + NOISE_RESIDUAL + more
         return s
+    rng = np.random.default_rng(seed + 1_000_003)
     s = bootstrap_loop(
         len(res),
         n_resamples,
         seed,
-        lambda i: stat(_approach1(res, i)),
+        lambda i: stat(
+            _approach1(res, i)
+            if psd is None
+            else _approach1(res, i, loss=res.loss + res.prediction_noise(rng))
+        ),
         groups=res.n_params if finished else None,
     )
-    s.method = RUNS_METHOD if finished else "runs resampled"
+    s.method = (RUNS_METHOD if finished else "runs resampled") + more
     return s
 
 
@@ -462,6 +498,7 @@ def fit_all(res: Results, opts: FitOptions = FitOptions()) -> FitReport:
                     res.flops,
                     opts.bootstrap,
                     opts.seed + 2,
+                    res.prediction_sd,
                 )
         except NotEnoughData as exc:
             rep.skipped["approach2"] = str(exc)
@@ -566,12 +603,27 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
     lower, upper = _bounds(res, opts)
     n = len(res)
     sd = rep.outliers.residual_sd
+    more = "" if res.prediction_sd is None else PREDICTED_METHOD
+    extra = np.random.default_rng(opts.seed + 1_000_003)
+
+    def predicted(loss):  # (R, n) losses with the predicted rows' error drawn in
+        if res.prediction_sd is None:
+            return loss
+        noisy = loss + res.prediction_noise(extra, (opts.bootstrap,))
+        return np.maximum(noisy, 1e-3 * np.min(res.loss))
+
     if n >= RESIDUAL_BELOW or sd is None:
         counts = resample_counts(n, opts.bootstrap, opts.seed + 3)
         thetas = refit_many(
-            fit, res.n_params, res.n_tokens, res.loss, counts, lower=lower, upper=upper
+            fit,
+            res.n_params,
+            res.n_tokens,
+            res.loss if res.prediction_sd is None else predicted(res.loss),
+            counts,
+            lower=lower,
+            upper=upper,
         )
-        return _parametric_samples(thetas, "runs resampled")
+        return _parametric_samples(thetas, "runs resampled" + more)
     from chinchilla.fit.parametric import parametric_loss
 
     fitted = np.log(
@@ -585,7 +637,7 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
         fit,
         res.n_params,
         res.n_tokens,
-        np.exp(z),
+        predicted(np.exp(z)),
         np.ones((opts.bootstrap, n)),
         lower=lower,
         upper=upper,
@@ -596,7 +648,7 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
         f"log losses redrawn around the fit with its residual standard deviation "
         f"{sd:.3g}, the design fixed (under {RESIDUAL_BELOW} points); percentile "
         f"intervals widened by t / normal quantiles on its {rep.outliers.residual_dof} "
-        "degrees of freedom",
+        "degrees of freedom" + more,
     )
     point = fit.as_dict()  # the estimates the widened arms are measured from
     s.widen = ({k: float(point[k]) for k in s.values}, rep.outliers.residual_dof)
