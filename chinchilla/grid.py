@@ -655,6 +655,24 @@ def _horizon_runs(cfg: Config, candidates: list[ModelShape], warnings: list[str]
             yield _make_run(shape, tokens, None, cfg, horizon=j)
 
 
+def resized(run: PlannedRun, steps: int, **changes) -> PlannedRun:
+    """`run` trained for `steps` optimizer steps instead (its batch, shape and rate):
+    tokens, FLOPs under every convention and the budget (its own FLOPs) scaled to match."""
+    tokens = steps * run.batch_size * run.shape.seq_len
+    scale = tokens / run.n_tokens
+    return dataclasses.replace(
+        run,
+        budget=run.flops * scale,
+        n_tokens=tokens,
+        steps=steps,
+        flops=run.flops * scale,
+        flops_6nd=run.flops_6nd * scale,
+        flops_6nd_nonembedding=run.flops_6nd_nonembedding * scale,
+        flops_chinchilla=run.flops_chinchilla * scale,
+        **changes,
+    )
+
+
 def decay_start(steps: int, warmup: int, cfg: Config) -> int:
     """First step of a WSD run's decay (`chinchilla.train.lr_at`): its branch point."""
     return max(warmup, steps - max(1, round(cfg.train.decay_frac * steps)))
@@ -695,18 +713,10 @@ def share_trunks(runs: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
             branches.append(
                 dataclasses.replace(r, run_id=rid, warmup=warmup, trunk=tid, branch_step=start)
             )
-        tokens = steps * first.batch_size * first.shape.seq_len
-        scale = tokens / first.n_tokens
-        trunk = dataclasses.replace(
+        trunk = resized(
             first,
+            steps,
             run_id=tid,
-            budget=first.flops * scale,
-            n_tokens=tokens,
-            steps=steps,
-            flops=first.flops * scale,
-            flops_6nd=first.flops_6nd * scale,
-            flops_6nd_nonembedding=first.flops_6nd_nonembedding * scale,
-            flops_chinchilla=first.flops_chinchilla * scale,
             horizon=None,
             planned_by="trunk",
             warmup=warmup,
@@ -734,22 +744,8 @@ def fill_runs(targets: list[PlannedRun], cfg: Config) -> list[PlannedRun]:
         first = min(members, key=lambda r: r.seed or 0)
         steps = max(1, round(cfg.grid.probe_fraction * longest))
         tokens = steps * first.batch_size * first.shape.seq_len
-        scale = tokens / first.n_tokens
         rid = run_id(first.shape, tokens, first.lr, cfg, seed=first.seed, batch=id_batch(first))
-        out.append(
-            dataclasses.replace(
-                first,
-                run_id=rid,
-                budget=first.flops * scale,
-                n_tokens=tokens,
-                steps=steps,
-                flops=first.flops * scale,
-                flops_6nd=first.flops_6nd * scale,
-                flops_6nd_nonembedding=first.flops_6nd_nonembedding * scale,
-                flops_chinchilla=first.flops_chinchilla * scale,
-                planned_by="probe",
-            )
-        )
+        out.append(resized(first, steps, run_id=rid, planned_by="probe"))
     return sorted(out, key=lambda r: (r.budget, r.n_params))
 
 

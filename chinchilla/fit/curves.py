@@ -649,22 +649,24 @@ def seed_noise(curves: list[RunCurve]) -> dict:
 
 
 def holdout(
-    curves: list[RunCurve], shared: bool = True, lambdas=LAMBDAS, form: str = "tissue"
+    curves: list[RunCurve],
+    shared: bool = True,
+    lambdas=LAMBDAS,
+    form: str = "tissue",
+    min_horizons: int = 2,
 ) -> list[dict]:
-    """Per size with at least two horizons: hide its longest-horizon runs, fit the law on
-    every other run (of every size, when alpha and lam are shared), and predict the
-    hidden runs' final losses."""
+    """Per size with at least `min_horizons` horizons: hide its longest-horizon runs,
+    fit the law on every other run (of every size, when alpha and lam are shared), and
+    predict the hidden runs' final losses."""
     groups = by_size(curves)
     out = []
     for key in sorted(groups):
         g = [c for c in groups[key] if not c.trunk]  # points of the law, not of the check
-        if not g:
+        if len({c.steps for c in g}) < max(2, min_horizons):
             continue
         longest = max(c.steps for c in g)
         hidden = [c for c in g if c.steps == longest]
         seen = [c for c in g if c.steps < longest]
-        if not seen:
-            continue
         hidden_ids = {c.run_id for c in hidden}
         pool = [c for c in curves if c.run_id not in hidden_ids] if shared else seen
         try:

@@ -99,38 +99,6 @@ class Fill:
         )
 
 
-def _check(curves) -> list[dict]:
-    """Per size with CHECK_MIN_HORIZONS trained horizons: its longest hidden, the law
-    refitted on every other curve, the hidden runs predicted."""
-    from chinchilla.fit import curves as cv
-
-    out = []
-    for key, members in sorted(cv.by_size(curves).items()):
-        steps = sorted({c.steps for c in members})
-        if len(steps) < CHECK_MIN_HORIZONS:
-            continue
-        hidden = [c for c in members if c.steps == steps[-1]]
-        ids = {c.run_id for c in hidden}
-        try:
-            law = cv.fit_form([c for c in curves if c.run_id not in ids], FORM).law(key)
-        except UserError:
-            continue
-        for c in hidden:
-            pred = law.final(c.lrs)
-            out.append(
-                {
-                    "run_id": c.run_id,
-                    "n_params": c.n_params,
-                    "steps": c.steps,
-                    "seen_steps": steps[:-1],
-                    "predicted": pred,
-                    "measured": c.final,
-                    "error": pred - c.final,
-                }
-            )
-    return out
-
-
 def fill_sweep(sweep: Path) -> Fill:
     """The grid of a `grid.fill: curves` sweep, its untrained runs predicted."""
     import pandas as pd
@@ -146,7 +114,9 @@ def fill_sweep(sweep: Path) -> Fill:
     done = {r["run_id"]: r for r in runs.to_dict("records") if r.get("status") == "ok"}
     curves = [c for c in curves if not c.trunk]
     fit = cv.fit_form(curves, FORM)
-    check = _check(curves)
+    # the check: each size with CHECK_MIN_HORIZONS trained horizons hides its longest,
+    # which the law refitted on every other curve predicts
+    check = cv.holdout(curves, form=FORM, min_horizons=CHECK_MIN_HORIZONS)
     if not check:
         raise UserError(
             f"{sweep}: no model size has {CHECK_MIN_HORIZONS} trained horizons, so the curve "
