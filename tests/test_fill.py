@@ -3,7 +3,6 @@ truth, the prediction error carried into the intervals, and bad input."""
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,79 +13,9 @@ from chinchilla.cli import app
 from chinchilla.config import load_config
 from chinchilla.grid import plan
 
+from .fill_truth import FILL, ROOT, planted_sweep, size_law, truth, write_planted
+
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
-FILL = ROOT / "configs" / "tiny_fill.yaml"
-
-# the planted truth: one multi-power law per size (Luo et al. 2025), shape shared
-SHAPE = {"alpha": 0.6, "C": 0.5, "beta": 0.6, "gamma": 0.5}
-
-
-def _size_law(n):
-    return {**SHAPE, "L0": 0.7 + 30.0 / math.sqrt(n), "A": 0.8, "B": 2.0}
-
-
-def _truth(lrs, law, steps):
-    """The law after each of `steps`, from its sums over every step (numpy, exact: no
-    blocks), written out here rather than taken from chinchilla.fit.curves."""
-    lrs = np.asarray(lrs, float)
-    s1 = np.concatenate([[0.0], np.cumsum(lrs)])
-    drop = np.concatenate([[0.0], lrs[:-1] - lrs[1:]])  # eta_(k-1) - eta_k, at step k
-    ks = np.nonzero(drop > 0)[0]
-    out = []
-    for t in np.atleast_1d(steps):
-        k = ks[ks < t]
-        x = lrs[k] ** -law["gamma"] * (s1[t] - s1[k])
-        ld = np.sum(drop[k] * (1 - (law["C"] * x + 1) ** -law["beta"]))
-        out.append(law["L0"] + law["A"] * s1[t] ** -law["alpha"] - law["B"] * ld)
-    return np.array(out)
-
-
-def _planted_sweep(out: Path):
-    cfg = load_config(FILL)
-    p = plan(cfg)
-    _write_planted(cfg, p, out)
-    return cfg, p
-
-
-def _write_planted(cfg, p, out: Path, sd_train=0.004, sd_eval=0.002, seed=0):
-    """A sweep directory of plan `p` whose trained runs' curves are the planted law plus
-    noise (nothing trained): the config, runs.parquet, curves.parquet."""
-    from chinchilla.fit.curves import lr_schedule
-    from chinchilla.sweep import check_directory
-
-    check_directory(cfg, out, force=False)
-    rng = np.random.default_rng(seed)
-    runs, curves = [], []
-    every, evals = cfg.train.log_every, cfg.train.evals
-    for r in p.runs:
-        lrs = lr_schedule(cfg, r.steps, r.lr)
-        law = _size_law(r.n_params)
-        ends = np.unique(np.append(np.arange(every, r.steps + 1, every), r.steps))
-        starts = np.concatenate([[0], ends[:-1]])
-        at = _truth(lrs, law, np.arange(1, r.steps + 1))  # after 1..steps steps
-        train = np.array([at[a:b].mean() for a, b in zip(starts, ends, strict=True)])
-        train += rng.normal(0, sd_train, len(ends))
-        ev = {max(1, round(r.steps * (i + 1) / evals)) for i in range(evals)} | {r.steps}
-        eval_loss = np.array([at[s - 1] + rng.normal(0, sd_eval) if s in ev else np.nan
-                              for s in ends])  # fmt: skip
-        tokens = ends * r.batch_size * r.shape.seq_len
-        curves.append(
-            pd.DataFrame(
-                {
-                    "run_id": r.run_id,
-                    "step": ends,
-                    "tokens": tokens,
-                    "flops": 6.0 * r.n_params * tokens,
-                    "train_loss": train,
-                    "eval_loss": eval_loss,
-                    "lr": lrs[ends - 1],
-                }
-            )
-        )
-        runs.append(r.row() | {"status": "ok", "loss": float(eval_loss[-1]), "seed": 0})
-    pd.DataFrame(runs).to_parquet(out / "runs.parquet")
-    pd.concat(curves).to_parquet(out / "curves.parquet")
 
 
 def test_the_plan_trains_all_but_each_sizes_longest_run():
@@ -137,11 +66,11 @@ def planted(tmp_path_factory):
     from chinchilla.fit.fill import fill_sweep
 
     out = tmp_path_factory.mktemp("fill") / "sweep"
-    cfg, p = _planted_sweep(out)
+    cfg, p = planted_sweep(out)
     return out, cfg, p, fill_sweep(out)
 
 
-def test_a_planted_sweep_is_filled_with_the_truth(planted):
+def test_a_planted_sweep_is_filled_with_thetruth(planted):
     from chinchilla.fit.curves import lr_schedule
 
     out, cfg, p, f = planted
@@ -151,9 +80,9 @@ def test_a_planted_sweep_is_filled_with_the_truth(planted):
     filled = {(t.n_params, t.steps) for t in p.targets if t.run_id not in trained}
     assert len(pred) == len(filled) == 8
     for row in pred.itertuples():
-        truth = _truth(lr_schedule(cfg, int(row.steps), row.lr), _size_law(row.n_params),
-                       int(row.steps))[0]  # fmt: skip
-        assert row.loss == pytest.approx(truth, abs=0.01), row.run_id
+        true = truth(lr_schedule(cfg, int(row.steps), row.lr), size_law(row.n_params),
+                     int(row.steps))[0]  # fmt: skip
+        assert row.loss == pytest.approx(true, abs=0.01), row.run_id
     measured = f.table[~f.table["predicted"]]
     runs = pd.read_parquet(out / "runs.parquet").set_index("run_id")
     assert set(measured["run_id"]) <= trained
@@ -231,7 +160,7 @@ def test_a_fill_without_a_checkable_size_is_refused(tmp_path):
     d["grid"]["budgets"] = [3e9, 1e10, 3e10]
     cfg = from_dict(d, base_dir=str(FILL.parent))
     out = tmp_path / "s"
-    _write_planted(cfg, plan(cfg), out)
+    write_planted(cfg, plan(cfg), out)
     with pytest.raises(UserError, match="cannot be measured"):
         fill_sweep(out)
     r = runner.invoke(app, ["fit", str(out), "--no-plots"])
