@@ -67,6 +67,10 @@ def _watch_parent(parent: int, every: float = 0.5) -> None:
 
 def _worker_main(slot, gpu, threads, parent, tasks, events, cfg, out, need, irreducible):
     """A worker process: train the runs it is handed until told to stop."""
+    # born with SIGINT blocked (`_Slots.start`): ignore it, which also drops a Ctrl-C
+    # that came while it started, then unblock; the driver alone answers Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _watch_parent(parent)
     label = f"{socket.gethostname()}/w{slot}"
     if gpu is not None:
@@ -278,16 +282,17 @@ class WorkerPool:
             name=f"chinchilla-w{slot.index}",
         )
         slot.run = None
-        # Ctrl-C reaches the whole process group: a worker ignores it (from birth; Python
-        # keeps an inherited SIG_IGN) and the driver alone answers, stopping the workers
-        if threading.current_thread() is not threading.main_thread():
-            slot.proc.start()  # only the main thread may set a signal's handler
-            return
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl-C reaches the whole process group: a worker ignores it and the driver alone
+        # answers, stopping the workers. The worker is started with SIGINT blocked (a
+        # child inherits the starting thread's mask) and ignores it first thing. The
+        # driver's own handler stays in place: a Ctrl-C while a worker starts stays
+        # pending on this thread, or reaches the driver through another, and is answered
+        # (setting SIG_IGN here instead lost a Ctrl-C that came in that window).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             slot.proc.start()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _idle(self) -> list[_Slot]:
         """Slots holding no run whose process is alive or not yet started (one that died

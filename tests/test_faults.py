@@ -339,6 +339,50 @@ def test_a_signal_ends_a_worker_sweep_in_one_line(tmp_path, sig):
     assert status.returncode == 0 and " running " not in status.stdout, status.stdout
 
 
+CTRL_C_AT_START = """
+import os, signal, sys
+import multiprocessing.context as ctx
+
+real = ctx.SpawnProcess.start
+
+def start(self):  # a Ctrl-C that comes while the driver starts a worker
+    os.kill(os.getpid(), signal.SIGINT)
+    real(self)
+
+if __name__ == "__main__":  # a spawned worker imports this file too
+    ctx.SpawnProcess.start = start
+    from chinchilla.cli import main
+
+    sys.argv = ["chinchilla", *sys.argv[1:]]
+    main()
+"""
+
+
+def test_a_ctrl_c_while_a_worker_starts_is_not_lost(tmp_path):
+    """The driver starts each worker with SIGINT blocked, not ignored: a Ctrl-C in that
+    window waits and is answered (exit 130, one line), where ignoring it for the window
+    lost it and the sweep ran on to its end (seen once in CI under load)."""
+    cfg = tmp_path / "slow.yaml"
+    cfg.write_text(SLOW_YAML)
+    out = tmp_path / "s"
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_AT_START)
+    proc = subprocess.run(
+        [sys.executable, str(script), "sweep", str(cfg), "--out", str(out), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    err = proc.stderr
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error:"), err
+    runs = pd.read_parquet(out / "runs.parquet") if (out / "runs.parquet").exists() else None
+    assert runs is None or "status" not in runs or (runs["status"] == "ok").sum() < 4
+
+
 def test_sigterm_in_a_terminal_gives_the_cursor_back(tmp_path):
     """The live progress hides the cursor; SIGTERM unwinds it like Ctrl-C, so the
     terminal gets its cursor back before the one-line message."""
