@@ -111,6 +111,7 @@ def _runs(res, sweep: Path | None) -> str:
 
     cols = ["run", "N", "D", "C [FLOPs]", "D/N", "loss [nats]"]
     order = np.lexsort((res.n_params, res.flops))
+    psd = res.prediction_sd if res.prediction_sd is not None else np.zeros(len(res))
     rows = [
         [
             res.run_id[i],
@@ -118,7 +119,7 @@ def _runs(res, sweep: Path | None) -> str:
             console.si(res.n_tokens[i]),
             f"{res.flops[i]:.3g}",
             f"{res.n_tokens[i] / res.n_params[i]:.0f}",
-            f"{res.loss[i]:.4f}",
+            f"{res.loss[i]:.4f}" + (f" predicted ± {psd[i]:.3f}" if psd[i] > 0 else ""),
         ]
         for i in order
     ]

@@ -73,6 +73,7 @@ class Fill:
                 "trained horizons, its longest hidden and predicted (root mean square error)"
             ),
             "check": self.check,
+            "law_fit": self.law,
             "trained_flops": self.trained_flops,
             "grid_flops": self.grid_flops,
             "flops_share": self.trained_flops / self.grid_flops,
@@ -89,14 +90,6 @@ class Fill:
                 for r in self.table[self.table["predicted"]].itertuples(index=False)
             ],
         }
-
-    def summary(self) -> str:
-        return (
-            f"filled by the curve law: {self.predicted} of {len(self.table)} runs predicted "
-            f"({FORM}), prediction sd {self.sigma:.3g} nats from {len(self.check)} in-sweep "
-            f"checks, carried into the intervals; trained {self.trained_flops:.3g} FLOPs, "
-            f"{self.trained_flops / self.grid_flops:.1%} of the grid's"
-        )
 
 
 def fill_sweep(sweep: Path) -> Fill:
