@@ -344,15 +344,7 @@ def load_results(
     (`--columns`): quantity -> (column, factor) for tables that name or scale their
     columns otherwise (a W&B export, a paper's CSV with N in millions)."""
     p = Path(path)
-    fill = None
-    from chinchilla.fit.fill import fill_sweep, is_filled
-
-    if p.is_dir() and is_filled(p):
-        fill = fill_sweep(p)
-        table_path = p / layout.RUNS
-        table = {c: fill.table[c].tolist() for c in fill.table.columns}
-    else:
-        table_path, table = read_results_table(p)
+    table_path, table, fill = _read_table_or_fill(p)
     sweep_dir = p if p.is_dir() else None
     read = _apply_mapping(table, mapping or {}, table_path)
     n_col = mapping["n_params"][0] if "n_params" in read else n_col
@@ -405,14 +397,7 @@ def load_results(
     unique = (
         float_column(table, "unique_tokens", table_path) if "unique_tokens" in columns else None
     )
-    psd = None
-    if "prediction_sd" in columns:
-        psd = np.nan_to_num(float_column(table, "prediction_sd", table_path), nan=0.0)
-        bad = keep & ~(np.isfinite(psd) & (psd >= 0))
-        if bad.any():
-            raise UserError(
-                f"{table_path}: prediction_sd must be >= 0 (row {int(np.nonzero(bad)[0][0]) + 2})"
-            )
+    psd = _prediction_sd(table, keep, table_path)
     sel = np.nonzero(keep)[0]
     flops_conv = "none given" if given_c is None else "as given"
     if "flops_convention" in columns and len(sel):
@@ -457,6 +442,31 @@ def load_results(
     if sweep_dir is not None and (sweep_dir / layout.CURVES).exists():
         res.curves = _load_curves(sweep_dir, res, curve_loss)
     return res
+
+
+def _read_table_or_fill(p: Path):
+    """(path, columns, fill) of a results table, or of a `grid.fill: curves` sweep: the
+    grid's table with its untrained runs predicted (chinchilla/fit/fill.py)."""
+    from chinchilla.fit.fill import fill_sweep, is_filled
+
+    if not (p.is_dir() and is_filled(p)):
+        return (*read_results_table(p), None)
+    fill = fill_sweep(p)
+    return p / layout.RUNS, {c: fill.table[c].tolist() for c in fill.table.columns}, fill
+
+
+def _prediction_sd(table: dict[str, list], keep: np.ndarray, path: Path) -> np.ndarray | None:
+    """The `prediction_sd` column (predicted rows' standard deviation; empty: 0, a
+    measured row), or None without one; one line for a negative or infinite value."""
+    if "prediction_sd" not in table:
+        return None
+    psd = np.nan_to_num(float_column(table, "prediction_sd", path), nan=0.0)
+    bad = keep & ~(np.isfinite(psd) & (psd >= 0))
+    if bad.any():
+        raise UserError(
+            f"{path}: prediction_sd must be >= 0 (row {int(np.nonzero(bad)[0][0]) + 2})"
+        )
+    return psd
 
 
 MAPPABLE = ("n_params", "n_tokens", "flops", "loss", "unique_tokens")
