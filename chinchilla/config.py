@@ -199,7 +199,8 @@ class GridConfig:
     size's shorter runs (chinchilla/fit/fill.py), the law's prediction error, measured
     inside the sweep, carried into the intervals. A size with one run gets one shorter
     probe (`probe_fraction`) in its place. The trained runs are the full grid's own (the
-    same ids): a later sweep of the grid with fill none trains only the rest."""
+    same ids): a later sweep of the grid with fill none (and --force, the config having
+    changed) trains only the rest."""
     probe_fraction: float = 0.5
     """Fill curves: a model size with one run in the grid trains a probe of this share
     of its steps (under the same schedule rule), from which that run is predicted."""

@@ -129,8 +129,8 @@ class Plan:
     config: Config
     runs: list[PlannedRun]
     warnings: list[str] = field(default_factory=list)
-    # grid.fill curves: the IsoFLOP runs the curve law fills (planned, never trained);
-    # `runs` then holds the probes that are trained
+    # grid.fill curves: every IsoFLOP run of the grid; `runs` then holds those trained
+    # (all but each size's longest) and the probes, and the curve law fills the rest
     targets: list[PlannedRun] = field(default_factory=list)
     _memory: dict[str, tuple[int, float, bool]] = field(default_factory=dict, repr=False)
     # (seconds per step fixed, seconds per FLOP of a step) measured on this CPU

@@ -29,6 +29,14 @@ from chinchilla.fit.isoflop import IsoFlopFit, NotEnoughData, fit_parabola, fit_
 
 LEVELS = {"80": (10.0, 90.0), "95": (2.5, 97.5)}
 PREDICTED_METHOD = "; predicted rows' losses redrawn with their prediction sd"
+
+
+def prediction_rng(seed: int) -> np.random.Generator:
+    """The stream that draws predicted rows' errors (`Results.prediction_noise`): its own,
+    so a table without predicted rows draws exactly what it drew before."""
+    return np.random.default_rng(seed + 1_000_003)
+
+
 MAX_FAILED = 0.10
 
 
@@ -181,7 +189,7 @@ def residual_bootstrap(
     coefficients. A resample whose vertex leaves the sizes used counts as failed.
     `prediction_sd`: rows predicted rather than measured get N(0, sd^2) draws added."""
     rng = np.random.default_rng(seed)
-    extra = np.random.default_rng(seed + 1_000_003)  # draws the plain bootstrap never sees
+    extra = prediction_rng(seed)
     used = [p for p in fit.parabolas if p.usable]
     fitted, resid = [], []
     for p in used:

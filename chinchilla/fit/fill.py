@@ -127,11 +127,10 @@ def fill_sweep(sweep: Path) -> Fill:
             missing.append(t.run_id)
             continue
         key = (float(t.n_params), float(t.lr), int(t.batch_size))
-        if key not in fit.laws or (key, t.steps) in seen:
-            # no trained curve of this size, or a seed repeat of a run already predicted
-            # (a prediction has no seed: one row per point)
-            if key not in fit.laws:
-                missing.append(t.run_id)
+        if key not in fit.laws:  # no trained curve of this size
+            missing.append(t.run_id)
+            continue
+        if (key, t.steps) in seen:  # a seed repeat: a prediction has no seed, one row
             continue
         seen.add((key, t.steps))
         lrs = cv.lr_schedule(cfg, t.steps, t.lr, t.warmup)

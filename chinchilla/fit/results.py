@@ -20,6 +20,7 @@ from chinchilla.fit.bootstrap import (
     Samples,
     bootstrap_loop,
     noise_loop,
+    prediction_rng,
     resample_counts,
     residual_bootstrap,
 )
@@ -450,7 +451,7 @@ def approach1_samples(
         s = noise_loop(sigma, n_resamples, seed, lambda e: stat(_approach1(res, loss=res.loss + e)))
         s.method = NOISE_METHOD + NOISE_RESIDUAL + more
         return s
-    rng = np.random.default_rng(seed + 1_000_003)
+    rng = prediction_rng(seed)
     s = bootstrap_loop(
         len(res),
         n_resamples,
@@ -604,7 +605,7 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
     n = len(res)
     sd = rep.outliers.residual_sd
     more = "" if res.prediction_sd is None else PREDICTED_METHOD
-    extra = np.random.default_rng(opts.seed + 1_000_003)
+    extra = prediction_rng(opts.seed)
 
     def predicted(loss):  # (R, n) losses with the predicted rows' error drawn in
         if res.prediction_sd is None:
@@ -618,7 +619,7 @@ def approach3_samples(rep: FitReport, opts: FitOptions) -> Samples:
             fit,
             res.n_params,
             res.n_tokens,
-            res.loss if res.prediction_sd is None else predicted(res.loss),
+            predicted(res.loss),
             counts,
             lower=lower,
             upper=upper,
